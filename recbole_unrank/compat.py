@@ -1,0 +1,78 @@
+"""Make RecBole 1.2.1 run on today's numpy / torch / scipy.
+
+Imported by :mod:`recbole_unrank` before anything imports RecBole. Each patch is idempotent,
+names what it fixes, and is tested in ``tests/test_compat.py`` (which shows the failure
+without it). Nothing here changes behaviour for code outside RecBole and this package.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["apply", "NUMPY_ALIASES"]
+
+# NumPy 2 removed these aliases; RecBole uses them in Config.compatibility_settings
+# (np.float_, np.complex_, np.unicode_), the metrics (np.float), interaction.py / dataset.py
+# (np.long, np.int, np.bool), hyperopt 0.2.5 (np.NaN) and ray's logger (np.bool8).
+NUMPY_ALIASES = {
+    "float_": np.float64,
+    "complex_": np.complex128,
+    "unicode_": np.str_,
+    "string_": np.bytes_,
+    "bool8": np.bool_,
+    "NaN": np.nan,
+    "Inf": np.inf,
+    "float": float,
+    "int": int,
+    "bool": np.bool_,
+    "complex": complex,
+    "object": object,
+    "str": str,
+    "long": np.int64,
+    "unicode": str,
+}
+
+_ORIGINAL_TORCH_LOAD = torch.load
+_TRUSTED_CALLERS = ("recbole.", "recbole_unrank")
+
+
+def _patch_numpy() -> None:
+    for name, value in NUMPY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def _recbole_torch_load(f, *args, **kwargs):
+    """torch >= 2.6 defaults ``weights_only=True``, but a RecBole checkpoint pickles its
+    ``Config`` ("UnpicklingError: Weights only load failed" in ``load_data_and_model``,
+    ``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, NeuMF pre-training).
+    Only calls made from RecBole's or this package's code default to ``weights_only=False``;
+    every other caller keeps torch's safe default."""
+    if "weights_only" not in kwargs:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith(_TRUSTED_CALLERS):
+            kwargs["weights_only"] = False
+    return _ORIGINAL_TORCH_LOAD(f, *args, **kwargs)
+
+
+def _dok_update(self, data: dict) -> None:
+    """scipy >= 1.13 dropped ``dok_matrix._update``, which LightGCN / NGCF / GCMC / NCL /
+    SpectralCF call to fill their adjacency ("'dok_matrix' object has no attribute
+    '_update'"). Same semantics: bulk insert of ``{(row, col): value}``."""
+    self._dict.update(data)
+
+
+def apply() -> None:
+    """Apply every patch (safe to call more than once)."""
+    _patch_numpy()
+    if getattr(torch.load, "__name__", "") != "_recbole_torch_load":
+        torch.load = _recbole_torch_load
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = _dok_update
+
+
+apply()

@@ -8,6 +8,7 @@ without it). Nothing here changes behaviour for code outside RecBole and this pa
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -66,9 +67,18 @@ def _dok_update(self, data: dict) -> None:
     self._dict.update(data)
 
 
+def _quiet_recbole_warnings() -> None:
+    """RecBole 1.2.1 triggers deprecation notices on every run (pandas chained ``fillna``,
+    ``torch.cuda.amp.GradScaler``) that a user cannot act on; keep them out of the output.
+    With ``pandas<3`` (a dependency) the fill still works."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"recbole\.")
+
+
 def apply() -> None:
     """Apply every patch (safe to call more than once)."""
     _patch_numpy()
+    _quiet_recbole_warnings()
     if getattr(torch.load, "__name__", "") != "_recbole_torch_load":
         torch.load = _recbole_torch_load
     if not hasattr(sp.dok_matrix, "_update"):

@@ -1,0 +1,99 @@
+"""The unlearning-method contract: one base class owns the pipeline step, a method fills it in.
+
+A method is handed its settings (plain keyword arguments) and an :class:`UnlearnTask`; it never
+reads a RecBole ``Config``. What it may need from RecBole (training a fresh model with the
+run's recipe, scoring on the validation split) comes as callables on the task.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from recbole_unrank.errors import UnrankError
+
+__all__ = ["UnlearnTask", "UnlearnResult", "UnlearningMethod", "check_finite"]
+
+
+@dataclass
+class UnlearnTask:
+    """Everything a method may use. ``model`` is a private copy of the original: change it freely.
+
+    Attributes:
+        model: the original model's copy, on ``device``.
+        model_name: RecBole model name (e.g. ``LightGCN``).
+        train_ds / retain_ds / forget_ds: train split, ``D \\ D_t`` and ``D_t`` (same ids).
+        request_index: rows of ``train_ds.inter_feat`` that form D_t (int64 numpy array).
+        device: the model's device.
+        train_fresh: ``train_fresh(train_ds, tag) -> (model, info)`` trains a new model of the
+            same class with the run's config, seed, epoch budget and early stopping.
+        valid_score: ``valid_score(model) -> float``, validation NDCG@10 with the retained
+            history masked (for guards and step searches; never the test split).
+        forget_ranks: ``forget_ranks(model) -> np.ndarray`` ranks of D_t pairs under ``model``
+            with only retained history masked (for calibration against a viewing threshold).
+        seed: the run's seed.
+    """
+
+    model: nn.Module
+    model_name: str
+    train_ds: Any
+    retain_ds: Any
+    forget_ds: Any
+    request_index: np.ndarray
+    device: torch.device
+    train_fresh: Callable[..., tuple[nn.Module, dict]]
+    valid_score: Callable[[nn.Module], float]
+    forget_ranks: Callable[[nn.Module], np.ndarray]
+    seed: int = 2020
+
+
+@dataclass
+class UnlearnResult:
+    """The unlearned model, wall time per stage (seconds), and anything worth reporting."""
+
+    model: nn.Module
+    stages: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    extra_rows: list[dict] = field(default_factory=list)
+
+
+def check_finite(model: nn.Module, method: str) -> None:
+    """Refuse an update that produced NaN or Inf (nothing is saved after this raises)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise UnrankError(
+                f"{method} produced NaN/Inf in '{name}': the update is refused and nothing is "
+                "saved; raise unrank_damping or lower the step"
+            )
+
+
+class UnlearningMethod:
+    """Base class. Subclasses set ``name`` and implement :meth:`unlearn`.
+
+    ``settings`` maps a keyword argument of the method to the ``unrank_*`` config key it is
+    read from by the pipeline (the method itself never sees the config).
+    """
+
+    name: str = "base"
+    settings: dict[str, str] = {}
+
+    def __init__(self, **kwargs: Any):
+        unknown = set(kwargs) - set(self.settings)
+        if unknown:
+            raise UnrankError(f"{self.name} got unknown settings {sorted(unknown)}")
+        self.kwargs = kwargs
+
+    def unlearn(self, task: UnlearnTask) -> UnlearnResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, task: UnlearnTask) -> UnlearnResult:
+        start = time.perf_counter()
+        result = self.unlearn(task)
+        result.info.setdefault("time_s", time.perf_counter() - start)
+        check_finite(result.model, self.name)
+        return result

@@ -1,0 +1,463 @@
+"""original -> request -> methods -> evaluate -> report.
+
+The only module (with :mod:`recbole_unrank.config` and the command lines) that touches
+RecBole's ``Config``, datasets, loaders and trainers. Data flows one way; every check of the
+user's input happens before the run folder is created, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from recbole_unrank import compat  # noqa: F401
+from recbole.data import create_dataset
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.utils import create_samplers, get_dataloader
+from recbole.sampler import Sampler
+from recbole.utils import get_trainer, init_seed
+
+from recbole_unrank import metrics as unrank_metrics
+from recbole_unrank.config import PROPERTIES_DIR, UnrankConfig
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.methods import METHODS, UnlearnTask, check_finite
+from recbole_unrank.models import UnknownModelError, get_model
+from recbole_unrank.request import (
+    ForgetRequest,
+    read_request_file,
+    sample_request,
+    split_train,
+    write_request_file,
+)
+
+__all__ = [
+    "Data",
+    "Run",
+    "build_config",
+    "load_data",
+    "make_loaders",
+    "make_forget_loader",
+    "train_model",
+    "load_checkpoint",
+    "save_checkpoint",
+    "make_request",
+    "method_names",
+    "run_unrank",
+    "prepare_run",
+]
+
+logger = logging.getLogger("recbole_unrank")
+UTILITY_KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+# Measures that compare a model with the original: need the original's ranks as reference.
+REFERENCE_METRICS = {"rdr", "urr", "rank_decline_ratio"}
+
+
+# --------------------------------------------------------------------------- config / data
+def build_config(
+    model: str | None,
+    dataset: str | None,
+    config_files: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+) -> UnrankConfig:
+    """A RecBole config with our properties; unknown model / missing files -> UnrankError."""
+    for f in config_files or []:
+        if not os.path.isfile(f):
+            raise UnrankError(f"config file '{f}' does not exist: check --config_files")
+    if model is None:
+        raise UnrankError("no model given: pass -m/--model (e.g. WMF, NeuMF, LightGCN)")
+    try:
+        model_class = get_model(model)
+    except UnknownModelError as exc:
+        raise UnrankError(str(exc)) from None
+    if model_class.type.name != "GENERAL":
+        raise UnrankError(
+            f"model '{model}' is a {model_class.type.name.lower()} recommender: "
+            "recbole-unrank unlearns general (user-item) recommenders"
+        )
+    try:
+        config = UnrankConfig(model_class, dataset, config_files, config_dict)
+    except (KeyError, ValueError) as exc:
+        raise UnrankError(f"bad configuration: {exc}") from None
+    _check_dataset_exists(config)
+    return config
+
+
+def _check_dataset_exists(config) -> None:
+    name = config["dataset"]
+    folder = os.path.join(config["data_path"])
+    if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+        raise UnrankError(
+            f"dataset '{name}' not found: expected {os.path.join(folder, name + '.inter')}; "
+            "set data_path to the folder that holds <dataset>/<dataset>.inter"
+        )
+
+
+@dataclass
+class Data:
+    """The dataset and its three splits (RecBole ``Dataset`` objects)."""
+
+    dataset: Any
+    train_ds: Any
+    valid_ds: Any
+    test_ds: Any
+
+
+def load_data(config) -> Data:
+    dataset = create_dataset(config)
+    train_ds, valid_ds, test_ds = dataset.build()
+    return Data(dataset, train_ds, valid_ds, test_ds)
+
+
+def make_loaders(config, data: Data, train_ds=None):
+    """RecBole train / valid / test loaders whose history masks follow ``train_ds``
+    (the retained train set for everything after the request)."""
+    train_ds = data.train_ds if train_ds is None else train_ds
+    built = [train_ds, data.valid_ds, data.test_ds]
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, data.dataset, built)
+    train = get_dataloader(config, "train")(config, train_ds, train_sampler, shuffle=config["shuffle"])
+    valid = get_dataloader(config, "valid")(config, data.valid_ds, valid_sampler, shuffle=False)
+    test = get_dataloader(config, "test")(config, data.test_ds, test_sampler, shuffle=False)
+    return train, valid, test
+
+
+def make_forget_loader(config, retain_ds, forget_ds) -> FullSortEvalDataLoader:
+    """Full-sort loader over the forget pairs with only the *retained* history masked."""
+    sampler = Sampler(["retain", "forget"], [retain_ds, forget_ds], distribution="uniform")
+    return FullSortEvalDataLoader(config, forget_ds, sampler.set_phase("forget"), shuffle=False)
+
+
+# --------------------------------------------------------------------------- models
+def _atomic_save(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp, pickle_protocol=4)
+    os.replace(tmp, path)
+
+
+def train_model(config, train_loader, valid_loader, path: str | None = None, tag: str = "model"):
+    """Train a fresh model of ``config['model']`` on ``train_loader``'s data with RecBole's
+    trainer (early stopping on ``valid_loader``); keep the best epoch. Returns ``(model, info)``.
+    With ``path``, the best model is saved there as a RecBole checkpoint (atomically)."""
+    init_seed(config["seed"], config["reproducibility"])
+    model_class = get_model(config["model"])
+    model = model_class(config, train_loader._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    scratch = (path or os.path.join(config["checkpoint_dir"], f"{tag}-{os.getpid()}.pth")) + ".tmp"
+    os.makedirs(os.path.dirname(scratch) or ".", exist_ok=True)
+    trainer.saved_model_file = scratch
+    logger.info("training %s (%s) on %d interactions", config["model"], tag, len(train_loader._dataset))
+    start = time.perf_counter()
+    best_score, _ = trainer.fit(
+        train_loader, valid_loader, verbose=False, saved=True, show_progress=config["show_progress"]
+    )
+    elapsed = time.perf_counter() - start
+    epochs = len(trainer.train_loss_dict)
+    if os.path.isfile(scratch):  # the best epoch (RecBole saves it when validation improves)
+        state = torch.load(scratch, map_location=config["device"], weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        model.load_other_parameter(state.get("other_parameter"))
+        if path:
+            os.replace(scratch, path)
+        else:
+            os.remove(scratch)
+    model.eval()
+    logger.info("trained %s (%s): %d epochs, %.1fs, best valid %.4f", config["model"], tag, epochs, elapsed, best_score)
+    return model, {"epochs": epochs, "time_s": elapsed, "best_valid_score": float(best_score)}
+
+
+def _model_yaml_keys(model_name: str) -> set[str]:
+    keys: set[str] = set()
+    recbole_dir = os.path.dirname(os.path.realpath(__import__("recbole").__file__))
+    for folder in (os.path.join(PROPERTIES_DIR, "model"), os.path.join(recbole_dir, "properties", "model")):
+        f = os.path.join(folder, f"{model_name}.yaml")
+        if os.path.isfile(f):
+            with open(f, encoding="utf-8") as fh:
+                keys.update((yaml.safe_load(fh) or {}).keys())
+    return keys - {"train_neg_sample_args"}
+
+
+def read_checkpoint(path: str) -> dict:
+    """Read a RecBole checkpoint; a missing or corrupt file -> UnrankError."""
+    if not os.path.isfile(path):
+        raise UnrankError(f"checkpoint '{path}' does not exist: give the .pth file RecBole saved")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unpickling failure means the file is not usable
+        raise UnrankError(f"checkpoint '{path}' is corrupt or not a torch file ({type(exc).__name__}): "
+                          "give a .pth file saved by RecBole") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise UnrankError(f"checkpoint '{path}' is not a RecBole checkpoint (no state_dict/config)")
+    return ckpt
+
+
+def adopt_checkpoint_config(config, ckpt: dict) -> None:
+    """Take the model's own hyperparameters (embedding size, layers, ...) from the checkpoint."""
+    old = ckpt["config"]
+    for key in _model_yaml_keys(config["model"]):
+        try:
+            config[key] = old[key]
+        except (KeyError, TypeError):
+            continue
+
+
+def load_checkpoint(config, ckpt: dict, train_ds, path: str = "checkpoint"):
+    """Build the model on ``train_ds`` and load ``ckpt`` into it, checking it matches."""
+    old = ckpt["config"]
+    model_name = old["model"] if "model" in getattr(old, "final_config_dict", {}) else None
+    if model_name and model_name != config["model"]:
+        raise UnrankError(f"checkpoint '{path}' holds a {model_name} model, not {config['model']}: "
+                          f"run with -m {model_name}")
+    for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
+        try:
+            theirs = old[key]
+        except (KeyError, TypeError):
+            continue
+        if theirs != config[key]:
+            raise UnrankError(f"checkpoint '{path}' was trained with {key}={theirs}, the dataset uses "
+                              f"{config[key]}: use the checkpoint's dataset and config")
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_ds).to(config["device"])
+    mine = model.state_dict()
+    for name, tensor in ckpt["state_dict"].items():
+        if name in mine and tuple(mine[name].shape) != tuple(tensor.shape):
+            raise UnrankError(
+                f"checkpoint '{path}' does not match dataset '{config['dataset']}': {name} has shape "
+                f"{tuple(tensor.shape)}, the dataset needs {tuple(mine[name].shape)} "
+                f"({train_ds.user_num} users, {train_ds.item_num} items); use the dataset it was trained on"
+            )
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise UnrankError(f"checkpoint '{path}' does not fit {config['model']}: {str(exc).splitlines()[0]}") from None
+    model.load_other_parameter(ckpt.get("other_parameter"))
+    model.eval()
+    return model
+
+
+def save_checkpoint(model, config, path: str, extra: dict | None = None) -> str:
+    """Write ``model`` as a RecBole checkpoint (the keys ``Trainer._save_checkpoint`` writes),
+    atomically. Graph models also save their (retained) adjacency in ``other_parameter``, so
+    ``load_data_and_model`` reproduces the unlearned scores."""
+    other = model.other_parameter() if hasattr(model, "other_parameter") else None
+    other = dict(other or {})
+    for key in ("restore_user_e", "restore_item_e"):
+        other.pop(key, None)  # caches are rebuilt on demand, never saved stale
+    if hasattr(model, "norm_adj_matrix"):
+        other["norm_adj_matrix"] = model.norm_adj_matrix.cpu()
+    state = {
+        "config": config,
+        "epoch": 0,
+        "cur_step": 0,
+        "best_valid_score": float("nan"),
+        "state_dict": model.state_dict(),
+        "other_parameter": other or None,
+        "optimizer": None,
+        "unrank": extra or {},
+    }
+    _atomic_save(state, path)
+    return path
+
+
+# --------------------------------------------------------------------------- request
+def make_request(config, data: Data) -> ForgetRequest:
+    path = config["unrank_request_file"]
+    if path:
+        return read_request_file(path, data.dataset, data.train_ds)
+    return sample_request(
+        data.train_ds,
+        source=config["unrank_request"],
+        user_ratio=config["unrank_user_ratio"],
+        inter_ratio=config["unrank_inter_ratio"],
+        item_ratio=config["unrank_item_ratio"],
+        seed=config["seed"],
+    )
+
+
+def method_names(config) -> list[str]:
+    names = config["unrank_methods"] or [config["unrank_method"]]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.strip("[]").split(",") if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UnrankError(f"unknown unlearning method(s) {unknown}: choose from {sorted(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def method_settings(config, method_cls) -> dict:
+    return {arg: config[key] for arg, key in method_cls.settings.items()}
+
+
+# --------------------------------------------------------------------------- evaluation
+def _forget_metric_names(config, with_reference: bool) -> list[str]:
+    names = [m.lower() for m in config["unrank_metrics"]]
+    if not with_reference:
+        names = [m for m in names if m not in REFERENCE_METRICS]
+    return names
+
+
+@dataclass
+class Run:
+    """A prepared run: config, data, the request and its splits, and loaders."""
+
+    config: Any
+    data: Data
+    request: ForgetRequest
+    retain_ds: Any
+    forget_ds: Any
+    loaders: tuple = ()
+    forget_loader: Any = None
+    original: Any = None
+    original_info: dict = field(default_factory=dict)
+    reference: dict | None = None
+    rows: list[dict] = field(default_factory=list)
+    run_dir: str | None = None
+
+    def evaluate(self, model, name: str, time_s: float, extra: dict | None = None) -> dict:
+        """One results row: test utility (retained history masked) and forget measures."""
+        cfg = self.config
+        model.eval()
+        _, _, test_loader = self.loaders
+        test, _ = unrank_metrics.evaluate_loader(model, test_loader, cfg["metrics"], cfg["topk"])
+        forget, ranks = unrank_metrics.evaluate_loader(
+            model,
+            self.forget_loader,
+            _forget_metric_names(cfg, self.reference is not None),
+            cfg["unrank_topk"],
+            reference=None if self.reference is None else (self.reference["keys"], self.reference["ranks"]),
+        )
+        row = {"method": name, "time_s": float(time_s), "test": test, "forget": forget}
+        if extra:
+            row.update(extra)
+        return row, ranks
+
+    def valid_score(self, model) -> float:
+        _, valid_loader, _ = self.loaders
+        res, _ = unrank_metrics.evaluate_loader(model, valid_loader, ["NDCG"], [10])
+        return float(res["ndcg@10"])
+
+    def forget_ranks(self, model) -> np.ndarray:
+        _, out = unrank_metrics.evaluate_loader(model, self.forget_loader, ["mean_rank"], [10])
+        return out["ranks"]
+
+
+def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
+    """Everything that can fail on bad input, before anything is written."""
+    names = method_names(config)
+    ckpt = read_checkpoint(checkpoint) if checkpoint else None
+    if ckpt is not None:
+        adopt_checkpoint_config(config, ckpt)
+    data = load_data(config)
+    request = make_request(config, data)
+    retain_ds, forget_ds = split_train(data.train_ds, request)
+    run = Run(config, data, request, retain_ds, forget_ds)
+    run.method_names = names
+    return run, ckpt
+
+
+def _new_run_dir(config) -> str:
+    base = config["unrank_output_dir"] or "runs"
+    stem = f"{config['model']}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = os.path.join(base, stem)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(base, f"{stem}-{n}")
+    os.makedirs(path)
+    return path
+
+
+def _attach_file_log(run_dir: str) -> logging.Handler:
+    handler = logging.FileHandler(os.path.join(run_dir, "run.log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def run_unrank(config, checkpoint: str | None = None) -> Run:
+    """The main job: original -> request -> each method -> evaluate -> report."""
+    from recbole_unrank import report
+
+    run, ckpt = prepare_run(config, checkpoint)
+    run.run_dir = _new_run_dir(config)
+    handler = _attach_file_log(run.run_dir)
+    config["checkpoint_dir"] = run.run_dir
+    try:
+        _execute(run, ckpt, checkpoint)
+        report.write_all(run)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return run
+
+
+def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
+    config, data = run.config, run.data
+    logger.info("request: %s", run.request.summary())
+    if ckpt is None:
+        train, valid, _ = make_loaders(config, data)
+        run.original, run.original_info = train_model(
+            config, train, valid, os.path.join(run.run_dir, "original.pth"), tag="original"
+        )
+        run.original_info["checkpoint"] = os.path.join(run.run_dir, "original.pth")
+    else:
+        run.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
+        run.original_info = {"epochs": None, "time_s": 0.0, "checkpoint": os.path.abspath(checkpoint)}
+    run.loaders = make_loaders(config, data, run.retain_ds)
+    run.forget_loader = make_forget_loader(config, run.retain_ds, run.forget_ds)
+
+    row, ranks = run.evaluate(run.original, "original", 0.0,
+                              {"train_s": run.original_info["time_s"], "epochs": run.original_info["epochs"]})
+    run.reference = ranks
+    row["ranks"] = ranks
+    run.rows.append(row)
+    _log_row(row)
+
+    for name in run.method_names:
+        method_cls = METHODS[name]
+        method = method_cls(**method_settings(config, method_cls))
+        task = UnlearnTask(
+            model=copy.deepcopy(run.original),
+            model_name=config["model"],
+            train_ds=data.train_ds,
+            retain_ds=run.retain_ds,
+            forget_ds=run.forget_ds,
+            request_index=run.request.index,
+            device=config["device"],
+            train_fresh=lambda ds, tag: _train_on(run, ds, tag),
+            valid_score=run.valid_score,
+            forget_ranks=run.forget_ranks,
+            seed=config["seed"],
+        )
+        logger.info("[%s] unlearning ...", name)
+        result = method(task)
+        check_finite(result.model, name)
+        path = os.path.join(run.run_dir, f"{config['model']}-{name}.pth")
+        save_checkpoint(result.model, config, path, {"method": name, "request": run.request.summary()})
+        extra = {"stages": result.stages, "checkpoint": path, **{k: v for k, v in result.info.items() if k != "time_s"}}
+        row, ranks = run.evaluate(result.model, name, result.info["time_s"], extra)
+        row["ranks"] = ranks
+        run.rows.append(row)
+        for extra_row in result.extra_rows:
+            run.rows.append(extra_row)
+        _log_row(row)
+
+
+def _train_on(run: Run, train_ds, tag: str):
+    train, valid, _ = make_loaders(run.config, run.data, train_ds)
+    return train_model(run.config, train, valid, None, tag=tag)
+
+
+def _log_row(row: dict) -> None:
+    test, forget = row["test"], row["forget"]
+    logger.info(
+        "[%s] %.2fs | test ndcg@10 %.4f recall@10 %.4f | forget_hit@10 %.4f mean_rank %.1f",
+        row["method"], row["time_s"], test.get("ndcg@10", float("nan")), test.get("recall@10", float("nan")),
+        forget.get("forget_hit@10", float("nan")), forget.get("mean_rank", float("nan")),
+    )

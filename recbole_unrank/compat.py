@@ -38,7 +38,9 @@ NUMPY_ALIASES = {
 }
 
 _ORIGINAL_TORCH_LOAD = torch.load
-_TRUSTED_CALLERS = ("recbole.", "recbole_unrank")
+# Module names whose torch.load calls may unpickle a Config: RecBole and this package only
+# (exact package names or their submodules; "recbole_unrank_x" is someone else's code).
+_TRUSTED_PACKAGES = ("recbole", "recbole_unrank")
 
 
 def _patch_numpy() -> None:
@@ -55,7 +57,7 @@ def _recbole_torch_load(f, *args, **kwargs):
     every other caller keeps torch's safe default."""
     if "weights_only" not in kwargs:
         caller = sys._getframe(1).f_globals.get("__name__", "")
-        if caller.startswith(_TRUSTED_CALLERS):
+        if caller.split(".", 1)[0] in _TRUSTED_PACKAGES:
             kwargs["weights_only"] = False
     return _ORIGINAL_TORCH_LOAD(f, *args, **kwargs)
 

@@ -111,6 +111,9 @@ class Data:
 
 
 def load_data(config) -> Data:
+    # RecBole's random split shuffles with torch's global generator: seed it first, as
+    # run_recbole does, so that the same seed gives the same splits.
+    init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_ds, valid_ds, test_ds = dataset.build()
     return Data(dataset, train_ds, valid_ds, test_ds)
@@ -342,6 +345,14 @@ class Run:
         res, _ = unrank_metrics.evaluate_loader(model, valid_loader, ["NDCG"], [10])
         return float(res["ndcg@10"])
 
+    @property
+    def valid_ndcg_sum(self) -> float:
+        """The original's validation NDCG@10 summed over validation users (computed once)."""
+        if getattr(self, "_valid_sum", None) is None:
+            _, valid_loader, _ = self.loaders
+            self._valid_sum = self.valid_score(self.original) * len(valid_loader.uid_list)
+        return self._valid_sum
+
     def forget_ranks(self, model) -> np.ndarray:
         _, out = unrank_metrics.evaluate_loader(model, self.forget_loader, ["mean_rank"], [10])
         return out["ranks"]
@@ -434,6 +445,8 @@ def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
             valid_score=run.valid_score,
             forget_ranks=run.forget_ranks,
             seed=config["seed"],
+            valid_ds=data.valid_ds,
+            valid_ndcg_sum=run.valid_ndcg_sum,
         )
         logger.info("[%s] unlearning ...", name)
         result = method(task)

@@ -37,6 +37,8 @@ class UnlearnTask:
         forget_ranks: ``forget_ranks(model) -> np.ndarray`` ranks of D_t pairs under ``model``
             with only retained history masked (for calibration against a viewing threshold).
         seed: the run's seed.
+        valid_ds: the validation split (for guards; never the test split).
+        valid_ndcg_sum: the original's validation NDCG@10 summed over the validation users.
     """
 
     model: nn.Module
@@ -50,6 +52,8 @@ class UnlearnTask:
     valid_score: Callable[[nn.Module], float]
     forget_ranks: Callable[[nn.Module], np.ndarray]
     seed: int = 2020
+    valid_ds: Any = None
+    valid_ndcg_sum: float | None = None
 
 
 @dataclass

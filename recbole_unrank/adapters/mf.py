@@ -1,0 +1,142 @@
+"""Adapters for factor models: dot-product MF (WMF, BPR) and NeuMF."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recbole_unrank.adapters.base import AdapterError, ModelAdapter
+
+__all__ = ["DotProductAdapter", "NeuMFAdapter"]
+
+
+class DotProductAdapter(ModelAdapter):
+    """``y_ui = p_u . q_i`` with ``user_embedding`` / ``item_embedding`` (WMF, BPR, ...)."""
+
+    supports_user_blocks = True
+
+    def __init__(self, model: nn.Module, pairwise: bool):
+        super().__init__(model)
+        for name in ("user_embedding", "item_embedding"):
+            if not isinstance(getattr(model, name, None), nn.Embedding):
+                raise AdapterError(f"{type(model).__name__} has no nn.Embedding '{name}'")
+        self.pairwise = pairwise
+        self.P = model.user_embedding.weight
+        self.Q = model.item_embedding.weight
+
+    def pair_scores(self, users, items):
+        return (self.P[users] * self.Q[items]).sum(-1)
+
+    @torch.no_grad()
+    def final_embeddings(self):
+        return self.P.detach(), self.Q.detach()
+
+    @torch.no_grad()
+    def user_scores(self, users):
+        return self.P[users] @ self.Q.T
+
+    def user_dim(self) -> int:
+        return self.P.shape[1]
+
+    @torch.no_grad()
+    def user_block_jacobian(self, users, items):
+        return self.Q[items].detach()
+
+    @torch.no_grad()
+    def prepare_user_delta(self, users, delta):
+        # Scores are linear in the step: s(eta) = S0 + eta * (delta Q^T).
+        return self.P[users] @ self.Q.T, delta @ self.Q.T
+
+    @torch.no_grad()
+    def scores_with_delta(self, users, prepared, scale):
+        base, slope = prepared
+        return base + scale[:, None] * slope
+
+    @torch.no_grad()
+    def apply_user_delta(self, users, delta):
+        self.P.index_add_(0, users, delta.to(self.P.dtype))
+        self.invalidate()
+
+
+class NeuMFAdapter(ModelAdapter):
+    """RecBole's NeuMF: GMF (``user_mf_embedding``) + MLP (``user_mlp_embedding``) heads.
+    A user's block is ``theta_u = [p_u^mf ; p_u^mlp]``; scores are logits (ranking-equivalent
+    to ``predict``'s sigmoid)."""
+
+    supports_user_blocks = True
+    pairwise = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        if not (model.mf_train and model.mlp_train):
+            raise AdapterError("NeuMF with mf_train or mlp_train off is not supported by the NeuMF adapter")
+        self.d_mf = model.user_mf_embedding.weight.shape[1]
+        self.d_mlp = model.user_mlp_embedding.weight.shape[1]
+
+    def _logits(self, u_mf, u_mlp, items):
+        m = self.model
+        mf = u_mf * m.item_mf_embedding(items)
+        mlp = m.mlp_layers(torch.cat((u_mlp, m.item_mlp_embedding(items)), -1))
+        return m.predict_layer(torch.cat((mf, mlp), -1)).squeeze(-1)
+
+    def pair_scores(self, users, items):
+        m = self.model
+        return self._logits(m.user_mf_embedding(users), m.user_mlp_embedding(users), items)
+
+    @torch.no_grad()
+    def final_embeddings(self):
+        m = self.model
+        u = torch.cat((m.user_mf_embedding.weight, m.user_mlp_embedding.weight), -1)
+        i = torch.cat((m.item_mf_embedding.weight, m.item_mlp_embedding.weight), -1)
+        return u.detach(), i.detach()
+
+    def user_dim(self) -> int:
+        return self.d_mf + self.d_mlp
+
+    def user_block_jacobian(self, users, items):
+        # Each pair gets its own leaf copy of theta_u, so one backward gives per-pair gradients.
+        m = self.model
+        theta = torch.cat((m.user_mf_embedding(users), m.user_mlp_embedding(users)), -1).detach()
+        theta.requires_grad_(True)
+        with torch.enable_grad():
+            y = self._logits(theta[:, : self.d_mf], theta[:, self.d_mf :], items)
+            (jac,) = torch.autograd.grad(y.sum(), theta)
+        return jac.detach()
+
+    @torch.no_grad()
+    def _scores_for(self, theta: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
+        m = self.model
+        items = torch.arange(self.n_items, device=theta.device)
+        out = []
+        # The MLP's first layer splits into a user part and an item part; the item part is shared.
+        for start in range(0, theta.shape[0], chunk_rows):
+            t = theta[start : start + chunk_rows]
+            b = t.shape[0]
+            u_idx = torch.arange(b, device=t.device).repeat_interleave(self.n_items)
+            i_idx = items.repeat(b)
+            out.append(self._logits(t[u_idx, : self.d_mf], t[u_idx, self.d_mf :], i_idx).view(b, -1))
+        return torch.cat(out, 0)
+
+    @torch.no_grad()
+    def user_scores(self, users):
+        m = self.model
+        theta = torch.cat((m.user_mf_embedding(users), m.user_mlp_embedding(users)), -1)
+        return self._scores_for(theta)
+
+    @torch.no_grad()
+    def prepare_user_delta(self, users, delta):
+        m = self.model
+        theta = torch.cat((m.user_mf_embedding(users), m.user_mlp_embedding(users)), -1)
+        return theta, delta
+
+    @torch.no_grad()
+    def scores_with_delta(self, users, prepared, scale):
+        theta, delta = prepared
+        return self._scores_for(theta + scale[:, None] * delta)
+
+    @torch.no_grad()
+    def apply_user_delta(self, users, delta):
+        m = self.model
+        m.user_mf_embedding.weight.index_add_(0, users, delta[:, : self.d_mf])
+        m.user_mlp_embedding.weight.index_add_(0, users, delta[:, self.d_mf :])
+        self.invalidate()

@@ -28,6 +28,13 @@ def strip_own_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[ar
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:
         parser.error(f"unrecognised arguments {bad}: RecBole settings are written --key=value")
+    # RecBole's Config raises a bare SyntaxError (a traceback) on a key given twice with
+    # different values: refuse it here, as bad input.
+    seen: dict[str, str] = {}
+    for arg in rest:
+        key, value = arg[2:].split("=", 1)
+        if seen.setdefault(key, value) != value:
+            parser.error(f"--{key} is given twice with different values ({seen[key]!r}, {value!r})")
     return args, rest
 
 

@@ -358,6 +358,108 @@ class Run:
         return out["ranks"]
 
 
+def _run_prepare_original(self, ckpt: dict | None = None, checkpoint: str | None = None) -> dict:
+    """Train (or load) the original model, build the retained-history loaders, evaluate the
+    original: its forget ranks become the reference of every later row."""
+    config, data = self.config, self.data
+    logger.info("request: %s", self.request.summary())
+    if ckpt is None:
+        train, valid, _ = make_loaders(config, data)
+        path = os.path.join(self.run_dir, "original.pth") if self.run_dir else None
+        self.original, self.original_info = train_model(config, train, valid, path, tag="original")
+        self.original_info["checkpoint"] = path
+    else:
+        self.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
+        self.original_info = {"epochs": None, "time_s": 0.0, "checkpoint": os.path.abspath(checkpoint)}
+    self.loaders = make_loaders(config, data, self.retain_ds)
+    self.forget_loader = make_forget_loader(config, self.retain_ds, self.forget_ds)
+    row, ranks = self.evaluate(self.original, "original", 0.0,
+                               {"train_s": self.original_info["time_s"], "epochs": self.original_info["epochs"]})
+    self.reference = ranks
+    row["ranks"] = ranks
+    self.rows.append(row)
+    _log_row(row)
+    return row
+
+
+def _run_task(self, model=None) -> UnlearnTask:
+    config = self.config
+    return UnlearnTask(
+        model=copy.deepcopy(self.original if model is None else model),
+        model_name=config["model"],
+        train_ds=self.data.train_ds,
+        retain_ds=self.retain_ds,
+        forget_ds=self.forget_ds,
+        request_index=self.request.index,
+        device=config["device"],
+        train_fresh=lambda ds, tag: _train_on(self, ds, tag),
+        valid_score=self.valid_score,
+        forget_ranks=self.forget_ranks,
+        seed=config["seed"],
+        valid_ds=self.data.valid_ds,
+        valid_ndcg_sum=self.valid_ndcg_sum,
+        make_train_loader=lambda ds: make_loaders(config, self.data, ds)[0],
+    )
+
+
+def _run_method(self, name: str, overrides: dict | None = None, save: bool = True,
+                evaluate_test: bool = True, label: str | None = None) -> dict:
+    """Run one method on a fresh copy of the original; evaluate; optionally save its
+    checkpoint; append and return its row. ``overrides`` replace ``unrank_*`` settings."""
+    config = self.config
+    method_cls = METHODS[name]
+    settings = method_settings(config, method_cls)
+    if overrides:
+        unknown = set(overrides) - set(method_cls.settings.values())
+        if unknown:
+            raise UnrankError(f"{name} does not take {sorted(unknown)}: its settings are "
+                              f"{sorted(method_cls.settings.values())}")
+        inverse = {v: k for k, v in method_cls.settings.items()}
+        settings.update({inverse[k]: v for k, v in overrides.items()})
+    method = method_cls(**settings)
+    label = label or name
+    logger.info("[%s] unlearning ...", label)
+    result = method(self._task())
+    check_finite(result.model, name)
+    extra = {"stages": result.stages, **{k: v for k, v in result.info.items() if k != "time_s"}}
+    if save and self.run_dir:
+        path = os.path.join(self.run_dir, f"{config['model']}-{label}.pth")
+        save_checkpoint(result.model, config, path, {"method": name, "request": self.request.summary()})
+        extra["checkpoint"] = path
+    if evaluate_test:
+        row, ranks = self.evaluate(result.model, label, result.info["time_s"], extra)
+    else:
+        row, ranks = self.evaluate_forget_only(result.model, label, result.info["time_s"], extra)
+    row["ranks"] = ranks
+    row["_model"] = result.model
+    self.rows.append(row)
+    self.rows.extend(result.extra_rows)
+    _log_row(row)
+    return row
+
+
+def _run_evaluate_forget_only(self, model, name: str, time_s: float, extra: dict | None = None):
+    """A row with validation utility (not test) and forget measures: for model selection."""
+    cfg = self.config
+    model.eval()
+    _, valid_loader, _ = self.loaders
+    valid, _ = unrank_metrics.evaluate_loader(model, valid_loader, cfg["metrics"], cfg["topk"])
+    forget, ranks = unrank_metrics.evaluate_loader(
+        model, self.forget_loader, _forget_metric_names(cfg, self.reference is not None), cfg["unrank_topk"],
+        reference=None if self.reference is None else (self.reference["keys"], self.reference["ranks"]),
+    )
+    row = {"method": name, "time_s": float(time_s), "valid": valid, "forget": forget}
+    if extra:
+        row.update(extra)
+    return row, ranks
+
+
+Run.prepare_original = _run_prepare_original
+Run._task = _run_task
+Run.run_method = _run_method
+Run.evaluate_forget_only = _run_evaluate_forget_only
+
+
 def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
     """Everything that can fail on bad input, before anything is written."""
     names = method_names(config)
@@ -409,57 +511,9 @@ def run_unrank(config, checkpoint: str | None = None) -> Run:
 
 
 def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
-    config, data = run.config, run.data
-    logger.info("request: %s", run.request.summary())
-    if ckpt is None:
-        train, valid, _ = make_loaders(config, data)
-        run.original, run.original_info = train_model(
-            config, train, valid, os.path.join(run.run_dir, "original.pth"), tag="original"
-        )
-        run.original_info["checkpoint"] = os.path.join(run.run_dir, "original.pth")
-    else:
-        run.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
-        run.original_info = {"epochs": None, "time_s": 0.0, "checkpoint": os.path.abspath(checkpoint)}
-    run.loaders = make_loaders(config, data, run.retain_ds)
-    run.forget_loader = make_forget_loader(config, run.retain_ds, run.forget_ds)
-
-    row, ranks = run.evaluate(run.original, "original", 0.0,
-                              {"train_s": run.original_info["time_s"], "epochs": run.original_info["epochs"]})
-    run.reference = ranks
-    row["ranks"] = ranks
-    run.rows.append(row)
-    _log_row(row)
-
+    run.prepare_original(ckpt, checkpoint)
     for name in run.method_names:
-        method_cls = METHODS[name]
-        method = method_cls(**method_settings(config, method_cls))
-        task = UnlearnTask(
-            model=copy.deepcopy(run.original),
-            model_name=config["model"],
-            train_ds=data.train_ds,
-            retain_ds=run.retain_ds,
-            forget_ds=run.forget_ds,
-            request_index=run.request.index,
-            device=config["device"],
-            train_fresh=lambda ds, tag: _train_on(run, ds, tag),
-            valid_score=run.valid_score,
-            forget_ranks=run.forget_ranks,
-            seed=config["seed"],
-            valid_ds=data.valid_ds,
-            valid_ndcg_sum=run.valid_ndcg_sum,
-        )
-        logger.info("[%s] unlearning ...", name)
-        result = method(task)
-        check_finite(result.model, name)
-        path = os.path.join(run.run_dir, f"{config['model']}-{name}.pth")
-        save_checkpoint(result.model, config, path, {"method": name, "request": run.request.summary()})
-        extra = {"stages": result.stages, "checkpoint": path, **{k: v for k, v in result.info.items() if k != "time_s"}}
-        row, ranks = run.evaluate(result.model, name, result.info["time_s"], extra)
-        row["ranks"] = ranks
-        run.rows.append(row)
-        for extra_row in result.extra_rows:
-            run.rows.append(extra_row)
-        _log_row(row)
+        run.run_method(name)
 
 
 def _train_on(run: Run, train_ds, tag: str):

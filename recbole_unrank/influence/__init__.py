@@ -4,6 +4,7 @@
 - :mod:`.weights`: stage 2, structural / semantic influence and interaction weights ``w_ui``.
 - :mod:`.hvp`: Hessian- and Gauss-Newton-vector products by double back-propagation.
 - :mod:`.cg`: conjugate gradient for ``(H + lambda I) Delta = g``; exact small block solves.
+- :mod:`.probe`: per-user forget ranks and validation NDCG from a score matrix (step calibration).
 """
 
 from recbole_unrank.influence.cg import CGResult, batched_block_solve, conjugate_gradient
@@ -16,6 +17,7 @@ from recbole_unrank.influence.hvp import (
     sigmoid_curvature,
     unflat,
 )
+from recbole_unrank.influence.probe import RankProbe
 from recbole_unrank.influence.scope import ScopeResult, influence_scope
 from recbole_unrank.influence.weights import (
     EntityInfluence,
@@ -29,6 +31,7 @@ from recbole_unrank.influence.weights import (
 __all__ = [
     "CGResult",
     "EntityInfluence",
+    "RankProbe",
     "ScopeResult",
     "batched_block_solve",
     "conjugate_gradient",

@@ -30,10 +30,10 @@ class ScopeResult:
         scope_index: LongTensor[S], sorted, distinct indices into the ``N`` train
             interactions: ``D_inf`` (it always contains every target).
         context_index: LongTensor[S - T], sorted: ``D_inf \\ D_t``.
-        hops_done: number of hops that added at least one interaction (``<= hops``; smaller
-            when the expansion stopped early because a frontier was empty, or because the
-            scope already reached ``cap``).
-        truncated: True when ``cap`` cut interactions out of the scope.
+        hops_done: number of hops that added interactions to the returned scope (``<= hops``;
+            smaller when the expansion stopped early because a frontier was empty, or because
+            the scope had already reached ``cap``).
+        truncated: True when ``cap`` left out interactions that the uncapped scope holds.
     """
 
     scope_index: Tensor
@@ -120,6 +120,7 @@ def influence_scope(
     size = targets.numel()
 
     frontier = targets
+    truncated = False
     # per hop h >= 1: the new interactions F_h (sorted by index) and how many frontier
     # entities of F_{h-1} each one touches (1 or 2); used only when the cap cuts.
     added: list[Tensor] = []
@@ -138,22 +139,23 @@ def influence_scope(
         frontier = new_mask.nonzero().squeeze(1)
         if frontier.numel() == 0:  # nothing new: later hops would add nothing either
             break
+        if cap is not None and size >= cap:  # the cap is full: this hop is cut away whole
+            truncated = True
+            break
         in_scope |= new_mask
         added.append(frontier)
         touches.append(by_user[frontier].to(torch.int8) + by_item[frontier].to(torch.int8))
         size += frontier.numel()
-        if cap is not None and size >= cap:  # later hops would only be cut away
-            break
 
     hops_done = len(added)
-    truncated = cap is not None and size > cap and size > targets.numel()
-    if not truncated:
+    if cap is None or size <= max(cap, targets.numel()):  # all that was expanded fits
         scope_index = in_scope.nonzero().squeeze(1)
         in_scope[targets] = False  # what is left is the context (a mask: isin is slow)
         context_index = in_scope.nonzero().squeeze(1)
-        return ScopeResult(scope_index, context_index, hops_done)
+        return ScopeResult(scope_index, context_index, hops_done, truncated)
 
-    # Cap: keep targets, then whole hops, then the best-connected part of the overflowing hop.
+    # The cap cuts into the expanded hops: keep targets, then whole hops, earliest first,
+    # then the best-connected part of the hop that overflows.
     budget = max(cap - targets.numel(), 0)
     kept: list[Tensor] = []
     for frontier, touch in zip(added, touches):
@@ -172,4 +174,4 @@ def influence_scope(
         else torch.empty(0, dtype=torch.long, device=device)
     )
     scope_index = torch.sort(torch.cat([targets, context_index])).values
-    return ScopeResult(scope_index, context_index, hops_done, truncated=True)
+    return ScopeResult(scope_index, context_index, hops_done=len(kept), truncated=True)

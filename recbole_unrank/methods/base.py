@@ -39,6 +39,8 @@ class UnlearnTask:
         seed: the run's seed.
         valid_ds: the validation split (for guards; never the test split).
         valid_ndcg_sum: the original's validation NDCG@10 summed over the validation users.
+        make_train_loader: ``make_train_loader(ds)`` a RecBole training loader over ``ds`` (with
+            the run's negative sampling and batch size), for methods that train.
     """
 
     model: nn.Module
@@ -54,6 +56,7 @@ class UnlearnTask:
     seed: int = 2020
     valid_ds: Any = None
     valid_ndcg_sum: float | None = None
+    make_train_loader: Callable[[Any], Any] | None = None
 
 
 @dataclass

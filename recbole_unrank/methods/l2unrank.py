@@ -165,7 +165,9 @@ class L2UnRank(UnlearningMethod):
             scope_index, context_index = scope.scope_index, scope.context_index
         else:  # D_inf = D
             scope_index = torch.arange(users.numel(), device=device)
-            context_index = scope_index[~torch.isin(scope_index, target)]
+            is_t = torch.zeros(users.numel(), dtype=torch.bool, device=device)
+            is_t[target] = True
+            context_index = scope_index[~is_t]
         stages["scope_s"] = time.perf_counter() - t0
         info.update(hops=hops, scope_size=int(scope_index.numel()), train_size=int(users.numel()))
         logger.info("[l2unrank] scope: %d hops, %d of %d train interactions (%d context)",
@@ -331,7 +333,9 @@ class L2UnRank(UnlearningMethod):
         device = users.device
         params = adapter.params()
         su, si = users[scope_index], items[scope_index]
-        is_target = torch.isin(scope_index, target)
+        target_mask = torch.zeros(users.numel(), dtype=torch.bool, device=device)
+        target_mask[target] = True
+        is_target = target_mask[scope_index]
         w = weights if s["use_weights"] else torch.ones_like(weights)
         gw = torch.where(is_target, torch.ones_like(w), w if s["use_context"] else torch.zeros_like(w))
         neg = self._negatives(su.numel(), adapter.n_items, device, task.seed) if pairwise else None

@@ -20,7 +20,11 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = base_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="start from this RecBole checkpoint (.pth) instead of training")
+    parser.add_argument("--reference_models", default=None,
+                        help="comma-separated RecBole models trained on the retained data for comparison, e.g. Pop,ItemKNN,BPR")
     args, rest = strip_own_args(parser, argv)
+    if args.reference_models:
+        rest.append(f"--unrank_reference_models=[{args.reference_models}]")
     sys.argv = [sys.argv[0]] + rest  # RecBole's Config reads --key=value from sys.argv
     setup_logging()
     from recbole_unrank.pipeline import build_config, run_unrank

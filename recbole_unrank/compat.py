@@ -75,6 +75,24 @@ def _quiet_recbole_warnings() -> None:
     With ``pandas<3`` (a dependency) the fill still works."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"recbole\.")
+    # LightGCN builds its adjacency with the deprecated torch.sparse.FloatTensor constructor.
+    warnings.filterwarnings("ignore", message=r"torch\.sparse\.SparseTensor", category=UserWarning)
+
+
+def _pop_calculate_loss(self, interaction):
+    """RecBole's ``Pop`` counts with ``item_cnt[item] = item_cnt[item] + 1``: an item that
+    appears several times in one batch is counted once, so its popularity is capped by the
+    number of batches (all items tie when one batch holds the data). Count every occurrence."""
+    item = interaction[self.ITEM_ID]
+    self.item_cnt.index_add_(0, item, torch.ones_like(item).unsqueeze(1).to(self.item_cnt.dtype))
+    self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
+    return torch.nn.Parameter(torch.zeros(1)).to(self.device)
+
+
+def _patch_pop() -> None:
+    from recbole.model.general_recommender.pop import Pop
+
+    Pop.calculate_loss = _pop_calculate_loss
 
 
 def apply() -> None:
@@ -85,6 +103,7 @@ def apply() -> None:
         torch.load = _recbole_torch_load
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = _dok_update
+    _patch_pop()
 
 
 apply()

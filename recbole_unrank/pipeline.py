@@ -77,7 +77,7 @@ def build_config(
         model_class = get_model(model)
     except UnknownModelError as exc:
         raise UnrankError(str(exc)) from None
-    if model_class.type.name != "GENERAL":
+    if model_class.type.name not in ("GENERAL", "TRADITIONAL"):
         raise UnrankError(
             f"model '{model}' is a {model_class.type.name.lower()} recommender: "
             "recbole-unrank unlearns general (user-item) recommenders"
@@ -463,6 +463,11 @@ Run.evaluate_forget_only = _run_evaluate_forget_only
 def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
     """Everything that can fail on bad input, before anything is written."""
     names = method_names(config)
+    for ref in _reference_names(config):
+        try:
+            get_model(ref)
+        except UnknownModelError as exc:
+            raise UnrankError(f"reference model: {exc}") from None
     ckpt = read_checkpoint(checkpoint) if checkpoint else None
     if ckpt is not None:
         adopt_checkpoint_config(config, ckpt)
@@ -514,6 +519,36 @@ def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
     run.prepare_original(ckpt, checkpoint)
     for name in run.method_names:
         run.run_method(name)
+    for name in _reference_names(run.config):
+        run.run_reference(name)
+
+
+def _reference_names(config) -> list[str]:
+    names = config["unrank_reference_models"] or []
+    if isinstance(names, str):
+        names = [n.strip() for n in names.strip("[]").split(",") if n.strip()]
+    return list(names)
+
+
+def _run_reference(self, model_name: str) -> dict:
+    """Train a RecBole model on the retained data (same dataset, split, seed) and add its
+    row: an unlearned model is then seen beside RecBole's own baselines."""
+    cfg = self.config
+    overrides = {k: cfg[k] for k in ("data_path", "seed", "gpu_id", "epochs", "stopping_step", "eval_step",
+                                     "train_batch_size", "eval_batch_size", "topk", "metrics", "valid_metric",
+                                     "checkpoint_dir", "eval_args", "load_col", "reproducibility")
+                 if k in cfg.final_config_dict}
+    ref_cfg = build_config(model_name, cfg["dataset"], None, overrides)
+    train, valid, _ = make_loaders(ref_cfg, self.data, self.retain_ds)
+    model, info = train_model(ref_cfg, train, valid, None, tag=f"reference {model_name}")
+    row, ranks = self.evaluate(model, f"ref:{model_name}", info["time_s"], {"epochs": info["epochs"], "reference": True})
+    row["ranks"] = ranks
+    self.rows.append(row)
+    _log_row(row)
+    return row
+
+
+Run.run_reference = _run_reference
 
 
 def _train_on(run: Run, train_ds, tag: str):

@@ -59,7 +59,7 @@ def results_record(run) -> dict:
     retrain_time = next((r["time_s"] for r in run.rows if r["method"] == "retrain"), None)
     for row in run.rows:
         row = {k: v for k, v in row.items() if k not in ("ranks", "_model")}
-        if retrain_time and row["method"] not in ("original", "retrain") and row["time_s"] > 0:
+        if retrain_time and row["method"] not in ("original", "retrain") and not row.get("reference") and row["time_s"] > 0:
             row["speedup"] = retrain_time / row["time_s"]
         rows.append(_plain(row))
     return {

@@ -1,11 +1,22 @@
 """Unlearning methods, by name (the values of ``unrank_method`` / ``unrank_methods``)."""
 
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask, check_finite
+from recbole_unrank.methods.influence_baselines import IFRU, SCIF, InfluenceFunction
 from recbole_unrank.methods.l2unrank import L2UnRank, l2unrank_variant
 from recbole_unrank.methods.retrain import Retrain
+from recbole_unrank.methods.finetune import FineTune, NegGrad
+from recbole_unrank.methods.partition import RecEraser, ShardEnsemble, SISA
 
 METHODS: dict[str, type[UnlearningMethod]] = {
     "retrain": Retrain,
+    # Influence-function baselines (DESIGN.md section 5).
+    "if": InfluenceFunction,
+    "ifru": IFRU,
+    "scif": SCIF,
+    "finetune": FineTune,
+    "neggrad": NegGrad,
+    "sisa": SISA,
+    "receraser": RecEraser,
     "l2unrank": L2UnRank,
     # The paper's settings as they are (see config/l2unrank-paper.yaml).
     "l2unrank_paper": l2unrank_variant(
@@ -28,6 +39,14 @@ __all__ = [
     "UnlearnResult",
     "UnlearnTask",
     "Retrain",
+    "InfluenceFunction",
+    "IFRU",
+    "SCIF",
+    "FineTune",
+    "NegGrad",
+    "SISA",
+    "RecEraser",
+    "ShardEnsemble",
     "L2UnRank",
     "l2unrank_variant",
     "check_finite",

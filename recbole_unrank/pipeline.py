@@ -369,7 +369,8 @@ def _run_prepare_original(self, ckpt: dict | None = None, checkpoint: str | None
         self.original, self.original_info = train_model(config, train, valid, path, tag="original")
         self.original_info["checkpoint"] = path
     else:
-        self.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
+        if self.original is None:
+            self.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
         self.original_info = {"epochs": None, "time_s": 0.0, "checkpoint": os.path.abspath(checkpoint)}
     self.loaders = make_loaders(config, data, self.retain_ds)
     self.forget_loader = make_forget_loader(config, self.retain_ds, self.forget_ds)
@@ -476,6 +477,8 @@ def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None
     retain_ds, forget_ds = split_train(data.train_ds, request)
     run = Run(config, data, request, retain_ds, forget_ds)
     run.method_names = names
+    if ckpt is not None:  # a checkpoint that does not fit the dataset fails here, before any write
+        run.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
     return run, ckpt
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +55,9 @@ def use_training_data(model: nn.Module, ds) -> None:
     adapter.set_graph(users, items)
     degree = getattr(model, "user_degree", None)
     if isinstance(degree, torch.Tensor):
-        model.user_degree = torch.bincount(users, minlength=degree.numel()).to(degree).clamp(min=1.0)
+        model.user_degree = (
+            torch.bincount(users, minlength=degree.numel()).to(degree).clamp(min=1.0)
+        )
     adapter.invalidate()
 
 
@@ -86,7 +87,11 @@ def _positive(name: str, value: Any, default: float, cast=float, allow_zero: boo
         value = cast(value)
     except (TypeError, ValueError):
         raise UnrankError(f"{name}={value!r} is not a number: give a {cast.__name__}") from None
-    if value < 0 or (value == 0 and not allow_zero) or (isinstance(value, float) and not math.isfinite(value)):
+    if (
+        value < 0
+        or (value == 0 and not allow_zero)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         bound = ">= 0" if allow_zero else "> 0"
         raise UnrankError(f"{name}={value} is out of range: it must be {bound}")
     return value
@@ -102,7 +107,9 @@ class FineTune(UnlearningMethod):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.epochs = _positive("unrank_finetune_epochs", kwargs.get("epochs"), 2, int, allow_zero=True)
+        self.epochs = _positive(
+            "unrank_finetune_epochs", kwargs.get("epochs"), 2, int, allow_zero=True
+        )
         self.lr = _positive("unrank_finetune_lr", kwargs.get("lr"), 1e-3)
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
@@ -118,14 +125,19 @@ class FineTune(UnlearningMethod):
             for batch in loader:
                 loss = batch_loss(model, batch.to(device))
                 if not torch.isfinite(loss):
-                    raise UnrankError(f"finetune: the training loss became {loss.item()}: lower unrank_finetune_lr")
+                    raise UnrankError(
+                        f"finetune: the training loss became {loss.item()}: "
+                        "lower unrank_finetune_lr"
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 steps, last = steps + 1, float(loss.detach())
         get_adapter(model).invalidate()
         model.eval()
-        return UnlearnResult(model, info={"epochs": self.epochs, "steps": steps, "final_loss": last})
+        return UnlearnResult(
+            model, info={"epochs": self.epochs, "steps": steps, "final_loss": last}
+        )
 
 
 class NegGrad(UnlearningMethod):
@@ -144,7 +156,9 @@ class NegGrad(UnlearningMethod):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.epochs = _positive("unrank_neggrad_epochs", kwargs.get("epochs"), 1, int, allow_zero=True)
+        self.epochs = _positive(
+            "unrank_neggrad_epochs", kwargs.get("epochs"), 1, int, allow_zero=True
+        )
         self.alpha = _positive("unrank_neggrad_alpha", kwargs.get("alpha"), 1.0, allow_zero=True)
         self.lr = _positive("unrank_neggrad_lr", kwargs.get("lr"), 1e-3)
         self.clip = _positive("unrank_neggrad_clip", kwargs.get("clip"), 1.0)
@@ -181,11 +195,20 @@ class NegGrad(UnlearningMethod):
                 steps += 1
                 retain_loss, forget_loss = float(l_r.detach()), float(l_f.detach())
             if stopped:
-                logger.warning("[neggrad] stopped after %d steps: %s (the steps before are kept)", steps, stopped)
+                logger.warning(
+                    "[neggrad] stopped after %d steps: %s (the steps before are kept)",
+                    steps,
+                    stopped,
+                )
                 break
         get_adapter(model).invalidate()
         model.eval()
-        info = {"epochs": self.epochs, "steps": steps, "retain_loss": retain_loss, "forget_loss": forget_loss}
+        info = {
+            "epochs": self.epochs,
+            "steps": steps,
+            "retain_loss": retain_loss,
+            "forget_loss": forget_loss,
+        }
         if stopped:
             info["stopped"] = stopped
         return UnlearnResult(model, info=info)

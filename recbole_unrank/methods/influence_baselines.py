@@ -27,6 +27,14 @@ original train graph; the model keeps the retained graph afterwards (``adapter.s
 IFRU alone also accounts for the graph change (its "spillover" term). Every cache the update
 makes stale is cleared once, by ``adapter.invalidate()``.
 
+Curvature (``unrank_baseline_curvature``): ``hessian`` (the default; the papers' exact Hessian,
+through Hessian-vector products) or ``gauss_newton`` (its positive semi-definite part,
+``J^T diag(f'') J``). The models were not trained to a minimum of these losses, so the exact
+Hessian is often indefinite along ``g``: conjugate gradient then stops at the first direction
+of negative curvature and returns the iterate before it, which is zero when that is the first
+direction (LightGCN on the tiny data set) or a single gradient step (NeuMF's ``if``).
+Gauss-Newton always gives a full solve.
+
 Like L2UnRank these methods never read the config: their settings arrive as keyword arguments
 (``settings`` maps each to its ``unrank_*`` key).
 """
@@ -37,6 +45,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +65,10 @@ from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, Unlearn
 from recbole_unrank.methods.l2unrank import L2UnRank
 
 __all__ = [
-    "InfluenceFunction",
     "IFRU",
     "SCIF",
     "SOLVER_SETTINGS",
+    "InfluenceFunction",
     "collaborative_users",
     "khop_importance",
     "row_tables",
@@ -74,11 +83,19 @@ SOLVER_SETTINGS = {
     "cg_tol": "unrank_cg_tol",
     "loss": "unrank_loss",
 }
-SOLVER_DEFAULTS = {"curvature": "hessian", "damping": 1e-2, "cg_steps": 30, "cg_tol": 1e-6, "loss": "auto"}
+SOLVER_DEFAULTS = {
+    "curvature": "hessian",
+    "damping": 1e-2,
+    "cg_steps": 30,
+    "cg_tol": 1e-6,
+    "loss": "auto",
+}
 
 
 # --------------------------------------------------------------------------- helpers (tensors in)
-def row_tables(model: nn.Module, params: list[torch.Tensor], n_users: int, n_items: int) -> list[tuple[int, str]]:
+def row_tables(
+    model: nn.Module, params: list[torch.Tensor], n_users: int, n_items: int
+) -> list[tuple[int, str]]:
     """The embedding tables among ``params`` whose rows are users or items.
 
     Returns ``(index into params, "user" | "item")`` for each ``nn.Embedding`` of ``model`` with
@@ -134,7 +151,11 @@ def khop_importance(
     dst = torch.cat((items + n_users, users))
     deg = torch.bincount(src, minlength=n).to(torch.float64) + 1.0
     s = torch.zeros(n, dtype=torch.float64, device=device)
-    s.index_add_(0, torch.cat((t_users, t_items + n_users)), torch.ones(2 * t_users.numel(), dtype=torch.float64, device=device))
+    s.index_add_(
+        0,
+        torch.cat((t_users, t_items + n_users)),
+        torch.ones(2 * t_users.numel(), dtype=torch.float64, device=device),
+    )
     s = s / deg
     for _ in range(hops):
         s = (s + torch.zeros_like(s).index_add_(0, dst, s[src])) / deg
@@ -142,7 +163,12 @@ def khop_importance(
 
 
 def collaborative_users(
-    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, seeds: torch.Tensor, hops: int
+    users: torch.Tensor,
+    items: torch.Tensor,
+    n_users: int,
+    n_items: int,
+    seeds: torch.Tensor,
+    hops: int,
 ) -> torch.Tensor:
     """Users reached from ``seeds`` by ``hops`` user -> item -> user steps over the pairs
     ``(users, items)`` (hop 1: the users who share an item with a seed). Bool mask [n_users];
@@ -187,10 +213,14 @@ class _Problem:
 
     def original_graph(self):
         """Within the block a graph model propagates over the original train graph."""
-        return self.adapter.propagate_over(self.users, self.items) if self.adapter.is_graph else _null()
+        return (
+            self.adapter.propagate_over(self.users, self.items)
+            if self.adapter.is_graph
+            else _null()
+        )
 
     def outputs(self, index: torch.Tensor) -> torch.Tensor:
-        """``z_k``: ``y_ui - y_uj`` (pairwise) or ``y_ui``, differentiable, under the current graph."""
+        """``z_k``: ``y_ui - y_uj`` (pairwise) or ``y_ui``; differentiable; current graph."""
         u, i = self.users[index], self.items[index]
         z = self.adapter.pair_scores(u, i)
         if self.pairwise:
@@ -207,8 +237,8 @@ class _InfluenceBaseline(UnlearningMethod):
     """Pipeline shared by the three baselines; a subclass fills in :meth:`subspace`,
     :meth:`hessian_index` and, optionally, :meth:`extra_gradient`."""
 
-    settings = SOLVER_SETTINGS
-    defaults: dict = SOLVER_DEFAULTS
+    settings: ClassVar[dict] = SOLVER_SETTINGS
+    defaults: ClassVar[dict] = SOLVER_DEFAULTS
     # The same negative draw as L2UnRank (seeded, one per train pair): with the same data the
     # same H, so that `if` can be checked against l2unrank number for number.
     _negatives = L2UnRank._negatives
@@ -223,7 +253,9 @@ class _InfluenceBaseline(UnlearningMethod):
         if int(s["cg_steps"]) < 1:
             raise UnrankError(f"unrank_cg_steps={s['cg_steps']} must be at least 1 (e.g. 30)")
         if s["curvature"] not in ("hessian", "gauss_newton"):
-            raise UnrankError(f"unrank_baseline_curvature={s['curvature']!r}: use hessian or gauss_newton")
+            raise UnrankError(
+                f"unrank_baseline_curvature={s['curvature']!r}: use hessian or gauss_newton"
+            )
         if s["loss"] not in ("auto", "bpr", "pointwise"):
             raise UnrankError(f"unrank_loss={s['loss']!r}: use auto, bpr or pointwise")
         self.s = self.check(s)
@@ -236,7 +268,7 @@ class _InfluenceBaseline(UnlearningMethod):
     def subspace(self, prob: _Problem, params: list[torch.Tensor], info: dict):
         """``None`` (every parameter moves) or ``(params, masks)``: the tables that move and a
         bool mask per table (True on the rows that move)."""
-        return None
+        return
 
     def hessian_index(self, prob: _Problem, info: dict) -> torch.Tensor:
         """Indices (into the N train pairs) of the interactions whose loss ``H`` is taken of."""
@@ -253,7 +285,9 @@ class _InfluenceBaseline(UnlearningMethod):
         try:
             adapter = get_adapter(model)
         except AdapterError as exc:
-            raise UnrankError(f"{task.model_name} cannot be unlearned by {self.name}: {exc}") from None
+            raise UnrankError(
+                f"{task.model_name} cannot be unlearned by {self.name}: {exc}"
+            ) from None
         device = adapter.device
         stages: dict[str, float] = {}
         info: dict = {}
@@ -264,7 +298,9 @@ class _InfluenceBaseline(UnlearningMethod):
         keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
         keep[target] = False
         pairwise = adapter.pairwise if s["loss"] == "auto" else s["loss"] == "bpr"
-        neg = self._negatives(users.numel(), adapter.n_items, device, task.seed) if pairwise else None
+        neg = (
+            self._negatives(users.numel(), adapter.n_items, device, task.seed) if pairwise else None
+        )
         prob = _Problem(adapter, users, items, target, keep, neg, pairwise)
         # A graph model serves the retained graph from now on (and after the update).
         if adapter.is_graph:
@@ -299,7 +335,9 @@ class _InfluenceBaseline(UnlearningMethod):
 
         with prob.original_graph():
             grads = torch.autograd.grad(prob.loss(prob.target), params, allow_unused=True)
-            g = flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]).detach()
+            g = flat(
+                [torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]
+            ).detach()
             info["grad_norm"] = float(restrict(g).norm())
             extra = self.extra_gradient(prob, params)
             if extra is not None:
@@ -309,10 +347,15 @@ class _InfluenceBaseline(UnlearningMethod):
             if s["curvature"] == "hessian":
                 curv = hvp_operator(lambda: prob.loss(h_index), params)
             else:
-                curv = gauss_newton_operator(lambda _p: prob.outputs(h_index), params, sigmoid_curvature)
+                curv = gauss_newton_operator(
+                    lambda _p: prob.outputs(h_index), params, sigmoid_curvature
+                )
             res = conjugate_gradient(
-                lambda v: restrict(curv(restrict(v))), g,
-                float(s["damping"]), int(s["cg_steps"]), float(s["cg_tol"]),
+                lambda v: restrict(curv(restrict(v))),
+                g,
+                float(s["damping"]),
+                int(s["cg_steps"]),
+                float(s["cg_tol"]),
             )
         x = restrict(res.x)
         info.update(
@@ -321,8 +364,14 @@ class _InfluenceBaseline(UnlearningMethod):
             cg_relative_residual=res.residual_norms[-1] / max(res.residual_norms[0], 1e-30),
             step_norm=float(x.norm()),
         )
-        logger.info("[%s] CG: %d iterations, %s, relative residual %.3g, |Delta| %.3g",
-                    self.name, res.iterations, res.stop_reason, info["cg_relative_residual"], info["step_norm"])
+        logger.info(
+            "[%s] CG: %d iterations, %s, relative residual %.3g, |Delta| %.3g",
+            self.name,
+            res.iterations,
+            res.stop_reason,
+            info["cg_relative_residual"],
+            info["step_norm"],
+        )
         return unflat(x, params)
 
     # ---- sub-space helpers ---------------------------------------------------------------------
@@ -339,11 +388,17 @@ class _InfluenceBaseline(UnlearningMethod):
             p = params[k]
             chosen.append(p)
             masks.append(rows.view(-1, *([1] * (p.dim() - 1))).expand_as(p))
-        info.update(rows_users=0 if user_rows is None else int(user_rows.sum()),
-                    rows_items=0 if item_rows is None else int(item_rows.sum()))
+        info.update(
+            rows_users=0 if user_rows is None else int(user_rows.sum()),
+            rows_items=0 if item_rows is None else int(item_rows.sum()),
+        )
         if not chosen:
-            logger.warning("[%s] %s has no user/item embedding tables to restrict the update to: "
-                           "updating every parameter (plain influence function)", self.name, type(a.model).__name__)
+            logger.warning(
+                "[%s] %s has no user/item embedding tables to restrict the update to: "
+                "updating every parameter (plain influence function)",
+                self.name,
+                type(a.model).__name__,
+            )
             info["fallback"] = "all_parameters"
             return None
         prob.rows = (user_rows, item_rows)
@@ -363,17 +418,19 @@ class InfluenceFunction(_InfluenceBaseline):
     edges' effect on propagation is what ``ifru`` adds).
 
     ``hessian_data = "train"`` is L2UnRank's full-parameter path with no scope, no weights, no
-    context term, the exact Hessian and no calibration, to the last digit (same pairs, same
-    negatives, same solver); ``"retained"`` differs from it by the request's own curvature.
+    context term and no calibration (with the same curvature), number for number (same pairs,
+    same negatives, same solver); ``"retained"`` differs from it by the request's own curvature.
     """
 
     name = "if"
-    settings = {**SOLVER_SETTINGS, "hessian_data": "unrank_if_hessian_data"}
-    defaults = {**SOLVER_DEFAULTS, "hessian_data": "retained"}
+    settings: ClassVar[dict] = {**SOLVER_SETTINGS, "hessian_data": "unrank_if_hessian_data"}
+    defaults: ClassVar[dict] = {**SOLVER_DEFAULTS, "hessian_data": "retained"}
 
     def check(self, s):
         if s["hessian_data"] not in ("retained", "train"):
-            raise UnrankError(f"unrank_if_hessian_data={s['hessian_data']!r}: use retained or train")
+            raise UnrankError(
+                f"unrank_if_hessian_data={s['hessian_data']!r}: use retained or train"
+            )
         return s
 
     def hessian_index(self, prob, info):
@@ -411,16 +468,24 @@ class IFRU(_InfluenceBaseline):
     """
 
     name = "ifru"
-    settings = {**SOLVER_SETTINGS, "hops": "unrank_ifru_hops", "keep": "unrank_ifru_keep"}
-    defaults = {**SOLVER_DEFAULTS, "hops": 1, "keep": 0.6}
+    settings: ClassVar[dict] = {
+        **SOLVER_SETTINGS,
+        "hops": "unrank_ifru_hops",
+        "keep": "unrank_ifru_keep",
+    }
+    defaults: ClassVar[dict] = {**SOLVER_DEFAULTS, "hops": 1, "keep": 0.6}
 
     def check(self, s):
         if int(s["hops"]) < 0:
-            raise UnrankError(f"unrank_ifru_hops={s['hops']} is negative: use 0 (the request's own "
-                              "users and items) or more")
+            raise UnrankError(
+                f"unrank_ifru_hops={s['hops']} is negative: use 0 (the request's own "
+                "users and items) or more"
+            )
         if not 0.0 < float(s["keep"]) <= 1.0:
-            raise UnrankError(f"unrank_ifru_keep={s['keep']} must lie in (0, 1] (1 keeps every node "
-                              "within the hops)")
+            raise UnrankError(
+                f"unrank_ifru_keep={s['keep']} must lie in (0, 1] (1 keeps every node "
+                "within the hops)"
+            )
         return s
 
     def subspace(self, prob, params, info):
@@ -456,7 +521,9 @@ class IFRU(_InfluenceBaseline):
 
         def grad_of(loss):
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            return flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]).detach()
+            return flat(
+                [torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]
+            ).detach()
 
         on_original = grad_of(prob.loss(index))  # called within original_graph()
         with prob.adapter.propagate_over(prob.users[prob.keep], prob.items[prob.keep]):
@@ -482,8 +549,9 @@ class SCIF(_InfluenceBaseline):
       For graph models a user's base embedding reaches its neighbours' scores through
       propagation, so their interactions add curvature that keeps the update from breaking
       the collaborative signal. For factor models (WMF, NeuMF) a neighbour's loss has no
-      curvature in another user's rows: the neighbours change nothing there, and ``H`` reduces
-      to each request user's own retained interactions (exactly).
+      curvature in another user's rows: the neighbours change nothing there, ``H`` reduces
+      to each request user's own retained interactions, and only those are evaluated (exact).
+      (A model without user tables falls back to every parameter, neighbours included.)
     * ``g``: the gradient of the request's loss ``sum_{D_t} l``.
 
     Simplifications: one CG solve for all request users together (the blocks are independent
@@ -492,13 +560,15 @@ class SCIF(_InfluenceBaseline):
     """
 
     name = "scif"
-    settings = {**SOLVER_SETTINGS, "neighbors": "unrank_scif_neighbors"}
-    defaults = {**SOLVER_DEFAULTS, "neighbors": 1}
+    settings: ClassVar[dict] = {**SOLVER_SETTINGS, "neighbors": "unrank_scif_neighbors"}
+    defaults: ClassVar[dict] = {**SOLVER_DEFAULTS, "neighbors": 1}
 
     def check(self, s):
         if int(s["neighbors"]) < 0:
-            raise UnrankError(f"unrank_scif_neighbors={s['neighbors']} is negative: use 0 (the request "
-                              "users only) or more")
+            raise UnrankError(
+                f"unrank_scif_neighbors={s['neighbors']} is negative: use 0 (the request "
+                "users only) or more"
+            )
         return s
 
     def subspace(self, prob, params, info):
@@ -513,5 +583,8 @@ class SCIF(_InfluenceBaseline):
         seeds = torch.unique(prob.users[prob.target])
         group = collaborative_users(ru, ri, a.n_users, a.n_items, seeds, int(self.s["neighbors"]))
         info["neighbor_users"] = int(group.sum()) - int(seeds.numel())
+        if prob.rows is not None and not a.is_graph:
+            # A neighbour's loss has no curvature in another user's rows: leave it out (exact).
+            group = torch.zeros_like(group)
+            group[seeds] = True
         return index[group[ru]]
-

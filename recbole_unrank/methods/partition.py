@@ -11,7 +11,7 @@ methods add to the original's training: it is reported apart (``shard_train_s``)
 unlearning time is that of the request alone (``unlearn_s``).
 
 * ``sisa`` (Bourtoule et al., S&P 2021): a seeded random partition of the users (a user's
-  interactions stay together); ``a_{u,k} = 1/K``.
+  interactions stay together); ``a_{u,k} = 1/K`` (or, optionally, 1 for the user's own shard).
 * ``receraser`` (Chen et al., WWW 2022): a balanced partition (users, or interactions) by
   k-means on the original model's embeddings, each shard holding at most ``ceil(n/K)``; and an
   attention aggregator ``a_{u,k} = softmax_k(w^T tanh(W e_{u,k} + b))`` over the sub-models'
@@ -36,7 +36,7 @@ from torch import nn
 
 from recbole.data.interaction import Interaction
 
-from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.adapters import AdapterError, DotProductAdapter, LightGCNAdapter, get_adapter
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 
@@ -71,8 +71,10 @@ class ShardEnsemble(nn.Module):
         if not models:
             raise UnrankError("an ensemble needs at least one sub-model")
         if user_weights.shape != (int(models[0].n_users), len(models)):
-            raise ValueError(f"user_weights must be [n_users, K] = [{models[0].n_users}, {len(models)}], "
-                             f"got {tuple(user_weights.shape)}")
+            raise ValueError(
+                f"user_weights must be [n_users, K] = [{models[0].n_users}, {len(models)}], "
+                f"got {tuple(user_weights.shape)}"
+            )
         self.models = nn.ModuleList(models)
         self.register_buffer("user_weights", user_weights.detach().float())
         first = models[0]
@@ -100,7 +102,9 @@ class ShardEnsemble(nn.Module):
         return self._combine(users, lambda m: m.predict(interaction)).view(-1)
 
     def calculate_loss(self, interaction):
-        raise NotImplementedError("a shard ensemble is not trained as a whole: train its sub-models")
+        raise NotImplementedError(
+            "a shard ensemble is not trained as a whole: train its sub-models"
+        )
 
     def other_parameter(self):
         return None
@@ -143,7 +147,9 @@ def random_user_partition(row_users: np.ndarray, n_users: int, k: int, seed: int
 
 def _check_shards(k: int, n: int, what: str) -> None:
     if k > n:
-        raise UnrankError(f"unrank_shards={k} is more than the {n} {what} to partition: lower unrank_shards")
+        raise UnrankError(
+            f"unrank_shards={k} is more than the {n} {what} to partition: lower unrank_shards"
+        )
 
 
 def _greedy_balanced(dist: np.ndarray, cap: int) -> np.ndarray:
@@ -225,10 +231,25 @@ def _pair_scores(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> 
     model.eval()
     out = []
     for start in range(0, users.numel(), PAIR_CHUNK):
-        inter = Interaction({model.USER_ID: users[start : start + PAIR_CHUNK],
-                             model.ITEM_ID: items[start : start + PAIR_CHUNK]})
+        inter = Interaction(
+            {
+                model.USER_ID: users[start : start + PAIR_CHUNK],
+                model.ITEM_ID: items[start : start + PAIR_CHUNK],
+            }
+        )
         out.append(model.predict(inter).view(-1).float())
     return torch.cat(out) if out else users.new_zeros(0, dtype=torch.float)
+
+
+def _pair_scorer(model: nn.Module):
+    """``score(users, items) -> [n]``, equal to ``model.predict``. Dot-product models (WMF,
+    BPR, LightGCN) score from their final embeddings, computed once (LightGCN's ``predict``
+    would propagate the graph on every call); others go through ``predict``."""
+    adapter = get_adapter(model)
+    if isinstance(adapter, (DotProductAdapter, LightGCNAdapter)):
+        user_e, item_e = adapter.final_embeddings()
+        return lambda users, items: (user_e[users] * item_e[items]).sum(-1).float()
+    return lambda users, items: _pair_scores(model, users, items)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -248,14 +269,19 @@ class PartitionMethod(UnlearningMethod):
         """Shard of every row of ``task.train_ds.inter_feat``: int64 [n_rows] in [0, K)."""
         raise NotImplementedError
 
-    def aggregate(self, task: UnlearnTask, models: list[nn.Module], ds) -> torch.Tensor:
-        """Per-user weights [n_users, len(models)] (rows sum to 1), learnt on ``ds`` if at all."""
+    def aggregate(
+        self, task: UnlearnTask, models: list[nn.Module], shard_ids: list[int], ds
+    ) -> torch.Tensor:
+        """Per-user weights [n_users, len(models)] (rows sum to 1), learnt on ``ds`` if at all;
+        ``models[j]`` is the sub-model of shard ``shard_ids[j]``."""
         raise NotImplementedError
 
     # ---- the pipeline ----------------------------------------------------------------------
     def _train_shard(self, task: UnlearnTask, rows: np.ndarray, tag: str) -> nn.Module:
         model, info = task.train_fresh(_subset(task.train_ds, rows), tag)
-        logger.info("[%s] %s: %d interactions, %s epochs", self.name, tag, rows.size, info.get("epochs"))
+        logger.info(
+            "[%s] %s: %d interactions, %s epochs", self.name, tag, rows.size, info.get("epochs")
+        )
         return model
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
@@ -267,7 +293,7 @@ class PartitionMethod(UnlearningMethod):
         models: list[nn.Module | None] = [
             self._train_shard(task, rows, f"{self.name}-shard{k}") for k, rows in enumerate(members)
         ]
-        self.aggregate(task, models, task.train_ds)
+        self.aggregate(task, models, list(range(self.shards)), task.train_ds)
         shard_train_s = time.perf_counter() - t0
         info["shard_sizes"] = [int(r.size) for r in members]
 
@@ -281,35 +307,73 @@ class PartitionMethod(UnlearningMethod):
             models[k] = None  # the old sub-model saw D_t: it must not survive
             if keep.size:
                 models[k] = self._train_shard(task, keep, f"{self.name}-shard{k}-retrain")
-        live = [m for m in models if m is not None]
+        shard_ids = [k for k, m in enumerate(models) if m is not None]
+        live = [models[k] for k in shard_ids]
         if not live:
-            raise UnrankError(f"{self.name}: the request holds every train interaction; nothing is left to train on")
+            raise UnrankError(
+                f"{self.name}: the request holds every train interaction; "
+                "nothing is left to train on"
+            )
         t1 = time.perf_counter()
-        weights = self.aggregate(task, live, task.retain_ds)
+        weights = self.aggregate(task, live, shard_ids, task.retain_ds)
         aggregate_s = time.perf_counter() - t1
         ensemble = ShardEnsemble(live, weights.to(next(live[0].parameters()).device))
         ensemble.eval()
         unlearn_s = time.perf_counter() - t0
 
-        info.update(shards_retrained=len(touched), retrained=[int(k) for k in touched],
-                    shards_emptied=len(models) - len(live), time_s=unlearn_s)
-        stages = {"shard_train_s": shard_train_s, "unlearn_s": unlearn_s, "aggregate_s": aggregate_s}
+        info.update(
+            shards_retrained=len(touched),
+            retrained=[int(k) for k in touched],
+            shards_emptied=len(models) - len(live),
+            time_s=unlearn_s,
+        )
+        stages = {
+            "shard_train_s": shard_train_s,
+            "unlearn_s": unlearn_s,
+            "aggregate_s": aggregate_s,
+        }
         return UnlearnResult(ensemble, stages=stages, info=info)
 
 
 class SISA(PartitionMethod):
-    """SISA: a seeded random user partition, uniform score averaging."""
+    """SISA: a seeded random user partition. ``aggregate="mean"`` averages the sub-models'
+    scores (``a_{u,k} = 1/K``); ``"own"`` scores each user with the sub-model of the shard
+    that holds the user (the others never saw them), falling back to the mean for users
+    without train data left."""
 
     name = "sisa"
-    settings = {"shards": "unrank_shards"}
+    settings = {"shards": "unrank_shards", "aggregate_by": "unrank_sisa_aggregate"}
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.aggregate_by = kwargs.get("aggregate_by") or "mean"
+        if self.aggregate_by not in ("mean", "own"):
+            raise UnrankError(f"unrank_sisa_aggregate={self.aggregate_by!r}: choose mean or own")
+        self.user_shard: np.ndarray | None = None
 
     def partition(self, task: UnlearnTask) -> np.ndarray:
         users, _ = _rows(task.train_ds)
-        return random_user_partition(users, int(task.train_ds.user_num), self.shards, task.seed)
+        row_shard = random_user_partition(
+            users, int(task.train_ds.user_num), self.shards, task.seed
+        )
+        self.user_shard = np.full(int(task.train_ds.user_num), -1, dtype=np.int64)
+        self.user_shard[users] = row_shard
+        return row_shard
 
-    def aggregate(self, task: UnlearnTask, models: list[nn.Module], ds) -> torch.Tensor:
-        n_users = int(models[0].n_users)
-        return torch.full((n_users, len(models)), 1.0 / len(models))
+    def aggregate(
+        self, task: UnlearnTask, models: list[nn.Module], shard_ids: list[int], ds
+    ) -> torch.Tensor:
+        n_users, n_live = int(models[0].n_users), len(models)
+        weights = torch.full((n_users, n_live), 1.0 / n_live)
+        if self.aggregate_by == "own":
+            users = np.unique(_rows(ds)[0])  # users with data left in ds
+            column = np.full(self.shards, -1, dtype=np.int64)
+            column[shard_ids] = np.arange(n_live)
+            col = column[self.user_shard[users]]
+            users, col = torch.as_tensor(users[col >= 0]), torch.as_tensor(col[col >= 0])
+            weights[users] = 0.0
+            weights[users, col] = 1.0
+        return weights
 
 
 class RecEraser(PartitionMethod):
@@ -329,9 +393,13 @@ class RecEraser(PartitionMethod):
         super().__init__(**kwargs)
         self.partition_by = kwargs.get("partition_by") or "user"
         if self.partition_by not in ("user", "interaction"):
-            raise UnrankError(f"unrank_receraser_partition={self.partition_by!r}: choose user or interaction")
+            raise UnrankError(
+                f"unrank_receraser_partition={self.partition_by!r}: choose user or interaction"
+            )
         self.iters = _positive_int("unrank_receraser_iters", kwargs.get("iters"), 5)
-        self.agg_epochs = _positive_int("unrank_receraser_agg_epochs", kwargs.get("agg_epochs"), 10, minimum=0)
+        self.agg_epochs = _positive_int(
+            "unrank_receraser_agg_epochs", kwargs.get("agg_epochs"), 10, minimum=0
+        )
         lr = 1e-2 if kwargs.get("agg_lr") is None else kwargs["agg_lr"]
         try:
             self.agg_lr = float(lr)
@@ -349,17 +417,28 @@ class RecEraser(PartitionMethod):
             raise UnrankError(f"receraser partitions by embeddings: {exc}") from None
         if self.partition_by == "interaction":
             dev = user_e.device
-            points = torch.cat((user_e[torch.as_tensor(users, device=dev)],
-                                item_e[torch.as_tensor(items, device=dev)]), 1)
+            points = torch.cat(
+                (
+                    user_e[torch.as_tensor(users, device=dev)],
+                    item_e[torch.as_tensor(items, device=dev)],
+                ),
+                1,
+            )
             return balanced_kmeans(points, self.shards, self.iters, task.seed)
         present = np.unique(users)
-        assign = balanced_kmeans(user_e[torch.as_tensor(present, device=user_e.device)],
-                                 self.shards, self.iters, task.seed)
+        assign = balanced_kmeans(
+            user_e[torch.as_tensor(present, device=user_e.device)],
+            self.shards,
+            self.iters,
+            task.seed,
+        )
         user_shard = np.full(int(task.train_ds.user_num), -1, dtype=np.int64)
         user_shard[present] = assign
         return user_shard[users]
 
-    def aggregate(self, task: UnlearnTask, models: list[nn.Module], ds) -> torch.Tensor:
+    def aggregate(
+        self, task: UnlearnTask, models: list[nn.Module], shard_ids: list[int], ds
+    ) -> torch.Tensor:
         device = next(models[0].parameters()).device
         try:
             reps = torch.stack([get_adapter(m).final_embeddings()[0].float() for m in models], 1)
@@ -375,11 +454,12 @@ class RecEraser(PartitionMethod):
         attention = ShardAttention(reps.shape[-1]).to(device)
         optimizer = torch.optim.Adam(attention.parameters(), lr=self.agg_lr)
         gen = torch.Generator(device="cpu").manual_seed(task.seed)
-        pos = torch.stack([_pair_scores(m, users, items) for m in models], 1)  # [n, K]
+        scorers = [_pair_scorer(m) for m in models]
+        pos = torch.stack([score(users, items) for score in scorers], 1)  # [n, K]
         for _ in range(self.agg_epochs):
             # BPR with one uniformly sampled negative per interaction (item 0 is padding).
             neg_items = torch.randint(1, n_items, (users.numel(),), generator=gen).to(device)
-            neg = torch.stack([_pair_scores(m, users, neg_items) for m in models], 1)
+            neg = torch.stack([score(users, neg_items) for score in scorers], 1)
             order = torch.randperm(users.numel(), generator=gen).to(device)
             for start in range(0, order.numel(), AGG_BATCH):
                 b = order[start : start + AGG_BATCH]

@@ -1,0 +1,245 @@
+"""recbole_unrank.compat: each patch is shown necessary (the failure without it, in a fresh
+interpreter or with the patch removed) and sufficient (RecBole works with it)."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import recbole_unrank  # noqa: F401  (compat patches before RecBole)
+from recbole_unrank import compat
+
+DATA_PATH = Path(__file__).resolve().parent.parent / "dataset"
+
+CONFIG_SNIPPET = (
+    "Config('BPR', 'tiny', config_dict={'data_path': %r, 'gpu_id': '', 'show_progress': False})"
+    % str(DATA_PATH)
+)
+
+
+NO_PATCH_CONFIG = f"from recbole.config import Config\n{CONFIG_SNIPPET}\nprint('BUILT')"
+
+# One fresh interpreter with the package imported first: Config builds (numpy patch), then
+# LightGCN is built once with dok_matrix._update removed (as on plain scipy >= 1.13) and once
+# with it restored. (Two interpreters, not three: each costs seconds of imports.)
+WITH_PATCH = textwrap.dedent(
+    f"""
+    import sys
+    import recbole_unrank
+    import numpy as np
+    import scipy.sparse as sp
+    from recbole.config import Config
+    config = {CONFIG_SNIPPET}
+    assert np.float_ is np.float64
+    print('BUILT', config['model'], flush=True)
+    from recbole.model.general_recommender import LightGCN
+    from recbole_unrank.pipeline import build_config, load_data
+    config = build_config('LightGCN', 'tiny', config_dict={{'data_path': {str(DATA_PATH)!r},
+        'gpu_id': '', 'checkpoint_dir': sys.argv[1]}})
+    data = load_data(config)
+    patched = sp.dok_matrix._update
+    del sp.dok_matrix._update
+    try:
+        LightGCN(config, data.train_ds)
+        print('LIGHTGCN_WITHOUT_PATCH built')
+    except AttributeError as exc:
+        print('LIGHTGCN_WITHOUT_PATCH AttributeError:', exc)
+    sp.dok_matrix._update = patched
+    LightGCN(config, data.train_ds)
+    print('LIGHTGCN_WITH_PATCH built')
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def fresh(py_async, tmp_path_factory):
+    """The fresh-interpreter checks, started together at the start of the module (in parallel
+    with the in-process tests); each test waits for its own."""
+    work = tmp_path_factory.mktemp("fresh")
+    runs = {
+        "no_patch_config": py_async(NO_PATCH_CONFIG, work),
+        "with_patch": py_async(WITH_PATCH, work, [str(work / "saved")]),
+    }
+    yield runs
+    for pending in runs.values():
+        pending.result()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_fresh_early(fresh):
+    yield
+
+
+# ------------------------------------------------------------------------------ numpy
+def test_numpy_aliases_restored():
+    for name in compat.NUMPY_ALIASES:
+        assert hasattr(np, name), name
+    assert np.float_ is np.float64
+    assert np.bool8 is np.bool_
+    # (RecBole's own Config.compatibility_settings later rebinds np.float to np.float_.)
+    assert np.float in (float, np.float64)
+    assert np.int in (int, np.int_)
+
+
+@pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2, reason="numpy < 2 still has the aliases")
+def test_recbole_config_fails_without_numpy_patch(fresh):
+    # RecBole alone (no recbole_unrank): Config.compatibility_settings reads np.float_.
+    res = fresh["no_patch_config"].result()
+    assert res.returncode != 0
+    assert "BUILT" not in res.stdout
+    assert "AttributeError" in res.stderr
+    assert "np.float_" in res.stderr and "removed in the NumPy 2.0 release" in res.stderr
+
+
+def test_recbole_config_builds_with_package_imported_first(fresh):
+    res = fresh["with_patch"].result()
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "BUILT BPR" in res.stdout
+
+
+# ------------------------------------------------------------------------------ torch.load
+@pytest.fixture(scope="module")
+def bpr_checkpoint(tmp_path_factory, config_maker):
+    """A real RecBole checkpoint (keys of Trainer._save_checkpoint, pickled Config) of an
+    untrained BPR on tiny."""
+    from recbole.model.general_recommender import BPR
+
+    from recbole_unrank.pipeline import load_data
+
+    work = tmp_path_factory.mktemp("torchload")
+    config = config_maker(work, "BPR")
+    data = load_data(config)
+    model = BPR(config, data.train_ds)
+    path = work / "BPR-tiny.pth"
+    torch.save(
+        {
+            "config": config,
+            "epoch": 0,
+            "cur_step": 0,
+            "best_valid_score": 0.0,
+            "state_dict": model.state_dict(),
+            "other_parameter": model.other_parameter(),
+            "optimizer": None,
+        },
+        str(path),
+    )
+    return path, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_plain_torch_load_refuses_recbole_checkpoint(bpr_checkpoint):
+    # This test module is outside RecBole and the package: torch's safe default holds.
+    path, _ = bpr_checkpoint
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch.load(str(path))
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(str(path), weights_only=True)
+    assert "config" in torch.load(str(path), weights_only=False)  # explicit opt-in still works
+
+
+def test_load_data_and_model_reads_recbole_checkpoint(bpr_checkpoint, in_tmp):
+    from recbole.quick_start import load_data_and_model
+
+    path, state = bpr_checkpoint
+    config, model, *_ = load_data_and_model(str(path))
+    assert config["model"] == "BPR"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_load_data_and_model_fails_without_torch_patch(bpr_checkpoint, in_tmp, monkeypatch):
+    from recbole.quick_start import load_data_and_model
+
+    path, _ = bpr_checkpoint
+    monkeypatch.setattr(torch, "load", compat._ORIGINAL_TORCH_LOAD)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_data_and_model(str(path))
+
+
+def _load_from_module(module_name: str, path, **kwargs):
+    """Call torch.load from code whose module ``__name__`` is ``module_name``."""
+    namespace = {"__name__": module_name, "torch": torch}
+    exec(compile("def load(p, **kw):\n    return torch.load(p, **kw)\n", f"<{module_name}>", "exec"), namespace)
+    return namespace["load"](str(path), **kwargs)
+
+
+@pytest.mark.parametrize("caller", ["thirdparty.loader", "__main__", "recbole_unrank_evil", "recbolex.io"])
+def test_torch_load_outside_recbole_keeps_weights_only_default(bpr_checkpoint, caller):
+    path, _ = bpr_checkpoint
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        _load_from_module(caller, path)
+
+
+@pytest.mark.parametrize("caller", ["recbole.trainer.trainer", "recbole_unrank", "recbole_unrank.pipeline"])
+def test_torch_load_from_recbole_defaults_weights_only_false(bpr_checkpoint, caller):
+    path, _ = bpr_checkpoint
+    assert "config" in _load_from_module(caller, path)
+    # An explicit weights_only=True is respected even there.
+    with pytest.raises(pickle.UnpicklingError):
+        _load_from_module(caller, path, weights_only=True)
+
+
+def test_torch_load_of_plain_tensors_unaffected(tmp_path):
+    path = tmp_path / "t.pt"
+    torch.save({"w": torch.arange(3.0)}, str(path))
+    assert torch.equal(torch.load(str(path))["w"], torch.arange(3.0))
+
+
+def test_apply_is_idempotent():
+    load_before = torch.load
+    compat.apply()
+    compat.apply()
+    assert torch.load is load_before
+    assert torch.load.__name__ == "_recbole_torch_load"
+
+
+# ------------------------------------------------------------------------------ scipy
+def test_dok_update_semantics():
+    m = sp.dok_matrix((3, 4), dtype=np.float32)
+    m._update({(0, 1): 2.0, (2, 3): 5.0})
+    m._update({(0, 1): 3.0})
+    dense = m.toarray()
+    expected = np.zeros((3, 4), dtype=np.float32)
+    expected[0, 1], expected[2, 3] = 3.0, 5.0
+    np.testing.assert_array_equal(dense, expected)
+    assert m.nnz == 2
+
+
+def test_lightgcn_builds_adjacency_on_tiny(config_maker, tmp_path):
+    from recbole.model.general_recommender import LightGCN
+
+    from recbole_unrank.pipeline import load_data
+
+    config = config_maker(tmp_path, "LightGCN")
+    data = load_data(config)
+    model = LightGCN(config, data.train_ds)
+    n_u, n_i = data.train_ds.user_num, data.train_ds.item_num
+    # Dense reference: D^-1/2 A D^-1/2 of the bipartite train graph.
+    feat = data.train_ds.inter_feat
+    users = feat[data.train_ds.uid_field].numpy()
+    items = feat[data.train_ds.iid_field].numpy()
+    a = np.zeros((n_u + n_i, n_u + n_i))
+    a[users, n_u + items] = 1.0
+    a[n_u + items, users] = 1.0
+    deg = a.sum(1) + 1e-7
+    ref = a / np.sqrt(deg)[:, None] / np.sqrt(deg)[None, :]
+    got = model.norm_adj_matrix.to_dense().double().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(
+    sp.dok_matrix._update is not compat._dok_update, reason="this scipy has its own dok_matrix._update"
+)
+def test_lightgcn_fails_without_scipy_patch(fresh):
+    res = fresh["with_patch"].result()
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (
+        "LIGHTGCN_WITHOUT_PATCH AttributeError: 'dok_matrix' object has no attribute '_update'"
+        in res.stdout
+    )
+    assert "LIGHTGCN_WITH_PATCH built" in res.stdout

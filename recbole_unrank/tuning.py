@@ -576,6 +576,8 @@ def _run_hyperopt(search: TuneSearch, algo: str, max_evals: int, early_stop: int
                   config_files: list[str] | None, run_dir: str) -> int:
     from recbole.trainer import HyperTuning
 
+    if algo == "exhaustive":  # every combination: RecBole's no-progress stop would cut the grid short
+        early_stop = max(int(early_stop), space_size(search.specs))
     tuner = HyperTuning(search.objective_function, params_dict=hyperopt_params_dict(search.specs),
                         fixed_config_file_list=config_files, algo=algo, max_evals=max_evals,
                         early_stop=early_stop)
@@ -983,6 +985,10 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
             planned = _run_hyperopt(search, algo, int(max_evals), int(early_stop), int(config["seed"]),
                                     config_files, run.run_dir)
         search_s = time.perf_counter() - wall
+        if len(search.trials) < planned:
+            logger.info("the search stopped after %d of %d trials: %d trials in a row without a better loss "
+                        "(RecBole's HyperTuning early stop; raise --early_stop to run them all)",
+                        len(search.trials), planned, early_stop)
         best = search.best()
         rows = [_plain({**{k: v for k, v in run.rows[0].items() if k not in ("ranks", "_model")},
                         "valid": search.original_valid["valid"]})]
@@ -1007,6 +1013,7 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
                 "space": {s.name: s.describe() for s in search.specs},
                 "max_evals": int(max_evals), "planned_evals": planned, "early_stop": int(early_stop),
                 "trials": len(search.trials),
+                "stopped_early": len(search.trials) < planned,
                 "feasible_trials": sum(1 for t in search.trials if t["status"] == "ok" and t["feasible"]),
                 "objective": search.objective.describe(),
                 "objective_kind": search.objective.kind,

@@ -564,3 +564,17 @@ def test_cuda_matches_cpu():
     h_cpu = flat(hvp(lambda: loss(*p_cpu), p_cpu, vec))
     h_gpu = flat(hvp(lambda: loss(*p_gpu), p_gpu, [v.to(dev) for v in vec]))
     torch.testing.assert_close(h_gpu.cpu(), h_cpu)
+
+
+def test_cg_can_run_through_negative_curvature_like_the_paper():
+    # Indefinite A: the default stops at once; the paper's fixed-T mode keeps iterating.
+    A = torch.diag(torch.tensor([2.0, -1.0, 3.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    stopped = conjugate_gradient(lambda v: A @ v, b, damping=1e-3, max_iter=5)
+    assert stopped.negative_curvature
+    plain = conjugate_gradient(lambda v: A @ v, b, damping=1e-3, max_iter=5,
+                               stop_on_negative_curvature=False)
+    assert plain.stop_reason in ("converged", "max_iter_negative_curvature")
+    # Plain CG on a 3x3 system still solves it exactly (3 steps in exact arithmetic).
+    expected = torch.linalg.solve(A + 1e-3 * torch.eye(3, dtype=torch.float64), b)
+    assert torch.allclose(plain.x, expected, atol=1e-6)

@@ -53,6 +53,7 @@ def conjugate_gradient(
     damping: float,
     max_iter: int = 30,
     tol: float = 1e-10,
+    stop_on_negative_curvature: bool = True,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` by conjugate gradient from ``x_0 = 0``.
 
@@ -63,6 +64,9 @@ def conjugate_gradient(
         damping: ``lambda > 0``; makes a positive semi-definite ``A`` positive definite.
         max_iter: at most this many CG steps (``T`` in the paper; 30).
         tol: stop once ``||r_k|| <= tol * ||b||`` (relative residual).
+        stop_on_negative_curvature: stop (returning the last iterate) when ``p^T A p <= 0``.
+            ``False`` runs plain CG through it, as a fixed-T influence-function solver does
+            (the paper's preset); the stop reason is still recorded.
 
     Returns:
         CGResult. One host synchronisation per iteration (the stop tests need it): the two
@@ -77,6 +81,7 @@ def conjugate_gradient(
     if b.dim() != 1:
         raise ValueError(f"b must be a 1-D vector (flatten it first); got {tuple(b.shape)}")
 
+    seen_negative = False
     x = torch.zeros_like(b)  # x_0 = 0
     r = b.clone()  # r_0 = b - (A + lambda I) x_0 = b
     p = r.clone()  # p_0 = r_0: first search direction
@@ -101,7 +106,9 @@ def conjugate_gradient(
         if not (math.isfinite(p_ap_val) and math.isfinite(rs_next_val)):
             return CGResult(x, k, norms, "non_finite")
         if p_ap_val <= 0:  # not positive definite along p_k: CG's step is meaningless
-            return CGResult(x, k, norms, "negative_curvature")
+            if stop_on_negative_curvature:
+                return CGResult(x, k, norms, "negative_curvature")
+            seen_negative = True
         x, r = x_next, r_next
         norms.append(rs_next_val**0.5)
         if norms[-1] <= threshold:  # relative residual small enough
@@ -109,7 +116,7 @@ def conjugate_gradient(
         beta = rs_next / rs  # beta_{k+1} = r_{k+1}^T r_{k+1} / r_k^T r_k
         p = r + beta * p  # p_{k+1} = r_{k+1} + beta_{k+1} p_k: A-conjugate to p_0..p_k
         rs = rs_next
-    return CGResult(x, max_iter, norms, "max_iter")
+    return CGResult(x, max_iter, norms, "max_iter_negative_curvature" if seen_negative else "max_iter")
 
 
 def batched_block_solve(A: Tensor, b: Tensor, damping: float = 0.0) -> Tensor:

@@ -1,0 +1,122 @@
+"""L2UnRank against retraining on ml-100k, per model, measured in one run.
+
+    python benchmarks/l2unrank_ml100k.py                       # WMF, NeuMF, LightGCN
+    python benchmarks/l2unrank_ml100k.py --models LightGCN --ablations
+
+For each model: train the original with the project's default config (config/ml-100k.yaml +
+config/<model>.yaml: RecBole's learning rate, early stopping on validation), draw the paper's
+interaction request (10% of users, 20% of their train interactions, seed 2020), then run
+L2UnRank (project defaults), the paper's preset, optional ablations, and retraining, all on the
+same request. Writes benchmarks/results/l2unrank_ml100k.{md,json} with the three checks of the
+L2UnRank issue: forget_hit@10 <= retrain's, test NDCG@10 >= 97% of the original's, time <= 1/50
+of retrain's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import recbole_unrank  # noqa: E402,F401
+from recbole_unrank import pipeline  # noqa: E402
+from recbole_unrank.report import write_text  # noqa: E402
+
+ABLATIONS = ["l2unrank_noscope", "l2unrank_nostruct", "l2unrank_nosem", "l2unrank_noweights",
+             "l2unrank_context", "l2unrank_nocurv", "l2unrank_nocalib"]
+
+
+def run_model(model: str, methods: list[str], overrides: dict) -> dict:
+    files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", f"{model}.yaml")]
+    config = pipeline.build_config(model, "ml-100k", files, {"checkpoint_dir": os.path.join(HERE, "out", "ckpt"), **overrides})
+    run, _ = pipeline.prepare_run(config)
+    run.prepare_original()
+    rows = {}
+    for name in methods:
+        row = run.run_method(name, save=False)
+        rows[name] = {k: v for k, v in row.items() if k not in ("ranks", "_model")}
+    orig = {k: v for k, v in run.rows[0].items() if k not in ("ranks", "_model")}
+    return {"model": model, "request": run.request.summary(), "original": orig,
+            "original_epochs": run.original_info["epochs"], "original_train_s": run.original_info["time_s"],
+            "rows": rows}
+
+
+def checks(result: dict) -> dict:
+    rows, orig = result["rows"], result["original"]
+    ret, l2 = rows.get("retrain"), rows.get("l2unrank")
+    if not (ret and l2):
+        return {}
+    return {
+        "forget_hit@10 <= retrain": l2["forget"]["forget_hit@10"] <= ret["forget"]["forget_hit@10"],
+        "ndcg@10 >= 97% original": l2["test"]["ndcg@10"] >= 0.97 * orig["test"]["ndcg@10"],
+        "time <= retrain/50": l2["time_s"] <= ret["time_s"] / 50,
+        "speed-up": ret["time_s"] / max(l2["time_s"], 1e-9),
+        "ndcg ratio": l2["test"]["ndcg@10"] / max(orig["test"]["ndcg@10"], 1e-12),
+    }
+
+
+def table(result: dict) -> str:
+    orig = result["original"]
+    lines = ["| method | time (s) | NDCG@10 | Recall@10 | NDCG@20 | forget_hit@10 | forget_hit@20 | mean rank | RDR | URR |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    def line(name, r):
+        t, f = r["test"], r["forget"]
+        return (f"| {name} | {r['time_s']:.3f} | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | {t['ndcg@20']:.4f} | "
+                f"{f['forget_hit@10']:.4f} | {f['forget_hit@20']:.4f} | {f['mean_rank']:.1f} | "
+                f"{f.get('rdr', float('nan')):.1f} | {f.get('urr', float('nan')):.3f} |")
+    lines.append(line("original", orig))
+    for name, r in result["rows"].items():
+        lines.append(line(name, r))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="WMF,NeuMF,LightGCN")
+    p.add_argument("--ablations", action="store_true", help="also run the ablation variants")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "l2unrank_ml100k"))
+    p.add_argument("--set", action="append", default=[], help="extra key=value config overrides")
+    a = p.parse_args()
+    sys.argv = sys.argv[:1]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    overrides = dict(kv.split("=", 1) for kv in a.set)
+    overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v for k, v in overrides.items()}
+    methods = ["l2unrank", "l2unrank_paper"] + (ABLATIONS if a.ablations else []) + ["retrain"]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results, started = [], time.time()
+    for model in a.models.split(","):
+        res = run_model(model.strip(), methods, overrides)
+        res["checks"] = checks(res)
+        results.append(res)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    write_text(a.out + ".json", json.dumps(results, indent=2, default=float) + "\n")
+    md = [f"# L2UnRank vs retraining on ml-100k\n",
+          f"Command: `python benchmarks/l2unrank_ml100k.py --models {a.models}{' --ablations' if a.ablations else ''}`  ",
+          f"Machine: {os.cpu_count()} CPU threads, torch {torch.__version__}; total {time.time() - started:.0f} s.\n"]
+    for res in results:
+        req = res["request"]
+        md.append(f"## {res['model']}\n")
+        md.append(f"Request: {req['pairs']} pairs of {req['users']} users. Original: {res['original_epochs']} epochs, "
+                  f"{res['original_train_s']:.1f} s. Retrain: {res['rows']['retrain'].get('epochs')} epochs.\n")
+        md.append(table(res) + "\n")
+        c = res["checks"]
+        if c:
+            md.append(f"Checks: forget_hit@10 <= retrain: **{c['forget_hit@10 <= retrain']}**; "
+                      f"NDCG@10 >= 97% of original: **{c['ndcg@10 >= 97% original']}** ({100 * c['ndcg ratio']:.1f}%); "
+                      f"time <= retrain/50: **{c['time <= retrain/50']}** (speed-up {c['speed-up']:.0f}x).\n")
+    write_text(a.out + ".md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    print(a.out + ".md")
+
+
+if __name__ == "__main__":
+    main()

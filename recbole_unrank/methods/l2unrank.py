@@ -289,31 +289,44 @@ class L2UnRank(UnlearningMethod):
             scores = adapter.scores_with_delta(req_users, prepared, scale_vec)
             return probe.forget_share_in_topk(scores, k), probe.valid_ndcg(scores, 10)
 
-        chosen = torch.full((U,), float(grid[-1]), device=delta.device, dtype=delta.dtype)
-        done = torch.zeros(U, dtype=torch.bool, device=delta.device)
-        base_sum = None
-        for g in grid:
-            hit, ndcg = measure(torch.full((U,), float(g), device=delta.device, dtype=delta.dtype))
-            if base_sum is None:
-                base_sum = float(ndcg.sum())
-            newly = (hit <= share + 1e-9) & ~done
-            chosen[newly] = g
-            done |= newly
-            if bool(done.all()):
-                break
+        G = grid.numel()
+
+        def at(index):  # per-user grid index -> per-user scale
+            return grid[index]
+
+        # Per user, the smallest grid index meeting the viewing threshold, by bisection
+        # (the share of forgotten items in the top K falls as the step grows): about
+        # log2(G) score evaluations of the request users only, never of the whole model.
+        hit0, ndcg0 = measure(torch.zeros(U, device=delta.device, dtype=delta.dtype))
+        base_sum = float(ndcg0.sum())
+        lo = torch.zeros(U, dtype=torch.long, device=delta.device)
+        hi = torch.full((U,), G - 1, dtype=torch.long, device=delta.device)
+        met0 = hit0 <= share + 1e-9
+        hi[met0] = 0
+        while bool((lo < hi).any()):
+            mid = (lo + hi) // 2
+            hit, _ = measure(at(mid))
+            ok = hit <= share + 1e-9
+            active = lo < hi
+            hi = torch.where(active & ok, mid, hi)
+            lo = torch.where(active & ~ok, mid + 1, lo)
+        chosen = at(hi)
         # Guard: the validation split's NDCG@10 (sum over its users) may lose at most
-        # (1 - utility_guard) of the original's; only the request users' part moves.
+        # (1 - utility_guard) of the original's; only the request users' part moves. The
+        # largest common cap on the per-user scales that holds it, again by bisection.
         allowance = (1.0 - float(s["utility_guard"])) * float(task.valid_ndcg_sum or base_sum)
         cap_used = None
         hit, ndcg = measure(chosen)
         if base_sum - float(ndcg.sum()) > allowance:
-            for cap in reversed(grid.tolist()):
-                hit, ndcg = measure(chosen.clamp(max=cap))
-                if base_sum - float(ndcg.sum()) <= allowance:
-                    cap_used = cap
-                    break
-            else:
-                cap_used = 0.0
+            c_lo, c_hi = 0, G - 1  # invariant: cap grid[c_lo] holds (0 always does)
+            while c_lo < c_hi:
+                c_mid = (c_lo + c_hi + 1) // 2
+                _, nd = measure(chosen.clamp(max=float(grid[c_mid])))
+                if base_sum - float(nd.sum()) <= allowance:
+                    c_lo = c_mid
+                else:
+                    c_hi = c_mid - 1
+            cap_used = float(grid[c_lo])
             chosen = chosen.clamp(max=cap_used)
             hit, ndcg = measure(chosen)
         base_ndcg = base_sum

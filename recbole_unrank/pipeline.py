@@ -425,7 +425,20 @@ def _run_method(self, name: str, overrides: dict | None = None, save: bool = Tru
     extra = {"stages": result.stages, **{k: v for k, v in result.info.items() if k != "time_s"}}
     if save and self.run_dir:
         path = os.path.join(self.run_dir, f"{config['model']}-{label}.pth")
-        save_checkpoint(result.model, config, path, {"method": name, "request": self.request.summary()})
+        meta = {"method": name, "request": self.request.summary()}
+        if hasattr(result.model, "models") and hasattr(result.model, "user_weights"):
+            # A partition ensemble (SISA / RecEraser): each sub-model is a RecBole checkpoint;
+            # the index file lists them with the per-user aggregation weights.
+            shards = []
+            for k, sub in enumerate(result.model.models):
+                shard_path = os.path.join(self.run_dir, f"{config['model']}-{label}-shard{k}.pth")
+                save_checkpoint(sub, config, shard_path, {**meta, "shard": k})
+                shards.append(shard_path)
+            _atomic_save({"config": config, "unrank": {**meta, "ensemble": {
+                "shards": shards, "user_weights": result.model.user_weights.detach().cpu()}}}, path)
+            extra["shard_checkpoints"] = shards
+        else:
+            save_checkpoint(result.model, config, path, meta)
         extra["checkpoint"] = path
     if evaluate_test:
         row, ranks = self.evaluate(result.model, label, result.info["time_s"], extra)
@@ -464,6 +477,8 @@ Run.evaluate_forget_only = _run_evaluate_forget_only
 def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
     """Everything that can fail on bad input, before anything is written."""
     names = method_names(config)
+    for name in names:  # bad settings fail here, before anything is written
+        METHODS[name](**method_settings(config, METHODS[name]))
     for ref in _reference_names(config):
         try:
             get_model(ref)

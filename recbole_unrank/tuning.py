@@ -19,7 +19,8 @@ Objective (``unrank_tune_objective``; every objective is a loss, lower is better
   validation NDCG@10 (the loss is ``forget_hit@10 - 1e-6 x ratio``: smaller than one forget pair
   on any request under a million pairs). An infeasible trial scores ``1000 + shortfall`` (worse
   than every feasible one, and ordered by how far it misses the floor, which guides TPE); it is
-  never chosen as best. A trial whose settings the method refuses scores ``1e6``.
+  never chosen as best. A trial that fails (settings the method refuses, or an exception in
+  the method) is recorded as an error trial and scores ``1e6``; the search goes on.
 * ``weighted``: ``unrank_tune_weight x forget_hit@10 - valid NDCG@10 / original's`` (no floor).
 * ``metric:<name>[:min|max]``: one reported measure, in its own direction unless told:
   ``forget_*`` and ``time_s`` are minimised, ``mean_rank``, ``rdr``, ``urr``,
@@ -499,9 +500,14 @@ class TuneSearch:
         try:
             with _tolerant_row_log():
                 row = run.run_method(self.method, overrides=params, save=False, evaluate_test=False, label=label)
-        except UnrankError as exc:
+        except UnrankError as exc:  # settings the method refuses (or a NaN update it will not keep)
             record.update(status="error", error=str(exc), valid={}, forget={}, time_s=None)
             logger.warning("[%s] refused: %s", label, exc)
+        except Exception as exc:  # noqa: BLE001  a failing combination must not end a long search
+            msg = (str(exc).strip().splitlines() or [""])[0]
+            record.update(status="error", error=f"{type(exc).__name__}: {msg}", valid={}, forget={}, time_s=None)
+            logger.exception("[%s] failed with %s (recorded as an error trial; the search goes on)",
+                             label, _params_str(params))
         else:
             if "ndcg@10" not in row["valid"]:
                 row["valid"]["ndcg@10"] = run.valid_score(row["_model"])

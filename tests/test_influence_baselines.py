@@ -126,18 +126,18 @@ def _finite(model) -> bool:
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("method", BASELINES)
 def test_baseline_contract(runs, model_name, method):
-    """Runs, finite, moves only what it promises, clears caches; the factor models' request
-    ranks rise (default settings: the exact Hessian)."""
+    """Default settings (the exact Hessian, 10 CG steps): runs, finite, moves only what it promises, clears
+    caches; the factor models' request ranks rise where CG met no negative curvature."""
     run = runs(model_name)
     task = run._task()
-    result = METHODS[method]()(task)
+    result = METHODS[method](cg_steps=10)(task)  # default settings, fewer CG steps: fast
     model = result.model
     assert _finite(model)
     assert {"scope_s", "solve_s"} <= set(result.stages)
     changes = _changes(run.original, model)
     moved = any(bool(v) for v in changes.values())
-    if result.info["cg_iterations"] > 0:
-        assert moved, f"{method} took {result.info['cg_iterations']} CG steps but changed nothing"
+    assert result.info["cg_iterations"] > 0
+    assert moved, f"{method} took {result.info['cg_iterations']} CG steps but changed nothing"
     request_users = set(run.request.users.tolist())
     if method == "scif":
         for name, rows in changes.items():
@@ -156,10 +156,9 @@ def test_baseline_contract(runs, model_name, method):
                 assert rows <= k_items
             else:
                 assert not rows, f"ifru changed the dense parameter {name}"
-    truncated = result.info["cg_stop"] == "negative_curvature" and result.info["cg_iterations"] <= 1
-    if model_name != "LightGCN" and not truncated:
-        # (A solve that negative curvature cut at its first step is a gradient step of
-        # arbitrary length: if on NeuMF with the exact Hessian. No rank promise for it.)
+    if model_name != "LightGCN" and "negative_curvature" not in result.info["cg_stop"]:
+        # (CG run through negative curvature, as the papers' fixed-T solver does, minimises
+        # nothing: no rank promise for it. With Gauss-Newton, see the next test.)
         assert float(task.forget_ranks(model).mean()) > run.rank0, (
             f"{method} did not unrank {model_name}"
         )
@@ -182,14 +181,14 @@ def test_baseline_contract(runs, model_name, method):
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_gauss_newton_curvature_moves_every_model(runs, model_name):
-    """With the PSD Gauss-Newton curvature CG never meets negative curvature, so each method takes
-    a real step on every model (the exact Hessian stops CG at step 0 on LightGCN here), and the
-    factor models' request ranks rise for all three."""
+    """With the PSD Gauss-Newton curvature CG never meets negative curvature (it solves the damped
+    system): each method takes a real step on every model, and the factor models' request ranks
+    rise for all three."""
     run = runs(model_name)
     for method in BASELINES:
         task = run._task()
         result = METHODS[method](curvature="gauss_newton", cg_steps=12)(task)
-        assert result.info["cg_stop"] != "negative_curvature"
+        assert "negative_curvature" not in result.info["cg_stop"]
         assert result.info["cg_iterations"] > 0
         changes = _changes(run.original, result.model)
         assert any(bool(v) for v in changes.values())

@@ -121,8 +121,15 @@ def test_wmf_calculate_loss_is_batch_mean_plus_reg(wmf_setup):
 
 
 def test_wmf_config_defaults(tiny_config):
+    import yaml
+
+    from recbole_unrank.config import PROPERTIES_DIR
+
+    with open(f"{PROPERTIES_DIR}/model/WMF.yaml", encoding="utf-8") as f:
+        defaults = yaml.safe_load(f)
     config = tiny_config("WMF")
-    assert config["alpha"] == 10.0 and config["negative_weight"] == 0.05
+    for key in ("embedding_size", "alpha", "negative_weight", "reg_weight"):
+        assert float(config[key]) == float(defaults[key]), key
     assert _no_negative_sampling(config)  # WMF sums over all unobserved entries itself
 
 

@@ -30,10 +30,10 @@ makes stale is cleared once, by ``adapter.invalidate()``.
 Curvature (``unrank_baseline_curvature``): ``hessian`` (the default; the papers' exact Hessian,
 through Hessian-vector products) or ``gauss_newton`` (its positive semi-definite part,
 ``J^T diag(f'') J``). The models were not trained to a minimum of these losses, so the exact
-Hessian is often indefinite along ``g``: conjugate gradient then stops at the first direction
-of negative curvature and returns the iterate before it, which is zero when that is the first
-direction (LightGCN on the tiny data set) or a single gradient step (NeuMF's ``if``).
-Gauss-Newton always gives a full solve.
+Hessian is often indefinite along ``g``; like L2UnRank's Hessian path (the papers' fixed-T
+solver) CG then runs its T plain steps through negative curvature (``cg_stop`` reports
+``max_iter_negative_curvature``), which is no longer a minimisation and can give large,
+erratic steps. Gauss-Newton is positive semi-definite: CG solves the damped system.
 
 Like L2UnRank these methods never read the config: their settings arrive as keyword arguments
 (``settings`` maps each to its ``unrank_*`` key).
@@ -350,12 +350,15 @@ class _InfluenceBaseline(UnlearningMethod):
                 curv = gauss_newton_operator(
                     lambda _p: prob.outputs(h_index), params, sigmoid_curvature
                 )
+            # As L2UnRank: T plain CG steps on the exact Hessian (the papers' fixed-T solver),
+            # through negative curvature (reported in cg_stop); a PSD curvature never meets it.
             res = conjugate_gradient(
                 lambda v: restrict(curv(restrict(v))),
                 g,
                 float(s["damping"]),
                 int(s["cg_steps"]),
                 float(s["cg_tol"]),
+                stop_on_negative_curvature=s["curvature"] != "hessian",
             )
         x = restrict(res.x)
         info.update(

@@ -575,9 +575,11 @@ def _train_on(run: Run, train_ds, tag: str):
 
 
 def _log_row(row: dict) -> None:
-    test, forget = row["test"], row["forget"]
+    split = "test" if "test" in row else "valid"
+    util, forget = row[split], row["forget"]
     logger.info(
-        "[%s] %.2fs | test ndcg@10 %.4f recall@10 %.4f | forget_hit@10 %.4f mean_rank %.1f",
-        row["method"], row["time_s"], test.get("ndcg@10", float("nan")), test.get("recall@10", float("nan")),
-        forget.get("forget_hit@10", float("nan")), forget.get("mean_rank", float("nan")),
+        "[%s] %.2fs | %s ndcg@10 %.4f recall@10 %.4f | forget_hit@10 %.4f mean_rank %.1f",
+        row["method"], row["time_s"], split, util.get("ndcg@10", float("nan")),
+        util.get("recall@10", float("nan")), forget.get("forget_hit@10", float("nan")),
+        forget.get("mean_rank", float("nan")),
     )

@@ -794,13 +794,20 @@ def trials_markdown(search: TuneSearch, summary: dict) -> str:
     lines += ["", "## Best settings against the defaults", ""]
     if best is None:
         lines.append("No trial met the objective's constraint: no best settings (see best.json).")
+    if summary.get("defaults_better"):
+        lines += ["**The defaults score better on the objective (validation + request) than every trial**: "
+                  "keep them, or search longer or in a narrower space.", ""]
+    lines.append("Each row below is one more run, reported on test (selection used validation only); "
+                 "`objective` and `feasible` are on validation.")
+    lines.append("")
     rows = summary.get("rows", [])
     if rows:
-        lines += ["| model | valid NDCG@10 | test NDCG@10 | test Recall@10 | test NDCG@20 | forget_hit@10 | "
-                  "forget_hit@20 | mean rank | URR | time (s) |", "|---" * 10 + "|"]
+        lines += ["| model | objective | feasible | valid NDCG@10 | test NDCG@10 | test Recall@10 | test NDCG@20 | "
+                  "forget_hit@10 | forget_hit@20 | mean rank | URR | time (s) |", "|---" * 12 + "|"]
         for r in rows:
             v, te, f = r.get("valid", {}), r.get("test", {}), r.get("forget", {})
-            lines.append(f"| {r['method']} | {_fmt(v.get('ndcg@10'))} | {_fmt(te.get('ndcg@10'))} | "
+            lines.append(f"| {r['method']} | {_fmt(r.get('objective'))} | {_fmt(r.get('feasible'))} | "
+                         f"{_fmt(v.get('ndcg@10'))} | {_fmt(te.get('ndcg@10'))} | "
                          f"{_fmt(te.get('recall@10'))} | {_fmt(te.get('ndcg@20'))} | {_fmt(f.get('forget_hit@10'))} | "
                          f"{_fmt(f.get('forget_hit@20'))} | {_fmt(f.get('mean_rank'))} | {_fmt(f.get('urr'))} | "
                          f"{_fmt(r.get('time_s'))} |")
@@ -996,8 +1003,13 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
                         "(RecBole's HyperTuning early stop; raise --early_stop to run them all)",
                         len(search.trials), planned, early_stop)
         best = search.best()
-        rows = [_plain({**{k: v for k, v in run.rows[0].items() if k not in ("ranks", "_model")},
-                        "valid": search.original_valid["valid"]})]
+        original_row = _plain({**{k: v for k, v in run.rows[0].items() if k not in ("ranks", "_model")},
+                               "valid": search.original_valid["valid"]})
+        scored = {"status": "ok", "valid": original_row["valid"], "forget": original_row["forget"]}
+        search.objective.score(scored, search.original_ndcg)
+        original_row.update(loss=scored["loss"], feasible=scored["feasible"], valid_ratio=scored["valid_ratio"],
+                            objective=search.objective.value(scored))
+        rows = [original_row]
         default_row = _final_row(search, None, "default", save=False)
         rows.append(default_row)
         best_row = None
@@ -1007,7 +1019,12 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
             logger.info("best: trial %d (%s)", best["trial"], _params_str(best["params"]))
         else:
             logger.warning("no trial met the objective's constraint: no best.yaml")
-        summary = {"tool": tool, "algo": algo, "best_trial": best["trial"] if best else None, "rows": rows}
+        defaults_better = bool(default_row["feasible"] and (best is None or default_row["loss"] < best["loss"]))
+        if defaults_better:
+            logger.warning("the defaults score better on the objective (validation + request) than every trial: "
+                           "keep them, or search longer / narrower")
+        summary = {"tool": tool, "algo": algo, "best_trial": best["trial"] if best else None, "rows": rows,
+                   "defaults_better": defaults_better}
         record = {
             "model": config["model"],
             "dataset": config["dataset"],
@@ -1035,6 +1052,7 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
                 "valid_ratio": best["valid_ratio"],
             },
             "rows": rows,
+            "defaults_better": defaults_better,
             "test_comparison": _comparison(rows),
         }
         d = run.run_dir

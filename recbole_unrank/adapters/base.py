@@ -85,6 +85,12 @@ class ModelAdapter:
     def set_graph(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Give a graph model the interaction graph made of these pairs (no-op otherwise)."""
 
+    def remove_edges(self, users: torch.Tensor, items: torch.Tensor, n_edges: int) -> bool:
+        """Drop these edges from a graph model's current graph in place of a rebuild, when the
+        adapter can tell its graph is the one of ``n_edges`` train pairs holding them; False
+        when it cannot (the caller then calls :meth:`set_graph` with the retained pairs)."""
+        return False
+
     @contextmanager
     def propagate_over(self, users: torch.Tensor, items: torch.Tensor):
         """Within the block, a graph model propagates over these edges only."""

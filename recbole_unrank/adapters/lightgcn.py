@@ -17,20 +17,52 @@ from torch import nn
 
 from recbole_unrank.adapters.base import AdapterError, ModelAdapter
 
-__all__ = ["LightGCNAdapter", "normalized_adjacency"]
+__all__ = ["LightGCNAdapter", "drop_edges", "normalized_adjacency"]
 
 
-def normalized_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
+def normalized_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``D^-1/2 A D^-1/2`` of the bipartite graph of these pairs, sparse [N, N], N = users + items.
     Vectorised (RecBole's own builder goes through a dok matrix, slow at millions of edges)."""
     device = users.device
     n = n_users + n_items
     rows = torch.cat((users, items + n_users))
     cols = torch.cat((items + n_users, users))
-    deg = torch.bincount(rows, minlength=n).to(torch.float32) + 1e-7
+    deg = torch.bincount(rows, minlength=n).to(dtype) + 1e-7
     inv = deg.pow(-0.5)
     vals = inv[rows] * inv[cols]
-    return torch.sparse_coo_tensor(torch.stack((rows, cols)), vals, (n, n), device=device).coalesce()
+    return torch.sparse_coo_tensor(torch.stack((rows, cols)), vals, (n, n), device=device,
+                                   check_invariants=False).coalesce()
+
+
+def drop_edges(adj: torch.Tensor, users: torch.Tensor, items: torch.Tensor, n_users: int) -> torch.Tensor | None:
+    """``normalized_adjacency`` of the graph of ``adj`` without the edges ``(users, items)``,
+    from ``adj`` itself (coalesced, as :func:`normalized_adjacency` returns it).
+
+    Scale (issue 7): a rebuild coalesces, i.e. sorts, ``2 |D|`` entries (1.5 s at 5M
+    interactions on 2 cores). Dropping entries from a coalesced tensor keeps it sorted, so this
+    takes a few vectorised passes over the entries and no sort; only the degrees of the
+    request's users and items change, and every value is re-derived from the new degrees, so
+    the result equals the rebuild (same entries, same values). Returns None when ``adj`` is
+    not coalesced or lacks one of the edges (the caller rebuilds)."""
+    if not adj.is_coalesced():
+        return None
+    n = adj.shape[0]
+    idx, vals = adj._indices(), adj._values()
+    key = idx[0] * n + idx[1]  # sorted: adj is coalesced
+    cols = items.to(idx.device) + n_users
+    rows = users.to(idx.device)
+    drop = torch.unique(torch.cat((rows * n + cols, cols * n + rows)))
+    pos = torch.searchsorted(key, drop).clamp(max=key.numel() - 1)
+    if not bool((key[pos] == drop).all()):
+        return None
+    keep = torch.ones(key.numel(), dtype=torch.bool, device=key.device)
+    keep[pos] = False
+    idx = idx[:, keep]
+    deg = torch.bincount(idx[0], minlength=n).to(vals.dtype) + 1e-7
+    inv = deg.pow(-0.5)
+    new_vals = inv[idx[0]] * inv[idx[1]]
+    return torch.sparse_coo_tensor(idx, new_vals, (n, n), device=adj.device, is_coalesced=True)
 
 
 class LightGCNAdapter(ModelAdapter):
@@ -48,6 +80,8 @@ class LightGCNAdapter(ModelAdapter):
         self.n_layers = int(model.n_layers)
         self._cols_key = None
         self._cols = None
+        self._final_key = None  # (adjacency, parameter versions) of the cached final embeddings
+        self._final_cache = None
 
     # ---- propagation ---------------------------------------------------------------------
     def _propagate(self, adj: torch.Tensor, ego: torch.Tensor) -> torch.Tensor:
@@ -61,7 +95,11 @@ class LightGCNAdapter(ModelAdapter):
         return torch.cat((self.model.user_embedding.weight, self.model.item_embedding.weight), 0)
 
     def set_graph(self, users, items) -> None:
-        adj = normalized_adjacency(users.to(self.device), items.to(self.device), self.n_users, self.n_items)
+        adj = normalized_adjacency(users.to(self.device), items.to(self.device), self.n_users, self.n_items,
+                                   self.model.user_embedding.weight.dtype)
+        self._install_graph(adj, users, items)
+
+    def _install_graph(self, adj, users, items) -> None:
         self.model.norm_adj_matrix = adj
         # RecBole's own attribute, kept consistent for anything that reads it later.
         import scipy.sparse as sp
@@ -73,10 +111,26 @@ class LightGCNAdapter(ModelAdapter):
         self._cols_key = None
         self.invalidate()
 
+    def remove_edges(self, users, items, n_edges: int) -> bool:
+        """Drop the edges ``(users, items)`` from the model's graph, when that graph is the
+        coalesced normalised graph of ``n_edges`` distinct edges holding all of them (checked:
+        entry count and presence of every edge); False otherwise (the caller rebuilds with
+        :meth:`set_graph`). Same result as a rebuild, without its sort (see :func:`drop_edges`)."""
+        adj = self.model.norm_adj_matrix
+        if adj._nnz() != 2 * int(n_edges):
+            return False
+        new = drop_edges(adj, users.to(self.device), items.to(self.device), self.n_users)
+        if new is None:
+            return False
+        ui = new._indices()[:, : new._nnz() // 2]  # rows < n_users come first: the user->item half
+        self._install_graph(new, ui[0], ui[1] - self.n_users)
+        return True
+
     @contextmanager
     def propagate_over(self, users, items):
         saved = self.model.norm_adj_matrix
-        self.model.norm_adj_matrix = normalized_adjacency(users, items, self.n_users, self.n_items)
+        self.model.norm_adj_matrix = normalized_adjacency(users, items, self.n_users, self.n_items,
+                                                          self.model.user_embedding.weight.dtype)
         self.invalidate()
         try:
             yield
@@ -85,7 +139,22 @@ class LightGCNAdapter(ModelAdapter):
             self.invalidate()
 
     def _final(self) -> torch.Tensor:
-        return self._propagate(self.model.norm_adj_matrix, self._ego())
+        """Final embeddings [N, d]. Outside autograd they are cached (scale, issue 7: one
+        request used to propagate over the whole graph ~10 times, 7 s of 10 at 5M
+        interactions); the key is the adjacency object and both embedding tables' version
+        counters, so any in-place change of either table or a new graph recomputes them."""
+        adj = self.model.norm_adj_matrix
+        if torch.is_grad_enabled():  # differentiable path (full-parameter update): never cached
+            return self._propagate(adj, self._ego())
+        key = (adj, self.model.user_embedding.weight._version, self.model.item_embedding.weight._version)
+        if self._final_key is None or self._final_key[0] is not adj or self._final_key[1:] != key[1:]:
+            self._final_cache = self._propagate(adj, self._ego())
+            self._final_key = key  # holds adj, so its id cannot be reused while cached
+        return self._final_cache
+
+    def invalidate(self) -> None:
+        super().invalidate()
+        self._final_key = self._final_cache = None
 
     # ---- scoring -------------------------------------------------------------------------
     def pair_scores(self, users, items):
@@ -109,10 +178,11 @@ class LightGCNAdapter(ModelAdapter):
     @torch.no_grad()
     def _columns(self, uniq: torch.Tensor) -> torch.Tensor:
         """``M[:, uniq]`` as a dense [N, U] block: L sparse products of U one-hot columns."""
-        key = (uniq.numel(), int(uniq.sum()), int(uniq[0]), int(uniq[-1]))
+        adj = self.model.norm_adj_matrix
+        key = (id(adj), uniq.numel(), int(uniq.sum()), int(uniq[0]), int(uniq[-1]))
         if self._cols_key != key:
             n = self.n_users + self.n_items
-            onehot = torch.zeros(n, uniq.numel(), device=self.device)
+            onehot = torch.zeros(n, uniq.numel(), device=self.device, dtype=self.model.user_embedding.weight.dtype)
             onehot[uniq, torch.arange(uniq.numel(), device=self.device)] = 1.0
             self._cols = self._propagate(self.model.norm_adj_matrix, onehot)
             self._cols_key = key
@@ -129,13 +199,22 @@ class LightGCNAdapter(ModelAdapter):
 
     @torch.no_grad()
     def prepare_user_delta(self, users, delta):
-        return self._final(), self._columns(users), delta
+        # Only the request users' rows and the item rows of the final embeddings are scored;
+        # their shift under a uniform step s is s * (M[rows, U] delta), computed once here
+        # (scale, issue 7: the step search calls scores_with_delta up to ~45 times).
+        final, cols = self._final(), self._columns(users)
+        rows = torch.cat((users, torch.arange(self.n_users, self.n_users + self.n_items, device=users.device)))
+        final_r, cols_r = final[rows], cols[rows]
+        return final_r, cols_r, delta, cols_r @ delta, users.numel()
 
     @torch.no_grad()
     def scores_with_delta(self, users, prepared, scale):
-        final, cols, delta = prepared
-        moved = final + cols @ (scale[:, None] * delta)
-        return moved[users] @ moved[self.n_users :].T
+        final_r, cols_r, delta, shift, n_u = prepared
+        if bool((scale == scale[0]).all()):  # one step for everyone: reuse the shift
+            moved = final_r + scale[0] * shift
+        else:
+            moved = final_r + cols_r @ (scale[:, None] * delta)
+        return moved[:n_u] @ moved[n_u:].T
 
     @torch.no_grad()
     def apply_user_delta(self, users, delta):

@@ -177,7 +177,10 @@ class L2UnRank(UnlearningMethod):
         keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
         keep[target] = False
         if adapter.is_graph:
-            adapter.set_graph(users[keep], items[keep])
+            # Scale (issue 7): drop D_t's edges from the model's own train graph when it is
+            # that graph (no sort of the 2|D| entries); rebuild from the retained pairs otherwise.
+            if not adapter.remove_edges(users[target], items[target], users.numel()):
+                adapter.set_graph(users[keep], items[keep])
 
         # Stage 2: weights ------------------------------------------------------------
         t0 = time.perf_counter()

@@ -157,8 +157,15 @@ def train_model(config, train_loader, valid_loader, path: str | None = None, tag
     trainer.saved_model_file = scratch
     logger.info("training %s (%s) on %d interactions", config["model"], tag, len(train_loader._dataset))
     start = time.perf_counter()
+    metric = config["valid_metric"]
+
+    def progress(epoch_idx: int, valid_score: float) -> None:  # one compact line per epoch
+        logger.info("[%s] epoch %d: valid %s %.4f (best %.4f, %.0fs)", tag, epoch_idx + 1, metric,
+                    valid_score, trainer.best_valid_score, time.perf_counter() - start)
+
     best_score, _ = trainer.fit(
-        train_loader, valid_loader, verbose=False, saved=True, show_progress=config["show_progress"]
+        train_loader, valid_loader, verbose=False, saved=True, show_progress=config["show_progress"],
+        callback_fn=progress,
     )
     elapsed = time.perf_counter() - start
     epochs = len(trainer.train_loss_dict)

@@ -119,6 +119,8 @@ class LightGCNAdapter(ModelAdapter):
         adj = self.model.norm_adj_matrix
         if adj._nnz() != 2 * int(n_edges):
             return False
+        if not adj.is_coalesced():  # RecBole's own builder leaves it uncoalesced: sort once here,
+            adj = adj.coalesce()  # later requests on this model (successive ones) skip it
         new = drop_edges(adj, users.to(self.device), items.to(self.device), self.n_users)
         if new is None:
             return False

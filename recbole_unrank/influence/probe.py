@@ -37,28 +37,33 @@ class RankProbe:
         self.f_count = torch.bincount(forget_rows, minlength=n_rows).clamp(min=1)
         self.v_count = torch.bincount(valid_rows, minlength=n_rows)
 
+    def mask(self, scores: Tensor) -> Tensor:
+        """A masked copy of ``scores`` (padding item and retained history to -inf)."""
+        return self._masked(scores)
+
     def _masked(self, scores: Tensor) -> Tensor:
         s = scores.clone()
         s[:, 0] = -torch.inf  # RecBole's padding item
         s[self.h_rows, self.h_items] = -torch.inf
         return s
 
-    def forget_ranks(self, scores: Tensor) -> Tensor:
-        """Rank of each forget pair: 1 + #{j not in retained history: s_uj > s_ui}. [T]"""
-        s = self._masked(scores)
+    def forget_ranks(self, scores: Tensor, masked: bool = False) -> Tensor:
+        """Rank of each forget pair: 1 + #{j not in retained history: s_uj > s_ui}. [T]
+        ``masked``: ``scores`` already went through :meth:`mask`."""
+        s = scores if masked else self._masked(scores)
         mine = s[self.f_rows, self.f_items]
         return 1 + (s[self.f_rows] > mine[:, None]).sum(1)
 
-    def forget_share_in_topk(self, scores: Tensor, k: int) -> Tensor:
+    def forget_share_in_topk(self, scores: Tensor, k: int, masked: bool = False) -> Tensor:
         """Per user: share of its forget pairs ranked within the top ``k``. [U]"""
-        hit = (self.forget_ranks(scores) <= k).to(scores.dtype)
+        hit = (self.forget_ranks(scores, masked) <= k).to(scores.dtype)
         return torch.zeros(self.n_rows, dtype=scores.dtype, device=scores.device).index_add_(
             0, self.f_rows, hit
         ) / self.f_count
 
-    def valid_ndcg(self, scores: Tensor, k: int = 10) -> Tensor:
+    def valid_ndcg(self, scores: Tensor, k: int = 10, masked: bool = False) -> Tensor:
         """Per user NDCG@k of its validation items, retained history masked (0 without any). [U]"""
-        s = self._masked(scores)
+        s = scores if masked else self._masked(scores)
         top = s.topk(min(k, s.shape[1]), dim=1).indices  # [U, k]
         rel = torch.zeros_like(s, dtype=torch.bool)
         rel[self.v_rows, self.v_items] = True

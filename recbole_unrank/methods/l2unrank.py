@@ -89,12 +89,17 @@ DEFAULTS = {
     "view_k": 10,
     "view_share": 0.0,
     "utility_guard": 0.98,
-    "step_grid": [0.01, 1000.0, 41],
+    "step_grid": [1e-4, 1000.0, 57],
 }
 
 
-def default_hops(adapter: ModelAdapter) -> int:
-    """The paper's default scope: 1 hop for graph models, 0 for latent-factor models."""
+def default_hops(adapter: ModelAdapter, update: str = "all") -> int:
+    """The paper's default scope: 1 hop for graph models, 0 for latent-factor models. The
+    user-block path takes 1 hop for every model: a user's block then holds all of the user's
+    train interactions, so the retained ones anchor the step (with 0 hops the block sees only
+    the forgotten pairs and the step drags the retained items down with them)."""
+    if update == "users":
+        return 1
     return 1 if adapter.is_graph else 0
 
 
@@ -159,7 +164,7 @@ class L2UnRank(UnlearningMethod):
         t0 = time.perf_counter()
         users, items = self._pairs(task, device)
         target = torch.as_tensor(task.request_index, device=device)
-        hops = default_hops(adapter) if s["hops"] is None else int(s["hops"])
+        hops = default_hops(adapter, s["update"]) if s["hops"] is None else int(s["hops"])
         if s["use_scope"]:
             scope = influence_scope(users, items, target, hops, s["scope_cap"])
             scope_index, context_index = scope.scope_index, scope.context_index
@@ -289,8 +294,8 @@ class L2UnRank(UnlearningMethod):
         k, share = int(s["view_k"]), float(s["view_share"])
 
         def measure(scale_vec):
-            scores = adapter.scores_with_delta(req_users, prepared, scale_vec)
-            return probe.forget_share_in_topk(scores, k), probe.valid_ndcg(scores, 10)
+            scores = probe.mask(adapter.scores_with_delta(req_users, prepared, scale_vec))
+            return probe.forget_share_in_topk(scores, k, masked=True), probe.valid_ndcg(scores, 10, masked=True)
 
         G = grid.numel()
 

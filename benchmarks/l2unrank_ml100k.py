@@ -35,11 +35,14 @@ ABLATIONS = ["l2unrank_noscope", "l2unrank_nostruct", "l2unrank_nosem", "l2unran
              "l2unrank_context", "l2unrank_nocurv", "l2unrank_nocalib"]
 
 
-def run_model(model: str, methods: list[str], overrides: dict) -> dict:
+def run_model(model: str, methods: list[str], overrides: dict, save_original: str | None = None) -> dict:
     files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", f"{model}.yaml")]
     config = pipeline.build_config(model, "ml-100k", files, {"checkpoint_dir": os.path.join(HERE, "out", "ckpt"), **overrides})
     run, _ = pipeline.prepare_run(config)
     run.prepare_original()
+    if save_original:  # reusable by run_unrank.py --checkpoint (same config, same split)
+        os.makedirs(save_original, exist_ok=True)
+        pipeline.save_checkpoint(run.original, config, os.path.join(save_original, f"{model}-ml-100k.pth"))
     rows = {}
     for name in methods:
         row = run.run_method(name, save=False)
@@ -114,6 +117,7 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(HERE, "results", "l2unrank_ml100k"))
     p.add_argument("--set", action="append", default=[], help="extra key=value config overrides")
     p.add_argument("--report_only", action="store_true", help="only merge existing per-model results")
+    p.add_argument("--save_original", default=None, help="folder to save each original model's checkpoint in")
     a = p.parse_args()
     command = "python benchmarks/l2unrank_ml100k.py " + " ".join(sys.argv[1:])
     sys.argv = sys.argv[:1]
@@ -124,7 +128,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     if not a.report_only:
         for model in a.models.split(","):
-            res = run_model(model.strip(), methods, overrides)
+            res = run_model(model.strip(), methods, overrides, a.save_original)
             res["checks"] = checks(res)
             res.update(command=command, when=time.strftime("%Y-%m-%d %H:%M"), load=os.getloadavg()[0],
                        cpus=os.cpu_count(), torch=torch.__version__)

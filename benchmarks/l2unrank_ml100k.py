@@ -97,7 +97,8 @@ def write_report(out: str) -> str:
     for res in results:
         req = res["request"]
         md.append(f"## {res['model']}\n")
-        md.append(f"Command: `{res['command']}` ({res['when']}, load average {res['load']:.1f} on {res['cpus']} CPUs).  ")
+        md.append(f"Command: `{res['command']}` ({res['when']}, load average {res['load']:.1f} on {res['cpus']} CPUs, "
+                  f"{res.get('threads', '?')} torch thread(s)).  ")
         md.append(f"Request: {req['pairs']} pairs of {req['users']} users. Original: {res['original_epochs']} epochs, "
                   f"{res['original_train_s']:.1f} s. Retrain: {res['rows']['retrain'].get('epochs')} epochs.\n")
         md.append(table(res) + "\n")
@@ -131,7 +132,7 @@ def main() -> None:
             res = run_model(model.strip(), methods, overrides, a.save_original)
             res["checks"] = checks(res)
             res.update(command=command, when=time.strftime("%Y-%m-%d %H:%M"), load=os.getloadavg()[0],
-                       cpus=os.cpu_count(), torch=torch.__version__)
+                       cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads())
             write_text(f"{a.out}_{model.strip()}.json", json.dumps(res, indent=2, default=float) + "\n")
     print(write_report(a.out))
     print(a.out + ".md")

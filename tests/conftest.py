@@ -52,6 +52,9 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(REPO_ROOT)
     env["CUDA_VISIBLE_DEVICES"] = ""
     env["PYTHONWARNINGS"] = "ignore"
+    # Subprocesses run beside the test process on 2 cores: one torch thread each avoids
+    # OpenMP oversubscription, which slows small tensor work by an order of magnitude.
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -35,14 +35,22 @@ ABLATIONS = ["l2unrank_noscope", "l2unrank_nostruct", "l2unrank_nosem", "l2unran
              "l2unrank_context", "l2unrank_nocurv", "l2unrank_nocalib"]
 
 
-def run_model(model: str, methods: list[str], overrides: dict, save_original: str | None = None) -> dict:
+def run_model(model: str, methods: list[str], overrides: dict, save_original: str | None = None,
+              originals: str | None = None) -> dict:
     files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", f"{model}.yaml")]
     config = pipeline.build_config(model, "ml-100k", files, {"checkpoint_dir": os.path.join(HERE, "out", "ckpt"), **overrides})
-    run, _ = pipeline.prepare_run(config)
-    run.prepare_original()
+    ckpt_path = os.path.join(originals, f"{model}-ml-100k.pth") if originals else None
+    if ckpt_path and not os.path.isfile(ckpt_path):
+        ckpt_path = None
+    run, ckpt = pipeline.prepare_run(config, ckpt_path)
+    run.prepare_original(ckpt, ckpt_path)
+    if ckpt is not None:  # training facts of the run that trained it
+        run.original_info.update(ckpt.get("unrank", {}).get("original", {}))
     if save_original:  # reusable by run_unrank.py --checkpoint (same config, same split)
         os.makedirs(save_original, exist_ok=True)
-        pipeline.save_checkpoint(run.original, config, os.path.join(save_original, f"{model}-ml-100k.pth"))
+        info = {k: v for k, v in run.original_info.items() if k in ("epochs", "time_s")}
+        pipeline.save_checkpoint(run.original, config, os.path.join(save_original, f"{model}-ml-100k.pth"),
+                                 {"original": info})
     rows = {}
     for name in methods:
         row = run.run_method(name, save=False)
@@ -99,8 +107,10 @@ def write_report(out: str) -> str:
         md.append(f"## {res['model']}\n")
         md.append(f"Command: `{res['command']}` ({res['when']}, load average {res['load']:.1f} on {res['cpus']} CPUs, "
                   f"{res.get('threads', '?')} torch thread(s)).  ")
-        md.append(f"Request: {req['pairs']} pairs of {req['users']} users. Original: {res['original_epochs']} epochs, "
-                  f"{res['original_train_s']:.1f} s. Retrain: {res['rows']['retrain'].get('epochs')} epochs.\n")
+        trained = (f"{res['original_epochs']} epochs, {res['original_train_s']:.1f} s" if res["original_epochs"]
+                   else "loaded from a checkpoint saved by an earlier run (--originals)")
+        md.append(f"Request: {req['pairs']} pairs of {req['users']} users. Original: {trained}. "
+                  f"Retrain: {res['rows']['retrain'].get('epochs')} epochs, {res['rows']['retrain']['time_s']:.1f} s.\n")
         md.append(table(res) + "\n")
         c = res["checks"]
         if c:
@@ -119,6 +129,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra key=value config overrides")
     p.add_argument("--report_only", action="store_true", help="only merge existing per-model results")
     p.add_argument("--save_original", default=None, help="folder to save each original model's checkpoint in")
+    p.add_argument("--originals", default=None,
+                   help="folder of <model>-ml-100k.pth originals to start from (as saved by --save_original)")
     a = p.parse_args()
     command = "python benchmarks/l2unrank_ml100k.py " + " ".join(sys.argv[1:])
     sys.argv = sys.argv[:1]
@@ -129,7 +141,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     if not a.report_only:
         for model in a.models.split(","):
-            res = run_model(model.strip(), methods, overrides, a.save_original)
+            res = run_model(model.strip(), methods, overrides, a.save_original, a.originals)
             res["checks"] = checks(res)
             res.update(command=command, when=time.strftime("%Y-%m-%d %H:%M"), load=os.getloadavg()[0],
                        cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads())

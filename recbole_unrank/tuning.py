@@ -46,6 +46,28 @@ method's complete ``unrank_*`` settings, readable by ``run_unrank.py --config_fi
 validation, test and forget measures), ``trials.png``, ``request.inter``, ``original.pth``
 (when trained here), the best unlearned checkpoint, ``hyper.result`` (RecBole's own export,
 hyperopt tool) and ``run.log``. Every file is written to a temporary name and renamed.
+
+Notes on RecBole's ``HyperTuning`` (1.2.1), which runs the hyperopt searches:
+
+* the best trial is chosen here, from the trial records (lowest loss among feasible trials,
+  earliest among equals), not from ``HyperTuning.best_params``: its ``if not self.best_score``
+  treats a best score of exactly 0 as "no best yet";
+* ``exhaustive`` takes every combination of the choices (``max_evals`` is the grid's size);
+  ranges are refused for it. Its no-progress early stop is lifted for exhaustive searches, and
+  kept for ``random`` / ``bayes`` (``--early_stop``, RecBole's 10 by default): a search may end
+  before ``max_evals`` (``best.json`` says so);
+* the proposals are reproducible: ``HYPEROPT_FMIN_SEED`` is set to the config's ``seed`` for the
+  search unless it is already set.
+
+Ray Tune (``--tool ray``) runs the same space (``bayes``: ``HyperOptSearch`` with the hyperopt
+space; ``random``: ``tune.choice`` / ``uniform`` / ``quniform`` / ``loguniform``; ``exhaustive``:
+``tune.grid_search``) one trial at a time on a local Ray instance
+(``ray.init(num_cpus=1, include_dashboard=False)``). The compat patches do not reach Ray's worker
+processes, and ``ray.tune`` itself needs them there (``np.bool8``), so the instance is started
+with a ``worker_process_setup_hook`` that imports ``recbole_unrank`` first; the prepared run is
+pickled once (without its loaders, rebuilt in the worker) and handed to the workers through
+``tune.with_parameters`` (Ray's object store). Ray Tune 2.x also needs ``pyarrow``. A Ray
+instance started by the caller is used as it is, and must have been given the same hook.
 """
 
 from __future__ import annotations

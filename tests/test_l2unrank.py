@@ -178,3 +178,28 @@ def test_retrain_demotes_the_request_on_a_small_dataset(prepared):
     orig = run.rows[0]
     assert row["forget"]["forget_hit@10"] <= orig["forget"]["forget_hit@10"]
     assert row["forget"]["mean_rank"] > orig["forget"]["mean_rank"]
+
+
+def test_per_row_gram_equals_summed_outer_products():
+    from recbole_unrank.methods.l2unrank import per_row_gram
+
+    g = torch.Generator().manual_seed(3)
+    rows = torch.tensor([2, 0, 2, 2, 1, 0])
+    jac = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    c = torch.rand(6, generator=g, dtype=torch.float64)
+    expected = torch.zeros(4, 4, 4, dtype=torch.float64)
+    for r, j, w in zip(rows, jac, c):
+        expected[r] += w * torch.outer(j, j)
+    for budget in (1 << 20, 8):  # one chunk, and one row per chunk
+        assert torch.allclose(per_row_gram(rows, jac, c, 4, budget=budget), expected)
+
+
+def test_topk_share_agrees_with_ranks_including_ties():
+    scores = torch.tensor([[0.0, 5.0, 3.0, 3.0, 1.0, 3.0], [0.0, 1.0, 2.0, 2.0, 2.0, 0.5]])
+    probe = RankProbe(2, torch.tensor([0]), torch.tensor([1]), torch.tensor([0, 0, 1, 1]),
+                      torch.tensor([2, 4, 5, 3]), torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long))
+    ranks = probe.forget_ranks(scores)
+    for k in (1, 2, 3, 4):
+        share = probe.forget_share_in_topk(scores, k)
+        expected = torch.zeros(2).index_add_(0, torch.tensor([0, 0, 1, 1]), (ranks <= k).float()) / 2
+        assert torch.equal(share, expected), k

@@ -62,7 +62,8 @@ def drop_edges(adj: torch.Tensor, users: torch.Tensor, items: torch.Tensor, n_us
     deg = torch.bincount(idx[0], minlength=n).to(vals.dtype) + 1e-7
     inv = deg.pow(-0.5)
     new_vals = inv[idx[0]] * inv[idx[1]]
-    return torch.sparse_coo_tensor(idx, new_vals, (n, n), device=adj.device, is_coalesced=True)
+    return torch.sparse_coo_tensor(idx, new_vals, (n, n), device=adj.device, is_coalesced=True,
+                                   check_invariants=False)
 
 
 class LightGCNAdapter(ModelAdapter):

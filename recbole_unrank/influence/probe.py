@@ -55,8 +55,14 @@ class RankProbe:
         return 1 + (s[self.f_rows] > mine[:, None]).sum(1)
 
     def forget_share_in_topk(self, scores: Tensor, k: int, masked: bool = False) -> Tensor:
-        """Per user: share of its forget pairs ranked within the top ``k``. [U]"""
-        hit = (self.forget_ranks(scores, masked) <= k).to(scores.dtype)
+        """Per user: share of its forget pairs ranked within the top ``k``. [U]
+
+        ``rank <= k`` exactly when the pair's score reaches its row's k-th largest score (ties
+        favour the pair, as in :meth:`forget_ranks`): one top-k per row instead of comparing
+        every forget pair with every item."""
+        s = scores if masked else self._masked(scores)
+        kth = s.topk(min(k, s.shape[1]), dim=1).values[:, -1]  # [U]
+        hit = (s[self.f_rows, self.f_items] >= kth[self.f_rows]).to(scores.dtype)
         return torch.zeros(self.n_rows, dtype=scores.dtype, device=scores.device).index_add_(
             0, self.f_rows, hit
         ) / self.f_count

@@ -46,7 +46,7 @@ from recbole_unrank.influence import (
 from recbole_unrank.influence.probe import RankProbe
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 
-__all__ = ["L2UnRank", "l2unrank_variant", "SETTINGS", "default_hops"]
+__all__ = ["L2UnRank", "l2unrank_variant", "SETTINGS", "default_hops", "per_row_gram"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -249,8 +249,7 @@ class L2UnRank(UnlearningMethod):
             H = torch.zeros(U, d, d, device=device, dtype=jac.dtype)
         else:
             c = (cw * sigmoid_curvature(z)).to(jac.dtype)
-            outer = (c[:, None, None] * jac[:, :, None] * jac[:, None, :])
-            H = torch.zeros(U, d, d, device=device, dtype=jac.dtype).index_add_(0, row_of[cu], outer)
+            H = per_row_gram(row_of[cu], jac, c, U)
         # g_u = grad of the request's loss (+ weighted context loss when use_context).
         # l = -log sigmoid(z): dl/dz = -sigmoid(-z). The removal step is +H^-1 g.
         gz, gjac = outputs_and_jac(t_users, t_items)
@@ -445,6 +444,35 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def per_row_gram(rows: torch.Tensor, jac: torch.Tensor, c: torch.Tensor, n_rows: int,
+                 budget: int = 1 << 24) -> torch.Tensor:
+    """``H[r] = sum_{p: rows[p] = r} c_p J_p J_p^T`` as a [n_rows, d, d] tensor.
+
+    Pairs are grouped by row and zero-padded to the longest group, then each block is one
+    batched matrix product (``(c J)^T J``); rows go in chunks so the padded tensor stays near
+    ``budget`` elements. Never materialises the [pairs, d, d] outer products."""
+    d = jac.shape[1]
+    H = torch.zeros(n_rows, d, d, device=jac.device, dtype=jac.dtype)
+    if rows.numel() == 0:
+        return H
+    order = torch.argsort(rows, stable=True)
+    rows, jac, c = rows[order], jac[order], c[order]
+    counts = torch.bincount(rows, minlength=n_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    width = max(1, int(counts.max()))
+    chunk = max(1, budget // (width * d))
+    for lo in range(0, n_rows, chunk):
+        hi = min(n_rows, lo + chunk)
+        sel = (rows >= lo) & (rows < hi)
+        padded = torch.zeros(hi - lo, width, d, device=jac.device, dtype=jac.dtype)
+        padded[rows[sel] - lo, pos[sel]] = jac[sel]
+        weighted = torch.zeros_like(padded)
+        weighted[rows[sel] - lo, pos[sel]] = jac[sel] * c[sel, None]
+        H[lo:hi] = weighted.transpose(1, 2) @ padded
+    return H
 
 
 def l2unrank_variant(name: str, **overrides) -> type[L2UnRank]:

@@ -31,6 +31,9 @@ class ModelAdapter:
     pairwise: bool = False
     supports_user_blocks: bool = False
     is_graph: bool = False
+    #: A user-block step also changes other users' scores (graph propagation): the step
+    #: calibration's utility guard must then look at other users too.
+    moves_other_users: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -67,9 +70,15 @@ class ModelAdapter:
         """``d y_ui / d theta_u`` for each pair, [B, user_dim]."""
         raise AdapterError(f"{type(self.model).__name__} has no per-user parameter block")
 
-    def prepare_user_delta(self, users: torch.Tensor, delta: torch.Tensor):
-        """Precompute what :meth:`scores_with_delta` needs for a direction ``delta`` [U, dim]."""
+    def prepare_user_delta(self, users: torch.Tensor, delta: torch.Tensor, others: torch.Tensor | None = None):
+        """Precompute what :meth:`scores_with_delta` needs for a direction ``delta`` [U, dim]
+        (and :meth:`other_scores_with_delta` for ``others`` when ``moves_other_users``)."""
         return delta
+
+    @torch.no_grad()
+    def other_scores_with_delta(self, prepared, scale: torch.Tensor) -> torch.Tensor:
+        """Scores [O, n_items] of the ``others`` of :meth:`prepare_user_delta` under the step."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def scores_with_delta(self, users: torch.Tensor, prepared, scale: torch.Tensor) -> torch.Tensor:

@@ -200,24 +200,40 @@ class LightGCNAdapter(ModelAdapter):
         m_iu = cols[self.n_users + items, pos]
         return m_uu[:, None] * final[self.n_users + items] + m_iu[:, None] * final[users]
 
+    moves_other_users = True  # a base user embedding reaches every user through the items
+
     @torch.no_grad()
-    def prepare_user_delta(self, users, delta):
-        # Only the request users' rows and the item rows of the final embeddings are scored;
-        # their shift under a uniform step s is s * (M[rows, U] delta), computed once here
-        # (scale, issue 7: the step search calls scores_with_delta up to ~45 times).
+    def prepare_user_delta(self, users, delta, others=None):
+        # Only the request users' rows, the item rows, and (for the utility guard) a sample
+        # of other users' rows of the final embeddings are scored; their shift under a
+        # uniform step s is s * (M[rows, U] delta), computed once here (the step search
+        # calls scores_with_delta about 2 log2(G) times).
         final, cols = self._final(), self._columns(users)
-        rows = torch.cat((users, torch.arange(self.n_users, self.n_users + self.n_items, device=users.device)))
+        others = users[:0] if others is None else others
+        items = torch.arange(self.n_users, self.n_users + self.n_items, device=users.device)
+        rows = torch.cat((users, others, items))
         final_r, cols_r = final[rows], cols[rows]
-        return final_r, cols_r, delta, cols_r @ delta, users.numel()
+        return final_r, cols_r, delta, cols_r @ delta, users.numel(), others.numel()
+
+    @torch.no_grad()
+    def _moved(self, prepared, scale):
+        final_r, cols_r, delta, shift, n_u, n_o = prepared
+        if bool((scale == scale[0]).all()):  # one step for everyone: reuse the shift
+            return final_r + scale[0] * shift
+        return final_r + cols_r @ (scale[:, None] * delta)
 
     @torch.no_grad()
     def scores_with_delta(self, users, prepared, scale):
-        final_r, cols_r, delta, shift, n_u = prepared
-        if bool((scale == scale[0]).all()):  # one step for everyone: reuse the shift
-            moved = final_r + scale[0] * shift
-        else:
-            moved = final_r + cols_r @ (scale[:, None] * delta)
-        return moved[:n_u] @ moved[n_u:].T
+        n_u, n_o = prepared[4], prepared[5]
+        moved = self._moved(prepared, scale)
+        return moved[:n_u] @ moved[n_u + n_o :].T
+
+    @torch.no_grad()
+    def other_scores_with_delta(self, prepared, scale):
+        """Scores of the ``others`` given to :meth:`prepare_user_delta` under the same step."""
+        n_u, n_o = prepared[4], prepared[5]
+        moved = self._moved(prepared, scale)
+        return moved[n_u : n_u + n_o] @ moved[n_u + n_o :].T
 
     @torch.no_grad()
     def apply_user_delta(self, users, delta):

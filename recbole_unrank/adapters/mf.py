@@ -43,7 +43,7 @@ class DotProductAdapter(ModelAdapter):
         return self.Q[items].detach()
 
     @torch.no_grad()
-    def prepare_user_delta(self, users, delta):
+    def prepare_user_delta(self, users, delta, others=None):
         # Scores are linear in the step: s(eta) = S0 + eta * (delta Q^T).
         return self.P[users] @ self.Q.T, delta @ self.Q.T
 
@@ -136,7 +136,7 @@ class NeuMFAdapter(ModelAdapter):
         return self._scores_for(theta)
 
     @torch.no_grad()
-    def prepare_user_delta(self, users, delta):
+    def prepare_user_delta(self, users, delta, others=None):
         m = self.model
         theta = torch.cat((m.user_mf_embedding(users), m.user_mlp_embedding(users)), -1)
         return theta, delta

@@ -280,6 +280,25 @@ class L2UnRank(UnlearningMethod):
             row_of[v_users[v_mine]], v_items[v_mine],
         )
 
+    def _other_users(self, task, adapter, req_users, keep, users, items, sample: int = 1000):
+        """A seeded sample of validation users outside the request, their probe, and the factor
+        that scales their summed NDCG change to all such users."""
+        device = users.device
+        v_users = task.valid_ds.inter_feat[task.valid_ds.uid_field].to(device)
+        v_items = task.valid_ds.inter_feat[task.valid_ds.iid_field].to(device)
+        cand = torch.unique(v_users)
+        cand = cand[~torch.isin(cand, req_users)]
+        gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
+        pick = cand[torch.randperm(cand.numel(), generator=gen)[:sample].to(device)].sort().values
+        row_of = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
+        row_of[pick] = torch.arange(pick.numel(), device=device)
+        hist = keep & (row_of[users] >= 0)
+        v_mine = row_of[v_users] >= 0
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        probe = RankProbe(pick.numel(), row_of[users[hist]], items[hist], empty, empty,
+                          row_of[v_users[v_mine]], v_items[v_mine])
+        return pick, probe, cand.numel() / max(1, pick.numel())
+
     @torch.no_grad()
     def _calibrate(self, task, adapter, req_users, row_of, delta, keep, users, items, t_users, t_items, info):
         """Per-user step: the smallest grid value meeting the viewing threshold, capped so that
@@ -288,13 +307,25 @@ class L2UnRank(UnlearningMethod):
         probe = self._probe(task, adapter, req_users, row_of, keep, users, items, t_users, t_items)
         lo, hi, n = s["step_grid"]
         grid = torch.cat((torch.zeros(1), torch.logspace(np.log10(lo), np.log10(hi), int(n)))).to(delta)
-        prepared = adapter.prepare_user_delta(req_users, delta)
+        others, other_probe, other_factor = None, None, 0.0
+        if adapter.moves_other_users:  # the guard also watches a sample of the other users
+            others, other_probe, other_factor = self._other_users(task, adapter, req_users, keep, users, items)
+        prepared = adapter.prepare_user_delta(req_users, delta, others)
         U = req_users.numel()
         k, share = int(s["view_k"]), float(s["view_share"])
 
         def measure(scale_vec):
             scores = probe.mask(adapter.scores_with_delta(req_users, prepared, scale_vec))
-            return probe.forget_share_in_topk(scores, k, masked=True), probe.valid_ndcg(scores, 10, masked=True)
+            ndcg = probe.valid_ndcg(scores, 10, masked=True)
+            if other_probe is not None:  # other users' NDCG@10 change, scaled to all of them
+                o = other_probe.valid_ndcg(adapter.other_scores_with_delta(prepared, scale_vec), 10)
+                ndcg = torch.cat((ndcg, (o - base_other) * other_factor))
+            return probe.forget_share_in_topk(scores, k, masked=True), ndcg
+
+        base_other = None
+        if other_probe is not None:
+            base_other = other_probe.valid_ndcg(
+                adapter.other_scores_with_delta(prepared, torch.zeros(U, device=delta.device, dtype=delta.dtype)), 10)
 
         G = grid.numel()
 

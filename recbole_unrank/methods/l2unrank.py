@@ -280,7 +280,7 @@ class L2UnRank(UnlearningMethod):
             row_of[v_users[v_mine]], v_items[v_mine],
         )
 
-    def _other_users(self, task, adapter, req_users, keep, users, items, sample: int = 1000):
+    def _other_users(self, task, adapter, req_users, keep, users, items, sample: int = 500):
         """A seeded sample of validation users outside the request, their probe, and the factor
         that scales their summed NDCG change to all such users."""
         device = users.device

@@ -341,11 +341,6 @@ class L2UnRank(UnlearningMethod):
         hi = torch.full((U,), G - 1, dtype=torch.long, device=delta.device)
         met0 = hit0 <= share + 1e-9
         hi[met0] = 0
-        # Users the largest step cannot satisfy take the plain influence step (scale 1): a
-        # huge step on a nonlinear model (NeuMF) can carry items back up the list.
-        hit_max, _ = measure(torch.full((U,), float(grid[-1]), device=delta.device, dtype=delta.dtype))
-        unreachable = (hit_max > share + 1e-9) & ~met0
-        lo[unreachable] = hi[unreachable]
         while bool((lo < hi).any()):
             mid = (lo + hi) // 2
             hit, _ = measure(at(mid))
@@ -354,7 +349,6 @@ class L2UnRank(UnlearningMethod):
             hi = torch.where(active & ok, mid, hi)
             lo = torch.where(active & ~ok, mid + 1, lo)
         chosen = at(hi)
-        chosen[unreachable] = 1.0
         # Guard: the validation split's NDCG@10 (sum over its users) may lose at most
         # (1 - utility_guard) of the original's; only the request users' part moves. The
         # largest common cap on the per-user scales that holds it, again by bisection.
@@ -378,7 +372,6 @@ class L2UnRank(UnlearningMethod):
             step_median=float(chosen.median()),
             step_cap=cap_used,
             users_meeting_view=float((hit <= share + 1e-9).float().mean()),
-            users_unreachable=int(unreachable.sum()),
             valid_ndcg_ratio=float(ndcg.sum() / base_ndcg) if base_ndcg > 0 else 1.0,
         )
         logger.info("[l2unrank] step: median %.3g, cap %s, %.0f%% of users meet top-%d, their valid NDCG x%.3f",

@@ -73,7 +73,6 @@ instance started by the caller is used as it is, and must have been given the sa
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import csv
 import io
@@ -448,27 +447,6 @@ def _bigger(section: str, key: str) -> bool:
 
 
 # --------------------------------------------------------------------------- the search
-@contextlib.contextmanager
-def _tolerant_row_log():
-    """``pipeline._log_row`` reads ``row['test']``, which validation-only rows
-    (``evaluate_test=False``) do not have: log those here, hand the rest to it."""
-    original = pipeline._log_row
-
-    def log(row: dict) -> None:
-        if "test" in row:
-            return original(row)
-        valid, forget = row.get("valid", {}), row.get("forget", {})
-        logger.info("[%s] %.2fs | valid ndcg@10 %.4f | forget_hit@10 %.4f mean_rank %.1f", row["method"],
-                    row["time_s"], valid.get("ndcg@10", float("nan")), forget.get("forget_hit@10", float("nan")),
-                    forget.get("mean_rank", float("nan")))
-
-    pipeline._log_row = log
-    try:
-        yield
-    finally:
-        pipeline._log_row = original
-
-
 def _plain(value):
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -520,8 +498,7 @@ class TuneSearch:
                                   "started": time.time()}
         n_rows = len(run.rows)
         try:
-            with _tolerant_row_log():
-                row = run.run_method(self.method, overrides=params, save=False, evaluate_test=False, label=label)
+            row = run.run_method(self.method, overrides=params, save=False, evaluate_test=False, label=label)
         except UnrankError as exc:  # settings the method refuses (or a NaN update it will not keep)
             record.update(status="error", error=str(exc), valid={}, forget={}, time_s=None)
             logger.warning("[%s] refused: %s", label, exc)
@@ -852,7 +829,8 @@ def best_yaml(search: TuneSearch, best: dict, summary: dict) -> str:
     return head + body
 
 
-def plot_trials(search: TuneSearch, path: str, best: dict | None, default_value: float | None) -> str | None:
+def plot_trials(search: TuneSearch, path: str, best: dict | None, default_value: float | None,
+                default_feasible: bool = True) -> str | None:
     try:
         import matplotlib
 
@@ -875,8 +853,8 @@ def plot_trials(search: TuneSearch, path: str, best: dict | None, default_value:
         ax.scatter([t["trial"] for t in groups["infeasible"]], [obj.value(t) for t in groups["infeasible"]],
                    color="tab:red", marker="x", label="infeasible (below the utility floor)", zorder=3)
     errors = [t["trial"] for t in search.trials if t["status"] != "ok"]
-    for x in errors:
-        ax.axvline(x, color="grey", alpha=0.3, lw=4)
+    for n, x in enumerate(errors):
+        ax.axvline(x, color="grey", alpha=0.3, lw=4, label="error (no result)" if n == 0 else None)
     # running best among feasible trials
     run_x, run_y, cur = [], [], None
     for t in search.trials:
@@ -891,7 +869,8 @@ def plot_trials(search: TuneSearch, path: str, best: dict | None, default_value:
         ax.scatter([best["trial"]], [obj.value(best)], marker="*", s=260, color="gold", edgecolor="black",
                    zorder=4, label=f"best (trial {best['trial']})")
     if default_value is not None:
-        ax.axhline(default_value, color="grey", ls="--", lw=1, label="defaults")
+        ax.axhline(default_value, color="grey", ls="--", lw=1,
+                   label="defaults" + ("" if default_feasible else " (infeasible)"))
     ax.set_ylabel(obj.label)
     ax.legend(fontsize=8, loc="best")
     cfg = search.run.config
@@ -938,8 +917,7 @@ def _new_run_dir(config) -> str:
 def _final_row(search: TuneSearch, overrides: dict | None, label: str, save: bool) -> dict:
     """Run the method once more with ``overrides``, evaluated on test and on validation."""
     run = search.run
-    with _tolerant_row_log():
-        row = run.run_method(search.method, overrides=overrides, save=save, evaluate_test=True, label=label)
+    row = run.run_method(search.method, overrides=overrides, save=save, evaluate_test=True, label=label)
     valid_row, _ = run.evaluate_forget_only(row["_model"], label, row["time_s"])
     out = {k: v for k, v in row.items() if k not in ("ranks", "_model")}
     out["valid"] = valid_row["valid"]
@@ -1006,8 +984,7 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
     config["checkpoint_dir"] = run.run_dir
     wall = time.perf_counter()
     try:
-        with _tolerant_row_log():
-            run.prepare_original(ckpt, checkpoint)
+        run.prepare_original(ckpt, checkpoint)
         from recbole_unrank.request import write_request_file
 
         write_request_file(os.path.join(run.run_dir, "request.inter"), run.request, run.data.dataset)
@@ -1083,8 +1060,8 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
         if best is not None:
             _write_text(os.path.join(d, "best.yaml"), best_yaml(search, best, summary))
         _write_text(os.path.join(d, "best.json"), json.dumps(_plain(record), indent=2) + "\n")
-        plot_trials(search, os.path.join(d, "trials.png"), best, search.objective.value(
-            {"status": "ok", **default_row}) if default_row else None)
+        plot_trials(search, os.path.join(d, "trials.png"), best,
+                    search.objective.value({"status": "ok", **default_row}), bool(default_row["feasible"]))
         print(trials_markdown(search, summary), flush=True)
     finally:
         logging.getLogger().removeHandler(handler)

@@ -203,3 +203,12 @@ def test_topk_share_agrees_with_ranks_including_ties():
         share = probe.forget_share_in_topk(scores, k)
         expected = torch.zeros(2).index_add_(0, torch.tensor([0, 0, 1, 1]), (ranks <= k).float()) / 2
         assert torch.equal(share, expected), k
+
+
+def test_context_term_with_an_empty_context_is_a_no_op(prepared):
+    """Regression (found by the tuner): LightGCN, 0 hops and the context term on raised an
+    IndexError, because 0 hops leaves no context pair."""
+    run = prepared["LightGCN"]
+    row = run.run_method("l2unrank", save=False, evaluate_test=False,
+                         overrides={"unrank_hops": 0, "unrank_use_context": True})
+    assert np.isfinite(row["forget"]["mean_rank"])

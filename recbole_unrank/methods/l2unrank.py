@@ -255,8 +255,8 @@ class L2UnRank(UnlearningMethod):
         gz, gjac = outputs_and_jac(t_users, t_items)
         g = torch.zeros(U, d, device=device, dtype=gjac.dtype).index_add_(
             0, row_of[t_users], -torch.sigmoid(-gz)[:, None] * gjac)
-        if s["use_context"]:
-            ctx = mine & keep[scope_index]
+        ctx = mine & keep[scope_index]
+        if s["use_context"] and bool(ctx.any()):  # no context pairs (e.g. 0 hops): nothing to add
             cz, cjac = outputs_and_jac(sc_users[ctx], sc_items[ctx])
             g.index_add_(0, row_of[sc_users[ctx]], -(weights[ctx] * torch.sigmoid(-cz))[:, None] * cjac)
         delta = batched_block_solve(H, g, float(s["damping"]))

@@ -52,6 +52,7 @@ __all__ = [
     "method_names",
     "run_unrank",
     "prepare_run",
+    "new_run_dir",
 ]
 
 logger = logging.getLogger("recbole_unrank")
@@ -504,9 +505,11 @@ def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None
     return run, ckpt
 
 
-def _new_run_dir(config) -> str:
+def new_run_dir(config, kind: str = "") -> str:
+    """A fresh ``<unrank_output_dir>/<model>-<dataset>[-kind]-<time>[-n]`` folder."""
     base = config["unrank_output_dir"] or "runs"
-    stem = f"{config['model']}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = f"-{kind}" if kind else ""
+    stem = f"{config['model']}-{config['dataset']}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = os.path.join(base, stem)
     n = 1
     while os.path.exists(path):
@@ -528,7 +531,7 @@ def run_unrank(config, checkpoint: str | None = None) -> Run:
     from recbole_unrank import report
 
     run, ckpt = prepare_run(config, checkpoint)
-    run.run_dir = _new_run_dir(config)
+    run.run_dir = new_run_dir(config)
     handler = _attach_file_log(run.run_dir)
     config["checkpoint_dir"] = run.run_dir
     try:

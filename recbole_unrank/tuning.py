@@ -94,6 +94,7 @@ from recbole_unrank import compat  # noqa: F401  (before RecBole)
 from recbole_unrank import pipeline
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS
+from recbole_unrank.report import write_text
 
 __all__ = [
     "ParamSpec",
@@ -710,14 +711,6 @@ def start_ray() -> bool:
 
 
 # --------------------------------------------------------------------------- reports
-def _write_text(path: str, text: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -902,18 +895,6 @@ class TuneResult:
     record: dict
 
 
-def _new_run_dir(config) -> str:
-    base = config["unrank_output_dir"] or "runs"
-    stem = f"{config['model']}-{config['dataset']}-hyper-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = os.path.join(base, stem)
-    n = 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(base, f"{stem}-{n}")
-    os.makedirs(path)
-    return path
-
-
 def _final_row(search: TuneSearch, overrides: dict | None, label: str, save: bool) -> dict:
     """Run the method once more with ``overrides``, evaluated on test and on validation."""
     run = search.run
@@ -969,7 +950,7 @@ def tune_unrank(config, params_file: str, algo: str = "exhaustive", max_evals: i
     run = search.run
     ray_started = start_ray() if tool == "ray" else False
     try:
-        run.run_dir = _new_run_dir(config)
+        run.run_dir = pipeline.new_run_dir(config, "hyper")
         return _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, early_stop, config_files)
     finally:
         if ray_started:
@@ -1055,11 +1036,11 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
             "test_comparison": _comparison(rows),
         }
         d = run.run_dir
-        _write_text(os.path.join(d, "trials.csv"), trials_csv(search))
-        _write_text(os.path.join(d, "trials.md"), trials_markdown(search, summary))
+        write_text(os.path.join(d, "trials.csv"), trials_csv(search))
+        write_text(os.path.join(d, "trials.md"), trials_markdown(search, summary))
         if best is not None:
-            _write_text(os.path.join(d, "best.yaml"), best_yaml(search, best, summary))
-        _write_text(os.path.join(d, "best.json"), json.dumps(_plain(record), indent=2) + "\n")
+            write_text(os.path.join(d, "best.yaml"), best_yaml(search, best, summary))
+        write_text(os.path.join(d, "best.json"), json.dumps(_plain(record), indent=2) + "\n")
         plot_trials(search, os.path.join(d, "trials.png"), best,
                     search.objective.value({"status": "ok", **default_row}), bool(default_row["feasible"]))
         print(trials_markdown(search, summary), flush=True)

@@ -82,8 +82,12 @@ def _quiet_recbole_warnings() -> None:
 def _pop_calculate_loss(self, interaction):
     """RecBole's ``Pop`` counts with ``item_cnt[item] = item_cnt[item] + 1``: an item that
     appears several times in one batch is counted once, so its popularity is capped by the
-    number of batches (all items tie when one batch holds the data). Count every occurrence."""
+    number of batches (all items tie when one batch holds the data); and with RecBole's default
+    negative sampling it counts the sampled negatives too. Count every observed interaction."""
     item = interaction[self.ITEM_ID]
+    label = getattr(self, "LABEL", None) or "label"
+    if label in interaction:  # pointwise loader with sampled negatives: keep the positives
+        item = item[interaction[label] > 0]
     self.item_cnt.index_add_(0, item, torch.ones_like(item).unsqueeze(1).to(self.item_cnt.dtype))
     self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
     return torch.nn.Parameter(torch.zeros(1)).to(self.device)
@@ -92,7 +96,9 @@ def _pop_calculate_loss(self, interaction):
 def _patch_pop() -> None:
     from recbole.model.general_recommender.pop import Pop
 
-    Pop.calculate_loss = _pop_calculate_loss
+    if Pop.calculate_loss is not _pop_calculate_loss:
+        Pop._recbole_calculate_loss = Pop.calculate_loss  # kept for the test that shows the bug
+        Pop.calculate_loss = _pop_calculate_loss
 
 
 def apply() -> None:

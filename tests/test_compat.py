@@ -243,3 +243,27 @@ def test_lightgcn_fails_without_scipy_patch(fresh):
         in res.stdout
     )
     assert "LIGHTGCN_WITH_PATCH built" in res.stdout
+
+
+def test_pop_counts_every_occurrence(config_maker, tmp_path, monkeypatch):
+    """RecBole's Pop counts an item once per batch (``item_cnt[item] = item_cnt[item] + 1``);
+    with the whole train split in one batch every item would tie. The patch counts them all."""
+    from recbole.model.general_recommender.pop import Pop
+
+    from recbole_unrank.pipeline import load_data, make_loaders
+
+    config = config_maker(tmp_path, "Pop", train_batch_size=100000)
+    data = load_data(config)
+    train, _, _ = make_loaders(config, data)
+    expected = torch.bincount(data.train_ds.inter_feat[data.train_ds.iid_field], minlength=data.train_ds.item_num)
+
+    def counts(calculate_loss):
+        model = Pop(config, data.train_ds)
+        monkeypatch.setattr(Pop, "calculate_loss", calculate_loss)
+        for batch in train:
+            model.calculate_loss(batch)
+        return model.item_cnt.view(-1)
+
+    got = counts(compat._pop_calculate_loss)
+    assert torch.equal(got, expected), (got[:10], expected[:10])
+    assert not torch.equal(counts(Pop._recbole_calculate_loss), expected)  # RecBole's own: fails

@@ -1,0 +1,172 @@
+"""Single-user forget requests through L2UnRank's user-block path (issue 7), on tiny.
+
+* CPU (fast): a request of one user works for WMF, NeuMF and LightGCN, moves only that user's
+  parameter rows, and no operation of the whole stage materialises a dense users x items (or
+  (users + items) squared, or params x params) matrix: every aten op's output shape is logged
+  through a ``TorchDispatchMode`` while the method runs. The step calibration's
+  ``[U, n_items]`` scores of the request users (U = 1) must show up in the log, so the probe is
+  seen to work; a deliberate full score matrix is seen to be caught.
+* CUDA (``-m cuda``; skipped without a GPU): the whole L2UnRank stage of the pipeline on the
+  GPU for each model, and the same single-user request there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import make_tiny_config
+from recbole_unrank import pipeline
+from recbole_unrank.adapters import get_adapter
+from recbole_unrank.methods import METHODS, UnlearnTask
+from recbole_unrank.request import request_from_pairs
+
+MODELS = ["WMF", "NeuMF", "LightGCN"]
+
+
+class ShapeLog(TorchDispatchMode):
+    """Records ``(op, shape)`` of every dense tensor any aten op returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self.shapes.append((str(func), tuple(t.shape)))
+        return out
+
+    def forbidden(self, n_users: int, n_items: int, n_params: int) -> list:
+        n = n_users + n_items
+        bad = {(n_users, n_items), (n_items, n_users), (n, n), (n_params, n_params)}
+        return [(op, s) for op, s in self.shapes if len(s) >= 2 and tuple(s[-2:]) in bad]
+
+
+def _trained(workdir, model: str, **overrides):
+    config = make_tiny_config(workdir, model, **overrides)
+    data = pipeline.load_data(config)
+    train, valid, _ = pipeline.make_loaders(config, data)
+    trained, _ = pipeline.train_model(config, train, valid, None, tag="original")
+    return config, data, trained
+
+
+def _single_user_request(config, data, model):
+    """A request of 3 train interactions of the first user with at least 6, run directly."""
+    train_ds = data.train_ds
+    u = train_ds.inter_feat[train_ds.uid_field].numpy()
+    i = train_ds.inter_feat[train_ds.iid_field].numpy()
+    user = int(np.flatnonzero(np.bincount(u) >= 6)[0])
+    rows = np.flatnonzero(u == user)[:3]
+    request = request_from_pairs(train_ds, u[rows], i[rows], "file")
+    task = UnlearnTask(
+        model=model, model_name=config["model"], train_ds=train_ds, retain_ds=None, forget_ds=None,
+        request_index=request.index, device=config["device"], train_fresh=None, valid_score=None,
+        forget_ranks=None, seed=config["seed"], valid_ds=data.valid_ds, valid_ndcg_sum=None,
+    )
+    cls = METHODS["l2unrank"]
+    method = cls(**pipeline.method_settings(config, cls))
+    return user, request, task, method
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory):
+    return {m: _trained(tmp_path_factory.mktemp(m), m, epochs=2, learning_rate=0.01) for m in MODELS}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_single_user_request_on_user_blocks_without_dense_users_x_items(originals, model_name):
+    config, data, original = originals[model_name]
+    import copy
+
+    model = copy.deepcopy(original)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    user, request, task, method = _single_user_request(config, data, model)
+    n_users, n_items = int(model.n_users), int(model.n_items)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    with ShapeLog() as log:
+        result = method(task)
+
+    assert result.info["users_meeting_view"] is not None  # the user-block path's calibration ran
+    assert not log.forbidden(n_users, n_items, n_params), log.forbidden(n_users, n_items, n_params)[:5]
+    # the calibration scores only the request user's row: [1, n_items]
+    assert any(s[-2:] == (1, n_items) for _, s in log.shapes if len(s) >= 2)
+    # only that user's rows of the user tables moved; nothing else did
+    changed_users = set()
+    for name, new in result.model.state_dict().items():
+        old = before[name]
+        if not new.dtype.is_floating_point or new.shape != old.shape:
+            continue
+        diff = (new - old).abs()
+        if diff.dim() == 2 and diff.shape[0] == n_users:
+            changed_users |= set(torch.nonzero(diff.sum(1) > 0).view(-1).tolist())
+        else:
+            assert float(diff.max()) == 0.0, f"{name} changed outside the user's block"
+    assert changed_users <= {user}
+    for p in result.model.parameters():
+        assert torch.isfinite(p).all()
+    if model_name == "LightGCN":  # the retained graph is in place: request edges gone
+        assert result.model.norm_adj_matrix._nnz() == 2 * (len(data.train_ds.inter_feat) - len(request))
+
+
+def test_shape_log_catches_a_full_score_matrix(originals):
+    """The probe itself: scoring every user over every item is flagged."""
+    _, _, model = originals["WMF"]
+    adapter = get_adapter(model)
+    with ShapeLog() as log:
+        adapter.user_scores(torch.arange(int(model.n_users)))
+    assert log.forbidden(int(model.n_users), int(model.n_items), 1)
+
+
+def test_lightgcn_edge_drop_equals_a_rebuild(originals):
+    """The retained graph derived from the model's own graph (no sort) is the rebuilt one."""
+    from recbole_unrank.adapters import normalized_adjacency
+    from recbole_unrank.adapters.lightgcn import drop_edges
+
+    _, data, model = originals["LightGCN"]
+    train = data.train_ds.inter_feat
+    u, i = train[data.train_ds.uid_field], train[data.train_ds.iid_field]
+    n_u, n_i = int(model.n_users), int(model.n_items)
+    full = normalized_adjacency(u, i, n_u, n_i)
+    drop = torch.tensor([0, 5, 17])
+    keep = torch.ones(u.numel(), dtype=torch.bool)
+    keep[drop] = False
+    rebuilt = normalized_adjacency(u[keep], i[keep], n_u, n_i)
+    dropped = drop_edges(full, u[drop], i[drop], n_u)
+    assert torch.equal(dropped._indices(), rebuilt._indices())
+    assert torch.allclose(dropped._values(), rebuilt._values(), rtol=0, atol=1e-7)
+    assert drop_edges(dropped, u[drop], i[drop], n_u) is None  # edges already gone: caller rebuilds
+
+
+# ----------------------------------------------------------------------------------- CUDA
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("model_name", MODELS)
+def test_l2unrank_stage_on_cuda(tmp_path, model_name):
+    config = make_tiny_config(tmp_path, model_name, gpu_id="0", epochs=2, learning_rate=0.01)
+    assert config["device"].type == "cuda"
+    run, _ = pipeline.prepare_run(config)
+    run.prepare_original()
+    row = run.run_method("l2unrank", save=False)
+    model = row["_model"]
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert row["forget"]["mean_rank"] >= run.rows[0]["forget"]["mean_rank"]
+    assert row["forget"]["forget_hit@10"] <= run.rows[0]["forget"]["forget_hit@10"]
+    # and one single-user request on the GPU, without a dense users x items matrix
+    import copy
+
+    user, request, task, method = _single_user_request(config, run.data, copy.deepcopy(run.original))
+    with ShapeLog() as log:
+        result = method(task)
+    n_params = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
+    assert not log.forbidden(int(result.model.n_users), int(result.model.n_items), n_params)
+    assert all(p.device.type == "cuda" for p in result.model.parameters())

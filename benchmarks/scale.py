@@ -605,6 +605,16 @@ def code_state() -> dict:
             "diff_sha1": __import__("hashlib").sha1(diff.encode()).hexdigest()[:10] if diff else None}
 
 
+def changed_files(start: dict, end: dict) -> list[str]:
+    """Package files that differ between two code states (commits, plus uncommitted files)."""
+    names = set(start.get("dirty", [])) | set(end.get("dirty", []))
+    if start.get("commit") and end.get("commit") and start["commit"] != end["commit"]:
+        out = subprocess.run(["git", "diff", "--name-only", start["commit"], end["commit"], "--", "recbole_unrank"],
+                             cwd=ROOT, capture_output=True, text=True).stdout
+        names |= set(out.split())
+    return sorted(names)
+
+
 def run_worker(spec: dict, timeout: float) -> dict:
     """``worker(spec)`` in a fresh interpreter (clean memory figures); its JSON back."""
     fd, path = tempfile.mkstemp(suffix=".json", prefix="scale-")
@@ -802,9 +812,10 @@ def write_report(results: dict, out_dir: str) -> str:
     ce = results.get("code_end", cs)
     L.append(f"Package code: commit `{cs['commit']}`"
              + (f" with uncommitted changes in {', '.join(cs['dirty'])}" if cs["dirty"] else "")
-             + ("." if cs == ce else f"; **the package changed during the run** (ended at `{ce['commit']}`"
-                f"{', dirty: ' + ', '.join(ce['dirty']) if ce['dirty'] else ''}): workers that started later "
-                "ran the newer code."))
+             + ("." if cs == ce else f"; the package changed during the run (the tree is shared; ended at "
+                f"`{ce['commit']}`{', dirty: ' + ', '.join(ce['dirty']) if ce['dirty'] else ''}; files: "
+                f"{', '.join(results.get('code_changed_files') or ['?'])}): workers that started later ran the "
+                "newer code."))
     L.append("")
     L.append("Method: L2UnRank with the project defaults (`unrank_update: users`, Gauss-Newton user blocks, "
              "calibrated step). A request = 10 train interactions of one user (`request_from_pairs`). The "
@@ -982,7 +993,9 @@ def write_report(results: dict, out_dir: str) -> str:
           f"{a['epochs_100k']} epochs with early stopping"
           + (f", learning rate {a['lr_100k']}" if a.get("lr_100k") else "") + "; the retraining of part 3 uses the "
           "same config, seed and epoch budget. Trained originals are cached in the work folder "
-          f"(`{a['work']}`) across runs; `--retrain-originals` trains them again.",
+          f"(`{a['work']}`) across runs; `--retrain-originals` trains them again. In this run: "
+          + ", ".join(f"{m} {'loaded from that cache' if 'cached' in o.get('original', {}) else 'trained'}"
+                      for m, o in results["datasets"].get("ml-100k", {}).get("models", {}).items()) + ".",
           f"- Synthetic originals: {a['synth_epochs']} epoch(s) of RecBole's trainer with train_batch_size "
           f"{a['synth_batch']} (a larger batch than RecBole's default 2048, to keep the benchmark short; for "
           "LightGCN every batch propagates over the whole graph, so with the default batch an epoch would take "
@@ -1045,6 +1058,11 @@ def growth_analysis(results: dict) -> list[str]:
                 r_txt = f"{g[0]['request_users']} -> {g[-1]['request_users']} users"
                 r_exp = f"{_exponent(g[0]['request_users'], g[0]['time_s'], g[-1]['request_users'], g[-1]['time_s']):.2f}"
         L.append(f"| {model} | {d_txt} | {t_exp} | {s_exp} | {r_txt} | {r_exp} | {top} |")
+    lightgcn_largest = "no LightGCN point"
+    if synth and "single_summary" in synth[-1]["models"].get("LightGCN", {}):
+        t = synth[-1]["models"]["LightGCN"]["single_summary"]["time_s"]["median"]
+        lightgcn_largest = (f"{synth[-1]['interactions']:,} interactions: {t:.2f} s, "
+                            f"{'within' if t < TARGETS['large_s'] else 'over'} the {TARGETS['large_s']:g} s target")
     L += ["", "Reading (from the profiles below):", "",
           "- **WMF, NeuMF**: the solve is one `d x d` block per request user, built from that user's own "
           "scope pairs, and the step calibration scores the request user over the catalogue (`[1, n_items]`). "
@@ -1056,7 +1074,7 @@ def growth_analysis(results: dict) -> list[str]:
           "retained model need every item's final embedding over the retained graph: one propagation over the "
           "whole graph (`_sparse_mm`, O(|D| d L)), one more for the request users' columns of the propagation "
           "matrix (O(|D| L U)), and one O(|D|) pass to drop the request's edges (`drop_edges`). That is why its "
-          "time grows about linearly with |D| (5M: ~3 s, within the 10 s target). Removing it would need the "
+          f"time grows about linearly with |D| ({lightgcn_largest}). Removing it would need the "
           "per-layer embeddings of the model in memory to be kept and updated locally after each request "
           "(only nodes within L hops of the removed edges and of the request users change): not done here.",
           "- **Request size**: WMF and LightGCN grow sub-linearly up to 100 users (fixed costs dominate) and "
@@ -1066,17 +1084,23 @@ def growth_analysis(results: dict) -> list[str]:
 
 
 PACKAGE_CHANGES = [
-    "`adapters/lightgcn.py`: final embeddings are cached outside autograd, keyed by the adjacency object and "
-    "both embedding tables' version counters (a single request used to propagate over the whole graph ~10 "
-    "times: 7 of 10 s at 5M interactions).",
-    "`adapters/lightgcn.py`: `drop_edges` / `LightGCNAdapter.remove_edges`: the retained graph is derived from "
-    "the model's own coalesced train graph by dropping the request's entries and re-deriving the values from "
-    "the new degrees (no sort of the 2|D| entries; identical result to a rebuild). Falls back to the rebuild "
-    "when the graph is not that of the task's train split.",
-    "`adapters/lightgcn.py`: the step calibration scores only the request users' rows and the item rows, and "
-    "reuses `M[rows, U] delta` when every user has the same step.",
-    "`adapters/base.py`: `ModelAdapter.remove_edges` (returns False: rebuild).",
-    "`methods/l2unrank.py`: the retained graph goes through `adapter.remove_edges` first, `set_graph` otherwise.",
+    "`adapters/lightgcn.py` `_final`: the final embeddings are cached outside autograd, keyed by the adjacency "
+    "object and both embedding tables' version counters, and dropped by `invalidate()` (one request used to "
+    "propagate over the whole graph ~10 times: 7 of 10.6 s at 5M interactions; now twice, the second for the "
+    "request users' columns). `_columns`' cache key now includes the adjacency.",
+    "`adapters/lightgcn.py` `drop_edges` + `LightGCNAdapter.remove_edges`: the retained graph is derived from "
+    "the model's own (coalesced) train graph by dropping the request's entries and re-deriving every value "
+    "from the new degrees: no sort of the 2|D| entries (1.5-1.8 s at 5M), result identical to a rebuild "
+    "(tested). Checked first: entry count = 2 x train rows and every request edge present; otherwise the "
+    "caller rebuilds as before. A RecBole-built (uncoalesced) adjacency is coalesced once, then later requests "
+    "on the same model skip the sort.",
+    "`adapters/lightgcn.py` `prepare_user_delta` / `scores_with_delta`: the step calibration moves only the "
+    "request users' rows and the item rows of the final embeddings (not all users), and reuses "
+    "`M[rows, U] delta` when every user has the same step (since extended by another engineer with a sample "
+    "of other users for the graph-model guard).",
+    "`adapters/base.py`: `ModelAdapter.remove_edges` (default: False, i.e. rebuild).",
+    "`methods/l2unrank.py` `unlearn`: the retained graph goes through `adapter.remove_edges` first, "
+    "`set_graph` (the old rebuild) otherwise.",
 ]
 
 
@@ -1089,7 +1113,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-ml100k", action="store_true", help="skip ml-100k (part 1's small dataset and part 3)")
     p.add_argument("--users", type=int, default=20, help="single-user requests per (model, dataset)")
     p.add_argument("--request-sizes", default="1,10,100,1000", help="users per request for the request-size growth")
-    p.add_argument("--request-size-limit", default="NeuMF:100",
+    p.add_argument("--request-size-limit", default="",
                    help="MODEL:N pairs: skip request-size points above N users for that model")
     p.add_argument("--growth-size", default="1M", help="synthetic size of the request-size growth")
     p.add_argument("--steps", type=int, default=20, help="successive requests (part 3)")
@@ -1122,6 +1146,8 @@ def main(argv=None) -> None:
             results = json.load(f)
         results["checks"] = check_targets(results)
         results["package_changes"] = PACKAGE_CHANGES
+        if "code_end" in results and "code_changed_files" not in results:
+            results["code_changed_files"] = changed_files(results["code_start"], results["code_end"])
         _plots(results, args.out)
         print(write_report(results, args.out))
         return
@@ -1186,6 +1212,7 @@ def main(argv=None) -> None:
     results["host"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
     results["wall_s"] = time.perf_counter() - start
     results["code_end"] = code_state()
+    results["code_changed_files"] = changed_files(results["code_start"], results["code_end"])
     results["checks"] = check_targets(results)
     results["package_changes"] = PACKAGE_CHANGES
     results["plots"] = [os.path.basename(x) for x in _plots(results, args.out)]

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -81,8 +83,6 @@ def originals(tmp_path_factory):
 @pytest.mark.parametrize("model_name", MODELS)
 def test_single_user_request_on_user_blocks_without_dense_users_x_items(originals, model_name):
     config, data, original = originals[model_name]
-    import copy
-
     model = copy.deepcopy(original)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     user, request, task, method = _single_user_request(config, data, model)
@@ -162,8 +162,6 @@ def test_l2unrank_stage_on_cuda(tmp_path, model_name):
     assert row["forget"]["mean_rank"] >= run.rows[0]["forget"]["mean_rank"]
     assert row["forget"]["forget_hit@10"] <= run.rows[0]["forget"]["forget_hit@10"]
     # and one single-user request on the GPU, without a dense users x items matrix
-    import copy
-
     user, request, task, method = _single_user_request(config, run.data, copy.deepcopy(run.original))
     with ShapeLog() as log:
         result = method(task)

@@ -812,7 +812,9 @@ def write_report(results: dict, out_dir: str) -> str:
     ce = results.get("code_end", cs)
     L.append(f"Package code: commit `{cs['commit']}`"
              + (f" with uncommitted changes in {', '.join(cs['dirty'])}" if cs["dirty"] else "")
-             + ("." if cs == ce else f"; the package changed during the run (the tree is shared; ended at "
+             + ("." if cs == ce or (not results.get("code_changed_files") and cs.get("dirty") == ce.get("dirty")
+                                     and cs.get("diff_sha1") == ce.get("diff_sha1"))
+                else f"; the package changed during the run (the tree is shared; ended at "
                 f"`{ce['commit']}`{', dirty: ' + ', '.join(ce['dirty']) if ce['dirty'] else ''}; files: "
                 f"{', '.join(results.get('code_changed_files') or ['?'])}): workers that started later ran the "
                 "newer code."))

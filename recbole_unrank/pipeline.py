@@ -44,6 +44,7 @@ __all__ = [
     "build_config",
     "load_data",
     "make_loaders",
+    "make_train_loader",
     "make_forget_loader",
     "train_model",
     "load_checkpoint",
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("recbole_unrank")
-UTILITY_KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 # Measures that compare a model with the original: need the original's ranks as reference.
 REFERENCE_METRICS = {"rdr", "urr", "rank_decline_ratio"}
 
@@ -118,6 +118,13 @@ def load_data(config) -> Data:
     dataset = create_dataset(config)
     train_ds, valid_ds, test_ds = dataset.build()
     return Data(dataset, train_ds, valid_ds, test_ds)
+
+
+def make_train_loader(config, data: Data, train_ds):
+    """A RecBole training loader over ``train_ds`` alone (no evaluation loaders built)."""
+    built = [train_ds, data.valid_ds, data.test_ds]
+    train_sampler, _, _ = create_samplers(config, data.dataset, built)
+    return get_dataloader(config, "train")(config, train_ds, train_sampler, shuffle=config["shuffle"])
 
 
 def make_loaders(config, data: Data, train_ds=None):
@@ -291,10 +298,15 @@ def make_request(config, data: Data) -> ForgetRequest:
     )
 
 
+def _as_list(value) -> list[str]:
+    """A YAML list, or the ``[a,b]`` / ``a,b`` string a command line gives."""
+    if isinstance(value, str):
+        return [n.strip() for n in value.strip("[]").split(",") if n.strip()]
+    return list(value or [])
+
+
 def method_names(config) -> list[str]:
-    names = config["unrank_methods"] or [config["unrank_method"]]
-    if isinstance(names, str):
-        names = [n.strip() for n in names.strip("[]").split(",") if n.strip()]
+    names = _as_list(config["unrank_methods"]) or [config["unrank_method"]]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise UnrankError(f"unknown unlearning method(s) {unknown}: choose from {sorted(METHODS)}")
@@ -365,121 +377,128 @@ class Run:
         _, out = unrank_metrics.evaluate_loader(model, self.forget_loader, ["mean_rank"], [10])
         return out["ranks"]
 
-
-def _run_prepare_original(self, ckpt: dict | None = None, checkpoint: str | None = None) -> dict:
-    """Train (or load) the original model, build the retained-history loaders, evaluate the
-    original: its forget ranks become the reference of every later row."""
-    config, data = self.config, self.data
-    logger.info("request: %s", self.request.summary())
-    if ckpt is None:
-        train, valid, _ = make_loaders(config, data)
-        path = os.path.join(self.run_dir, "original.pth") if self.run_dir else None
-        self.original, self.original_info = train_model(config, train, valid, path, tag="original")
-        self.original_info["checkpoint"] = path
-    else:
-        if self.original is None:
-            self.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
-        self.original_info = {"epochs": None, "time_s": 0.0, "checkpoint": os.path.abspath(checkpoint)}
-    self.loaders = make_loaders(config, data, self.retain_ds)
-    self.forget_loader = make_forget_loader(config, self.retain_ds, self.forget_ds)
-    row, ranks = self.evaluate(self.original, "original", 0.0,
-                               {"train_s": self.original_info["time_s"], "epochs": self.original_info["epochs"]})
-    self.reference = ranks
-    row["ranks"] = ranks
-    self.rows.append(row)
-    _log_row(row)
-    return row
-
-
-def _run_task(self, model=None) -> UnlearnTask:
-    config = self.config
-    return UnlearnTask(
-        model=copy.deepcopy(self.original if model is None else model),
-        model_name=config["model"],
-        train_ds=self.data.train_ds,
-        retain_ds=self.retain_ds,
-        forget_ds=self.forget_ds,
-        request_index=self.request.index,
-        device=config["device"],
-        train_fresh=lambda ds, tag: _train_on(self, ds, tag),
-        valid_score=self.valid_score,
-        forget_ranks=self.forget_ranks,
-        seed=config["seed"],
-        valid_ds=self.data.valid_ds,
-        valid_ndcg_sum=self.valid_ndcg_sum,
-        make_train_loader=lambda ds: make_loaders(config, self.data, ds)[0],
-    )
-
-
-def _run_method(self, name: str, overrides: dict | None = None, save: bool = True,
-                evaluate_test: bool = True, label: str | None = None) -> dict:
-    """Run one method on a fresh copy of the original; evaluate; optionally save its
-    checkpoint; append and return its row. ``overrides`` replace ``unrank_*`` settings."""
-    config = self.config
-    method_cls = METHODS[name]
-    settings = method_settings(config, method_cls)
-    if overrides:
-        unknown = set(overrides) - set(method_cls.settings.values())
-        if unknown:
-            raise UnrankError(f"{name} does not take {sorted(unknown)}: its settings are "
-                              f"{sorted(method_cls.settings.values())}")
-        inverse = {v: k for k, v in method_cls.settings.items()}
-        settings.update({inverse[k]: v for k, v in overrides.items()})
-    method = method_cls(**settings)
-    label = label or name
-    logger.info("[%s] unlearning ...", label)
-    result = method(self._task())
-    check_finite(result.model, name)
-    extra = {"stages": result.stages, **{k: v for k, v in result.info.items() if k != "time_s"}}
-    if save and self.run_dir:
-        path = os.path.join(self.run_dir, f"{config['model']}-{label}.pth")
-        meta = {"method": name, "request": self.request.summary()}
-        if hasattr(result.model, "models") and hasattr(result.model, "user_weights"):
-            # A partition ensemble (SISA / RecEraser): each sub-model is a RecBole checkpoint;
-            # the index file lists them with the per-user aggregation weights.
-            shards = []
-            for k, sub in enumerate(result.model.models):
-                shard_path = os.path.join(self.run_dir, f"{config['model']}-{label}-shard{k}.pth")
-                save_checkpoint(sub, config, shard_path, {**meta, "shard": k})
-                shards.append(shard_path)
-            _atomic_save({"config": config, "unrank": {**meta, "ensemble": {
-                "shards": shards, "user_weights": result.model.user_weights.detach().cpu()}}}, path)
-            extra["shard_checkpoints"] = shards
+    def prepare_original(self, ckpt: dict | None = None, checkpoint: str | None = None) -> dict:
+        """Train (or load) the original model, build the retained-history loaders, evaluate the
+        original: its forget ranks become the reference of every later row."""
+        config, data = self.config, self.data
+        logger.info("request: %s", self.request.summary())
+        if ckpt is None:
+            train, valid, _ = make_loaders(config, data)
+            path = os.path.join(self.run_dir, "original.pth") if self.run_dir else None
+            self.original, self.original_info = train_model(config, train, valid, path, tag="original")
+            self.original_info["checkpoint"] = path
         else:
-            save_checkpoint(result.model, config, path, meta)
-        extra["checkpoint"] = path
-    if evaluate_test:
-        row, ranks = self.evaluate(result.model, label, result.info["time_s"], extra)
-    else:
-        row, ranks = self.evaluate_forget_only(result.model, label, result.info["time_s"], extra)
-    row["ranks"] = ranks
-    row["_model"] = result.model
-    self.rows.append(row)
-    self.rows.extend(result.extra_rows)
-    _log_row(row)
-    return row
+            if self.original is None:
+                self.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
+            self.original_info = {"epochs": None, "time_s": 0.0, "checkpoint": os.path.abspath(checkpoint)}
+        self.loaders = make_loaders(config, data, self.retain_ds)
+        self.forget_loader = make_forget_loader(config, self.retain_ds, self.forget_ds)
+        row, ranks = self.evaluate(self.original, "original", 0.0,
+                                   {"train_s": self.original_info["time_s"], "epochs": self.original_info["epochs"]})
+        self.reference = ranks
+        row["ranks"] = ranks
+        self.rows.append(row)
+        _log_row(row)
+        return row
 
+    def _task(self, model=None) -> UnlearnTask:
+        config = self.config
+        return UnlearnTask(
+            model=copy.deepcopy(self.original if model is None else model),
+            model_name=config["model"],
+            train_ds=self.data.train_ds,
+            retain_ds=self.retain_ds,
+            forget_ds=self.forget_ds,
+            request_index=self.request.index,
+            device=config["device"],
+            train_fresh=lambda ds, tag: _train_on(self, ds, tag),
+            valid_score=self.valid_score,
+            forget_ranks=self.forget_ranks,
+            seed=config["seed"],
+            valid_ds=self.data.valid_ds,
+            valid_ndcg_sum=self.valid_ndcg_sum,
+            make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
+        )
 
-def _run_evaluate_forget_only(self, model, name: str, time_s: float, extra: dict | None = None):
-    """A row with validation utility (not test) and forget measures: for model selection."""
-    cfg = self.config
-    model.eval()
-    _, valid_loader, _ = self.loaders
-    valid, _ = unrank_metrics.evaluate_loader(model, valid_loader, cfg["metrics"], cfg["topk"])
-    forget, ranks = unrank_metrics.evaluate_loader(
-        model, self.forget_loader, _forget_metric_names(cfg, self.reference is not None), cfg["unrank_topk"],
-        reference=None if self.reference is None else (self.reference["keys"], self.reference["ranks"]),
-    )
-    row = {"method": name, "time_s": float(time_s), "valid": valid, "forget": forget}
-    if extra:
-        row.update(extra)
-    return row, ranks
+    def run_method(self, name: str, overrides: dict | None = None, save: bool = True,
+                    evaluate_test: bool = True, label: str | None = None) -> dict:
+        """Run one method on a fresh copy of the original; evaluate; optionally save its
+        checkpoint; append and return its row. ``overrides`` replace ``unrank_*`` settings."""
+        config = self.config
+        method_cls = METHODS[name]
+        settings = method_settings(config, method_cls)
+        if overrides:
+            unknown = set(overrides) - set(method_cls.settings.values())
+            if unknown:
+                raise UnrankError(f"{name} does not take {sorted(unknown)}: its settings are "
+                                  f"{sorted(method_cls.settings.values())}")
+            inverse = {v: k for k, v in method_cls.settings.items()}
+            settings.update({inverse[k]: v for k, v in overrides.items()})
+        method = method_cls(**settings)
+        label = label or name
+        logger.info("[%s] unlearning ...", label)
+        result = method(self._task())
+        check_finite(result.model, name)
+        extra = {"stages": result.stages, **{k: v for k, v in result.info.items() if k != "time_s"}}
+        if save and self.run_dir:
+            path = os.path.join(self.run_dir, f"{config['model']}-{label}.pth")
+            meta = {"method": name, "request": self.request.summary()}
+            if hasattr(result.model, "models") and hasattr(result.model, "user_weights"):
+                # A partition ensemble (SISA / RecEraser): each sub-model is a RecBole checkpoint;
+                # the index file lists them with the per-user aggregation weights.
+                shards = []
+                for k, sub in enumerate(result.model.models):
+                    shard_path = os.path.join(self.run_dir, f"{config['model']}-{label}-shard{k}.pth")
+                    save_checkpoint(sub, config, shard_path, {**meta, "shard": k})
+                    shards.append(shard_path)
+                _atomic_save({"config": config, "unrank": {**meta, "ensemble": {
+                    "shards": shards, "user_weights": result.model.user_weights.detach().cpu()}}}, path)
+                extra["shard_checkpoints"] = shards
+            else:
+                save_checkpoint(result.model, config, path, meta)
+            extra["checkpoint"] = path
+        if evaluate_test:
+            row, ranks = self.evaluate(result.model, label, result.info["time_s"], extra)
+        else:
+            row, ranks = self.evaluate_forget_only(result.model, label, result.info["time_s"], extra)
+        row["ranks"] = ranks
+        row["_model"] = result.model
+        self.rows.append(row)
+        self.rows.extend(result.extra_rows)
+        _log_row(row)
+        return row
 
+    def evaluate_forget_only(self, model, name: str, time_s: float, extra: dict | None = None):
+        """A row with validation utility (not test) and forget measures: for model selection."""
+        cfg = self.config
+        model.eval()
+        _, valid_loader, _ = self.loaders
+        valid, _ = unrank_metrics.evaluate_loader(model, valid_loader, cfg["metrics"], cfg["topk"])
+        forget, ranks = unrank_metrics.evaluate_loader(
+            model, self.forget_loader, _forget_metric_names(cfg, self.reference is not None), cfg["unrank_topk"],
+            reference=None if self.reference is None else (self.reference["keys"], self.reference["ranks"]),
+        )
+        row = {"method": name, "time_s": float(time_s), "valid": valid, "forget": forget}
+        if extra:
+            row.update(extra)
+        return row, ranks
 
-Run.prepare_original = _run_prepare_original
-Run._task = _run_task
-Run.run_method = _run_method
-Run.evaluate_forget_only = _run_evaluate_forget_only
+    def run_reference(self, model_name: str) -> dict:
+        """Train a RecBole model on the retained data (same dataset, split, seed) and add its
+        row: an unlearned model is then seen beside RecBole's own baselines."""
+        cfg = self.config
+        overrides = {k: cfg[k] for k in ("data_path", "seed", "gpu_id", "epochs", "stopping_step", "eval_step",
+                                         "train_batch_size", "eval_batch_size", "topk", "metrics", "valid_metric",
+                                         "checkpoint_dir", "eval_args", "load_col", "reproducibility")
+                     if k in cfg.final_config_dict}
+        ref_cfg = build_config(model_name, cfg["dataset"], None, overrides)
+        train, valid, _ = make_loaders(ref_cfg, self.data, self.retain_ds)
+        model, info = train_model(ref_cfg, train, valid, None, tag=f"reference {model_name}")
+        row, ranks = self.evaluate(model, f"ref:{model_name}", info["time_s"], {"epochs": info["epochs"], "reference": True})
+        row["ranks"] = ranks
+        self.rows.append(row)
+        _log_row(row)
+        return row
 
 
 def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
@@ -552,31 +571,7 @@ def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
 
 
 def _reference_names(config) -> list[str]:
-    names = config["unrank_reference_models"] or []
-    if isinstance(names, str):
-        names = [n.strip() for n in names.strip("[]").split(",") if n.strip()]
-    return list(names)
-
-
-def _run_reference(self, model_name: str) -> dict:
-    """Train a RecBole model on the retained data (same dataset, split, seed) and add its
-    row: an unlearned model is then seen beside RecBole's own baselines."""
-    cfg = self.config
-    overrides = {k: cfg[k] for k in ("data_path", "seed", "gpu_id", "epochs", "stopping_step", "eval_step",
-                                     "train_batch_size", "eval_batch_size", "topk", "metrics", "valid_metric",
-                                     "checkpoint_dir", "eval_args", "load_col", "reproducibility")
-                 if k in cfg.final_config_dict}
-    ref_cfg = build_config(model_name, cfg["dataset"], None, overrides)
-    train, valid, _ = make_loaders(ref_cfg, self.data, self.retain_ds)
-    model, info = train_model(ref_cfg, train, valid, None, tag=f"reference {model_name}")
-    row, ranks = self.evaluate(model, f"ref:{model_name}", info["time_s"], {"epochs": info["epochs"], "reference": True})
-    row["ranks"] = ranks
-    self.rows.append(row)
-    _log_row(row)
-    return row
-
-
-Run.run_reference = _run_reference
+    return _as_list(config["unrank_reference_models"])
 
 
 def _train_on(run: Run, train_ds, tag: str):

@@ -33,10 +33,6 @@ def prepared(tmp_path_factory):
     return out
 
 
-def _ranks(run, model):
-    return run.forget_ranks(model)
-
-
 @pytest.mark.parametrize("model", MODELS)
 def test_l2unrank_demotes_the_request_and_keeps_the_contract(prepared, model):
     run = prepared[model]
@@ -129,9 +125,6 @@ def test_user_block_jacobian_equals_autograd(prepared, model):
     for b in range(users.numel()):
         u = int(users[b])
         tables = ([net.user_embedding] if model != "NeuMF" else [net.user_mf_embedding, net.user_mlp_embedding])
-        grads = []
-        for table in tables:
-            net.zero_grad()
         y = adapter.pair_scores(users[b : b + 1], items[b : b + 1]).sum()
         gs = torch.autograd.grad(y, [t.weight for t in tables])
         grads = torch.cat([g[u] for g in gs])

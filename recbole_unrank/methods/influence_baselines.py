@@ -186,14 +186,6 @@ def collaborative_users(
     return reached
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 @dataclass
 class _Problem:
     """What every step needs: the train pairs, the request, negatives, and the adapter."""
@@ -213,11 +205,7 @@ class _Problem:
 
     def original_graph(self):
         """Within the block a graph model propagates over the original train graph."""
-        return (
-            self.adapter.propagate_over(self.users, self.items)
-            if self.adapter.is_graph
-            else _null()
-        )
+        return self.adapter.propagate_over(self.users, self.items)  # no-op for non-graph models
 
     def outputs(self, index: torch.Tensor) -> torch.Tensor:
         """``z_k``: ``y_ui - y_uj`` (pairwise) or ``y_ui``; differentiable; current graph."""

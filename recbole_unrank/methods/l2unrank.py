@@ -397,7 +397,7 @@ class L2UnRank(UnlearningMethod):
                 z = z - adapter.pair_scores(su, neg)
             return z
 
-        with adapter.propagate_over(su, si) if adapter.is_graph else _null():
+        with adapter.propagate_over(su, si):  # a no-op for non-graph models
             z = outputs()
             loss_g = (gw * -F.logsigmoid(z)).sum()
             grads = torch.autograd.grad(loss_g, params, allow_unused=True)
@@ -467,14 +467,6 @@ class L2UnRank(UnlearningMethod):
             adapter.invalidate()
         info["step_scale"] = best
         return best
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def per_row_gram(rows: torch.Tensor, jac: torch.Tensor, c: torch.Tensor, n_rows: int,

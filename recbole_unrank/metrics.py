@@ -512,7 +512,7 @@ def evaluate_loader(
     """Full-sort evaluation of ``model`` over a RecBole ``FullSortEvalDataLoader``.
 
     Each batch is scored like ``Trainer._full_sort_batch_eval``: ``full_sort_predict``, or, for
-    models raising ``NotImplementedError`` (NeuMF), ``predict`` over every item in chunks of
+    models raising ``NotImplementedError``, ``predict`` over every item in chunks of
     ``eval_batch_size`` rows; then ``scores[:, 0] = -inf`` and ``scores[history] = -inf``. The
     scores go through :class:`UnrankCollector` and RecBole's ``Evaluator``.
 

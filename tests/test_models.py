@@ -246,3 +246,44 @@ def test_lightgcn_checkpoint_carries_retained_graph(checkpoints):
     assert "norm_adj_matrix" in ckpt["other_parameter"]
     assert "restore_user_e" not in ckpt["other_parameter"]
     assert ckpt["unrank"] == {"method": "test"}
+
+
+# ------------------------------------------------------------------------------ NeuMF all-item scorer
+def test_neumf_full_sort_predict_equals_predict_on_every_pair(tiny_config):
+    """The all-item scorer this package gives RecBole's NeuMF (split first MLP layer, GMF as
+    one product) returns ``predict``'s scores for every (user, item) pair, in eval mode with
+    dropout configured, through several user chunks."""
+    from recbole.data.interaction import Interaction
+    from recbole.model.general_recommender.neumf import NeuMF
+
+    from recbole_unrank.models.neumf_scoring import neumf_full_sort_predict, neumf_logits_all_items
+
+    assert NeuMF.full_sort_predict is neumf_full_sort_predict
+    config = tiny_config("NeuMF", mf_embedding_size=8, mlp_embedding_size=8,
+                         mlp_hidden_size=[16, 8, 4], dropout_prob=0.3)
+    data = load_data(config)
+    torch.manual_seed(0)
+    model = NeuMF(config, data.train_ds).double().eval()
+    with torch.no_grad():  # non-trivial biases, so the split of the first layer is exercised
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    n_items = data.train_ds.item_num
+    users = torch.arange(1, data.train_ds.user_num)
+    uid, iid = data.train_ds.uid_field, data.train_ds.iid_field
+    fast = model.full_sort_predict(Interaction({uid: users})).view(len(users), n_items)
+    slow = model.predict(Interaction({
+        uid: users.repeat_interleave(n_items), iid: torch.arange(n_items).repeat(len(users)),
+    })).view(len(users), n_items)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    assert fast.std() > 0.05  # scores really differ across pairs
+
+    # Several user chunks (a budget of one user's hidden units per chunk) give the same logits.
+    u_mf, u_mlp = model.user_mf_embedding(users), model.user_mlp_embedding(users)
+    whole = neumf_logits_all_items(model, u_mf, u_mlp)
+    chunked = neumf_logits_all_items(model, u_mf, u_mlp, budget=n_items * 16)
+    torch.testing.assert_close(whole, chunked, rtol=1e-12, atol=1e-12)
+
+    # One head only: no all-item scorer, so RecBole's trainer falls back to predict.
+    model.mlp_train = False
+    with pytest.raises(NotImplementedError):
+        model.full_sort_predict(Interaction({uid: users}))

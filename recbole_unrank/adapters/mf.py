@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from recbole_unrank.adapters.base import AdapterError, ModelAdapter
+from recbole_unrank.models.neumf_scoring import neumf_logits_all_items
 
 __all__ = ["DotProductAdapter", "NeuMFAdapter"]
 
@@ -105,29 +106,8 @@ class NeuMFAdapter(ModelAdapter):
 
     @torch.no_grad()
     def _scores_for(self, theta: torch.Tensor, budget: int = 1 << 25) -> torch.Tensor:
-        """Logits of users (rows of ``theta`` [U, d_mf + d_mlp]) over all items, [U, n_items].
-
-        The output layer is linear, so the GMF part is one matrix product; the MLP's first
-        layer splits into a user part and an item part, and the item part (with its bias) is
-        computed once for all items. Users go in chunks of about ``budget`` hidden units."""
-        m = self.model
-        w = m.predict_layer.weight.view(-1)
-        w_mf, w_mlp = w[: self.d_mf], w[self.d_mf :]
-        gmf = theta[:, : self.d_mf] @ (m.item_mf_embedding.weight * w_mf).T  # [U, n]
-        layers = list(m.mlp_layers.mlp_layers)
-        first = next(i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear))
-        lin = layers[first]
-        W_u, W_i = lin.weight[:, : self.d_mlp], lin.weight[:, self.d_mlp :]
-        item_part = m.item_mlp_embedding.weight @ W_i.T + lin.bias  # [n, h]
-        user_part = theta[:, self.d_mf :] @ W_u.T  # [U, h]
-        rest = torch.nn.Sequential(*layers[first + 1 :])  # eval mode: dropout is identity
-        chunk = max(1, budget // max(1, self.n_items * item_part.shape[1]))
-        out = []
-        for start in range(0, theta.shape[0], chunk):
-            h = user_part[start : start + chunk, None, :] + item_part[None]  # [c, n, h]
-            h = rest(h.reshape(-1, h.shape[-1])).view(h.shape[0], self.n_items, -1)
-            out.append(h @ w_mlp)
-        return gmf + torch.cat(out, 0) + m.predict_layer.bias
+        """Logits of users (rows of ``theta`` [U, d_mf + d_mlp]) over all items, [U, n_items]."""
+        return neumf_logits_all_items(self.model, theta[:, : self.d_mf], theta[:, self.d_mf :], budget)
 
     @torch.no_grad()
     def user_scores(self, users):

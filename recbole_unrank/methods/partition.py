@@ -62,8 +62,9 @@ class ShardEnsemble(nn.Module):
     ``score(u, i) = sum_k user_weights[u, k] * score_k(u, i)``.
 
     It scores like a RecBole general recommender (``full_sort_predict``, ``predict``), so the
-    evaluator takes it as it is. If a sub-model has no ``full_sort_predict`` (NeuMF), neither
-    has the ensemble, and the evaluator falls back to ``predict``.
+    evaluator takes it as it is. If a sub-model has no ``full_sort_predict`` (it raises
+    ``NotImplementedError``), neither has the ensemble, and the evaluator falls back to
+    ``predict``.
     """
 
     def __init__(self, models: list[nn.Module], user_weights: torch.Tensor):

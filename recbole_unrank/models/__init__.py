@@ -1,4 +1,5 @@
-"""Model lookup: this package's models first (WMF), then RecBole's.
+"""Model lookup: this package's models first (WMF), then RecBole's. Importing this module
+also gives RecBole's NeuMF an all-item scorer (``neumf_scoring``).
 
 Our models are also made visible to RecBole's own ``recbole.utils.get_model`` (which
 ``Config(model="WMF")`` and ``recbole.quick_start.load_data_and_model`` call) by aliasing
@@ -14,6 +15,7 @@ import sys
 from recbole.utils import get_model as _recbole_get_model
 
 from recbole_unrank.models import wmf
+from recbole_unrank.models.neumf_scoring import install_full_sort_predict
 from recbole_unrank.models.wmf import WMF
 
 __all__ = ["WMF", "get_model", "OUR_MODELS", "UnknownModelError"]
@@ -48,3 +50,4 @@ def get_model(name: str):
 
 
 _register_with_recbole()
+install_full_sort_predict()

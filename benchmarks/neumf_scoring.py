@@ -30,16 +30,23 @@ from recbole_unrank.report import write_text  # noqa: E402
 
 
 def _original(checkpoint: str | None):
+    """The NeuMF to score and the test loader: the checkpoint if it exists, else a short
+    training run (no request, no other evaluation: only scoring is timed)."""
     files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", "NeuMF.yaml")]
     overrides = {"checkpoint_dir": os.path.join(HERE, "out", "ckpt")}
     if not (checkpoint and os.path.isfile(checkpoint)):
         checkpoint = None
         overrides["epochs"] = 5  # a short original is enough to time scoring
     config = pipeline.build_config("NeuMF", "ml-100k", files, overrides)
-    run, ckpt = pipeline.prepare_run(config, checkpoint)
-    run.prepare_original(ckpt, checkpoint)
-    _, _, test = pipeline.make_loaders(config, run.data)
-    return run.original, test, os.path.relpath(checkpoint, ROOT) if checkpoint else "trained for 5 epochs in this run"
+    ckpt = pipeline.read_checkpoint(checkpoint) if checkpoint else None
+    if ckpt is not None:
+        pipeline.adopt_checkpoint_config(config, ckpt)
+    data = pipeline.load_data(config)
+    train, valid, test = pipeline.make_loaders(config, data)
+    if ckpt is not None:
+        return pipeline.load_checkpoint(config, ckpt, data.train_ds, checkpoint), test, os.path.relpath(checkpoint, ROOT)
+    model, _ = pipeline.train_model(config, train, valid, tag="original")
+    return model, test, "trained for 5 epochs in this run"
 
 
 def main(argv=None) -> None:

@@ -696,6 +696,17 @@ def check_targets(results: dict) -> list[dict]:
     return checks
 
 
+def _log_time_memory_axes(axes, xlabel: str) -> None:
+    """Log-log axes for a (seconds, GiB) pair of panels against ``xlabel``."""
+    for ax, ylab in zip(axes, ("seconds", "GiB")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylab)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+
+
 def _plots(results: dict, out_dir: str) -> list[str]:
     import matplotlib
 
@@ -735,13 +746,7 @@ def _plots(results: dict, out_dir: str) -> list[str]:
                          color=line.get_color(), label=f"{model}: added by the request")
         axes[0].axhline(TARGETS["large_s"], color="grey", lw=0.8, ls=":")
         axes[1].axhline(TARGETS["large_peak_gib"], color="grey", lw=0.8, ls=":")
-        for ax, ylab in zip(axes, ("seconds", "GiB")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("dataset size (interactions)")
-            ax.set_ylabel(ylab)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+        _log_time_memory_axes(axes, "dataset size (interactions)")
         axes[0].set_title("time vs dataset size (request: 1 user, 10 interactions)")
         axes[1].set_title("peak memory vs dataset size")
         save(fig, "scale_dataset_growth.png")
@@ -757,13 +762,7 @@ def _plots(results: dict, out_dir: str) -> list[str]:
                          label=f"{model}: process peak")
             axes[1].plot(xs, [max(_gib(p["peak_delta_bytes"]), 1e-3) for p in pts], "v:", color=line.get_color(),
                          label=f"{model}: added by the request")
-        for ax, ylab in zip(axes, ("seconds", "GiB")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("request size (users, 10 interactions each)")
-            ax.set_ylabel(ylab)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+        _log_time_memory_axes(axes, "request size (users, 10 interactions each)")
         ds = results["args"]["growth_dataset"]
         axes[0].set_title(f"time vs request size ({ds})")
         axes[1].set_title(f"peak memory vs request size ({ds})")

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import yaml
 
 from recbole_unrank import compat  # noqa: F401
 from recbole.data import create_dataset
@@ -26,9 +24,23 @@ from recbole.sampler import Sampler
 from recbole.utils import get_trainer, init_seed
 
 from recbole_unrank import metrics as unrank_metrics
-from recbole_unrank.config import PROPERTIES_DIR, UnrankConfig
+from recbole_unrank.adapters.train_data import keeps_train_data
+from recbole_unrank.checkpoints import (
+    adopt_checkpoint_config,
+    atomic_torch_save,
+    check_provenance,
+    data_fingerprint,
+    load_checkpoint,
+    load_file,
+    read_checkpoint,
+    request_record,
+    save_checkpoint,
+)
+from recbole_unrank.config import UnrankConfig
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS, UnlearnTask, check_finite
+from recbole_unrank.methods.partition import PartitionMethod
+from recbole_unrank.methods.retrain import Retrain
 from recbole_unrank.models import UnknownModelError, get_model
 from recbole_unrank.request import (
     ForgetRequest,
@@ -47,6 +59,8 @@ __all__ = [
     "make_train_loader",
     "make_forget_loader",
     "train_model",
+    "read_checkpoint",
+    "adopt_checkpoint_config",
     "load_checkpoint",
     "save_checkpoint",
     "make_request",
@@ -78,6 +92,9 @@ def build_config(
         model_class = get_model(model)
     except UnknownModelError as exc:
         raise UnrankError(str(exc)) from None
+    if model == "ShardEnsemble":
+        raise UnrankError("ShardEnsemble is how sisa/receraser save their ensembles, not a model to "
+                          "train or unlearn: pass the sub-model's name with -m (e.g. LightGCN)")
     if model_class.type.name not in ("GENERAL", "TRADITIONAL"):
         raise UnrankError(
             f"model '{model}' is a {model_class.type.name.lower()} recommender: "
@@ -146,12 +163,6 @@ def make_forget_loader(config, retain_ds, forget_ds) -> FullSortEvalDataLoader:
 
 
 # --------------------------------------------------------------------------- models
-def _atomic_save(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp, pickle_protocol=4)
-    os.replace(tmp, path)
-
-
 def train_model(config, train_loader, valid_loader, path: str | None = None, tag: str = "model"):
     """Train a fresh model of ``config['model']`` on ``train_loader``'s data with RecBole's
     trainer (early stopping on ``valid_loader``); keep the best epoch. Returns ``(model, info)``.
@@ -178,109 +189,16 @@ def train_model(config, train_loader, valid_loader, path: str | None = None, tag
     elapsed = time.perf_counter() - start
     epochs = len(trainer.train_loss_dict)
     if os.path.isfile(scratch):  # the best epoch (RecBole saves it when validation improves)
-        state = torch.load(scratch, map_location=config["device"], weights_only=False)
+        state = load_file(scratch, map_location=config["device"])
         model.load_state_dict(state["state_dict"])
         model.load_other_parameter(state.get("other_parameter"))
-        if path:
-            os.replace(scratch, path)
-        else:
-            os.remove(scratch)
+        if path:  # RecBole's checkpoint, with the fingerprint of the data it was trained on
+            state["unrank"] = {"fingerprint": data_fingerprint(config)}
+            atomic_torch_save(state, path)
+        os.remove(scratch)
     model.eval()
     logger.info("trained %s (%s): %d epochs, %.1fs, best valid %.4f", config["model"], tag, epochs, elapsed, best_score)
     return model, {"epochs": epochs, "time_s": elapsed, "best_valid_score": float(best_score)}
-
-
-def _model_yaml_keys(model_name: str) -> set[str]:
-    keys: set[str] = set()
-    recbole_dir = os.path.dirname(os.path.realpath(__import__("recbole").__file__))
-    for folder in (os.path.join(PROPERTIES_DIR, "model"), os.path.join(recbole_dir, "properties", "model")):
-        f = os.path.join(folder, f"{model_name}.yaml")
-        if os.path.isfile(f):
-            with open(f, encoding="utf-8") as fh:
-                keys.update((yaml.safe_load(fh) or {}).keys())
-    return keys - {"train_neg_sample_args"}
-
-
-def read_checkpoint(path: str) -> dict:
-    """Read a RecBole checkpoint; a missing or corrupt file -> UnrankError."""
-    if not os.path.isfile(path):
-        raise UnrankError(f"checkpoint '{path}' does not exist: give the .pth file RecBole saved")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling failure means the file is not usable
-        raise UnrankError(f"checkpoint '{path}' is corrupt or not a torch file ({type(exc).__name__}): "
-                          "give a .pth file saved by RecBole") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        raise UnrankError(f"checkpoint '{path}' is not a RecBole checkpoint (no state_dict/config)")
-    return ckpt
-
-
-def adopt_checkpoint_config(config, ckpt: dict) -> None:
-    """Take the model's own hyperparameters (embedding size, layers, ...) from the checkpoint."""
-    old = ckpt["config"]
-    for key in _model_yaml_keys(config["model"]):
-        try:
-            config[key] = old[key]
-        except (KeyError, TypeError):
-            continue
-
-
-def load_checkpoint(config, ckpt: dict, train_ds, path: str = "checkpoint"):
-    """Build the model on ``train_ds`` and load ``ckpt`` into it, checking it matches."""
-    old = ckpt["config"]
-    model_name = old["model"] if "model" in getattr(old, "final_config_dict", {}) else None
-    if model_name and model_name != config["model"]:
-        raise UnrankError(f"checkpoint '{path}' holds a {model_name} model, not {config['model']}: "
-                          f"run with -m {model_name}")
-    for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
-        try:
-            theirs = old[key]
-        except (KeyError, TypeError):
-            continue
-        if theirs != config[key]:
-            raise UnrankError(f"checkpoint '{path}' was trained with {key}={theirs}, the dataset uses "
-                              f"{config[key]}: use the checkpoint's dataset and config")
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_ds).to(config["device"])
-    mine = model.state_dict()
-    for name, tensor in ckpt["state_dict"].items():
-        if name in mine and tuple(mine[name].shape) != tuple(tensor.shape):
-            raise UnrankError(
-                f"checkpoint '{path}' does not match dataset '{config['dataset']}': {name} has shape "
-                f"{tuple(tensor.shape)}, the dataset needs {tuple(mine[name].shape)} "
-                f"({train_ds.user_num} users, {train_ds.item_num} items); use the dataset it was trained on"
-            )
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise UnrankError(f"checkpoint '{path}' does not fit {config['model']}: {str(exc).splitlines()[0]}") from None
-    model.load_other_parameter(ckpt.get("other_parameter"))
-    model.eval()
-    return model
-
-
-def save_checkpoint(model, config, path: str, extra: dict | None = None) -> str:
-    """Write ``model`` as a RecBole checkpoint (the keys ``Trainer._save_checkpoint`` writes),
-    atomically. Graph models also save their (retained) adjacency in ``other_parameter``, so
-    ``load_data_and_model`` reproduces the unlearned scores."""
-    other = model.other_parameter() if hasattr(model, "other_parameter") else None
-    other = dict(other or {})
-    for key in ("restore_user_e", "restore_item_e"):
-        other.pop(key, None)  # caches are rebuilt on demand, never saved stale
-    if hasattr(model, "norm_adj_matrix"):
-        other["norm_adj_matrix"] = model.norm_adj_matrix.cpu()
-    state = {
-        "config": config,
-        "epoch": 0,
-        "cur_step": 0,
-        "best_valid_score": float("nan"),
-        "state_dict": model.state_dict(),
-        "other_parameter": other or None,
-        "optimizer": None,
-        "unrank": extra or {},
-    }
-    _atomic_save(state, path)
-    return path
 
 
 # --------------------------------------------------------------------------- request
@@ -442,20 +360,9 @@ class Run:
         extra = {"stages": result.stages, **{k: v for k, v in result.info.items() if k != "time_s"}}
         if save and self.run_dir:
             path = os.path.join(self.run_dir, f"{config['model']}-{label}.pth")
-            meta = {"method": name, "request": self.request.summary()}
-            if hasattr(result.model, "models") and hasattr(result.model, "user_weights"):
-                # A partition ensemble (SISA / RecEraser): each sub-model is a RecBole checkpoint;
-                # the index file lists them with the per-user aggregation weights.
-                shards = []
-                for k, sub in enumerate(result.model.models):
-                    shard_path = os.path.join(self.run_dir, f"{config['model']}-{label}-shard{k}.pth")
-                    save_checkpoint(sub, config, shard_path, {**meta, "shard": k})
-                    shards.append(shard_path)
-                _atomic_save({"config": config, "unrank": {**meta, "ensemble": {
-                    "shards": shards, "user_weights": result.model.user_weights.detach().cpu()}}}, path)
-                extra["shard_checkpoints"] = shards
-            else:
-                save_checkpoint(result.model, config, path, meta)
+            meta = {"method": name, "request": request_record(self.request, self.data.dataset)}
+            # A partition ensemble (SISA / RecEraser) is one checkpoint of the model ShardEnsemble.
+            save_checkpoint(result.model, config, path, meta)
             extra["checkpoint"] = path
         if evaluate_test:
             row, ranks = self.evaluate(result.model, label, result.info["time_s"], extra)
@@ -511,9 +418,11 @@ def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None
             get_model(ref)
         except UnknownModelError as exc:
             raise UnrankError(f"reference model: {exc}") from None
-    ckpt = read_checkpoint(checkpoint) if checkpoint else None
+    _check_train_data_model(config, names)
+    ckpt = read_checkpoint(checkpoint, trust=bool(config["unrank_trust_checkpoint"])) if checkpoint else None
     if ckpt is not None:
-        adopt_checkpoint_config(config, ckpt)
+        adopt_checkpoint_config(config, ckpt, checkpoint)
+        check_provenance(config, ckpt, checkpoint)
     data = load_data(config)
     request = make_request(config, data)
     retain_ds, forget_ds = split_train(data.train_ds, request)
@@ -522,6 +431,23 @@ def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None
     if ckpt is not None:  # a checkpoint that does not fit the dataset fails here, before any write
         run.original = load_checkpoint(config, ckpt, data.train_ds, checkpoint)
     return run, ckpt
+
+
+def _check_train_data_model(config, names: list[str]) -> None:
+    """Refuse a model that keeps training interactions outside its parameters (a graph, a
+    history matrix) for a method that changes the original's copy: the forgotten pairs would
+    stay in the model. Methods that train fresh models on the retained data are fine."""
+    what = keeps_train_data(config["model"])
+    if not what:
+        return
+    for name in names:
+        if not issubclass(METHODS[name], (Retrain, PartitionMethod)):
+            raise UnrankError(
+                f"{config['model']} keeps the training interactions in its {what}, which {name} cannot "
+                "update (the forgotten pairs would stay in the model): use LightGCN (its graph is "
+                "replaced by the retained one) or a model without such state (WMF, BPR, NeuMF), or "
+                "the methods retrain, sisa, receraser"
+            )
 
 
 def new_run_dir(config, kind: str = "") -> str:

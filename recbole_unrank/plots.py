@@ -20,11 +20,12 @@ __all__ = ["plot_run", "plot_ranks", "plot_tradeoff", "plot_times"]
 
 
 def _save(fig, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from recbole_unrank.checkpoints import atomic_write
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_ranks(rows: list[dict], path: str, title: str = "") -> str:

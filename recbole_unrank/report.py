@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from recbole_unrank.checkpoints import atomic_text
 from recbole_unrank.request import write_request_file
 
 __all__ = ["write_all", "results_record", "markdown_table", "flat_rows", "write_text"]
@@ -34,11 +35,7 @@ TABLE_COLUMNS = [
 
 
 def write_text(path: str, text: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_text(path, text)
 
 
 def _plain(value):

@@ -193,12 +193,10 @@ def write_request_file(path: str, request: ForgetRequest, dataset) -> str:
     uf, itf = dataset.uid_field, dataset.iid_field
     u_tok = dataset.id2token(uf, request.users)
     i_tok = dataset.id2token(itf, request.items)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"{uf}:token\t{itf}:token\n")
-        f.writelines(f"{u}\t{i}\n" for u, i in zip(u_tok, i_tok))
-    os.replace(tmp, path)
-    return path
+    from recbole_unrank.checkpoints import atomic_text
+
+    lines = [f"{uf}:token\t{itf}:token\n"] + [f"{u}\t{i}\n" for u, i in zip(u_tok, i_tok)]
+    return atomic_text(path, "".join(lines))
 
 
 def split_train(train_ds, request: ForgetRequest):

@@ -100,14 +100,16 @@ def write_atomic(folder: str, name: str, users, items, timestamps) -> str:
     Written to a temporary name and renamed, so a crash never leaves half a file."""
     path = os.path.join(folder, name, f"{name}.inter")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for chunk in range(0, len(users), 500_000):
-            sl = slice(chunk, chunk + 500_000)
-            f.writelines(
-                f"u{u}\ti{i}\t{t:.0f}\n"
-                for u, i, t in zip(users[sl].tolist(), items[sl].tolist(), timestamps[sl].tolist())
-            )
-    os.replace(tmp, path)
-    return path
+    from recbole_unrank.checkpoints import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+            for chunk in range(0, len(users), 500_000):
+                sl = slice(chunk, chunk + 500_000)
+                f.writelines(
+                    f"u{u}\ti{i}\t{t:.0f}\n"
+                    for u, i, t in zip(users[sl].tolist(), items[sl].tolist(), timestamps[sl].tolist())
+                )
+
+    return atomic_write(path, write)

@@ -92,6 +92,7 @@ import yaml
 
 from recbole_unrank import compat  # noqa: F401  (before RecBole)
 from recbole_unrank import pipeline
+from recbole_unrank.checkpoints import atomic_write
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS
 from recbole_unrank.report import write_text
@@ -595,9 +596,7 @@ def _run_hyperopt(search: TuneSearch, algo: str, max_evals: int, early_stop: int
     finally:
         if not saved:
             os.environ.pop("HYPEROPT_FMIN_SEED", None)
-    tmp = os.path.join(run_dir, "hyper.result.tmp")
-    tuner.export_result(output_file=tmp)
-    os.replace(tmp, os.path.join(run_dir, "hyper.result"))
+    atomic_write(os.path.join(run_dir, "hyper.result"), lambda tmp: tuner.export_result(output_file=tmp))
     return int(tuner.max_evals)
 
 
@@ -879,11 +878,10 @@ def plot_trials(search: TuneSearch, path: str, best: dict | None, default_value:
     if xs:
         ax2.set_xticks(xs if len(xs) <= 30 else xs[:: max(1, len(xs) // 15)])
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- the job

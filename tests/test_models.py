@@ -245,7 +245,7 @@ def test_lightgcn_checkpoint_carries_retained_graph(checkpoints):
     ckpt = torch.load(entry["changed"][0], weights_only=False)
     assert "norm_adj_matrix" in ckpt["other_parameter"]
     assert "restore_user_e" not in ckpt["other_parameter"]
-    assert ckpt["unrank"] == {"method": "test"}
+    assert ckpt["unrank"]["method"] == "test" and ckpt["unrank"]["fingerprint"]["dataset"] == "tiny"
 
 
 # ------------------------------------------------------------------------------ NeuMF all-item scorer

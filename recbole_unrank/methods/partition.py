@@ -39,6 +39,7 @@ from recbole.data.interaction import Interaction
 from recbole_unrank.adapters import AdapterError, DotProductAdapter, LightGCNAdapter, get_adapter
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.models.ensemble import ShardEnsemble
 
 __all__ = [
     "ShardEnsemble",
@@ -57,61 +58,7 @@ AGG_BATCH = 4096  # interactions per aggregator step
 
 
 # --------------------------------------------------------------------------- the aggregate
-class ShardEnsemble(nn.Module):
-    """K sub-models and per-user weights ``user_weights`` [n_users, K] (rows sum to 1):
-    ``score(u, i) = sum_k user_weights[u, k] * score_k(u, i)``.
-
-    It scores like a RecBole general recommender (``full_sort_predict``, ``predict``), so the
-    evaluator takes it as it is. If a sub-model has no ``full_sort_predict`` (it raises
-    ``NotImplementedError``), neither has the ensemble, and the evaluator falls back to
-    ``predict``.
-    """
-
-    def __init__(self, models: list[nn.Module], user_weights: torch.Tensor):
-        super().__init__()
-        if not models:
-            raise UnrankError("an ensemble needs at least one sub-model")
-        if user_weights.shape != (int(models[0].n_users), len(models)):
-            raise ValueError(
-                f"user_weights must be [n_users, K] = [{models[0].n_users}, {len(models)}], "
-                f"got {tuple(user_weights.shape)}"
-            )
-        self.models = nn.ModuleList(models)
-        self.register_buffer("user_weights", user_weights.detach().float())
-        first = models[0]
-        self.n_users, self.n_items = int(first.n_users), int(first.n_items)
-        self.USER_ID, self.ITEM_ID = first.USER_ID, first.ITEM_ID
-
-    def _combine(self, users: torch.Tensor, score_of) -> torch.Tensor:
-        weights = self.user_weights[users]  # [B, K]
-        total = None
-        for k, model in enumerate(self.models):
-            s = score_of(model).view(users.numel(), -1) * weights[:, k : k + 1]
-            total = s if total is None else total + s
-        return total
-
-    @torch.no_grad()
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores [B * n_items] of the batch's users over all items."""
-        users = interaction[self.USER_ID]
-        return self._combine(users, lambda m: m.full_sort_predict(interaction)).view(-1)
-
-    @torch.no_grad()
-    def predict(self, interaction) -> torch.Tensor:
-        """Scores [B] of the batch's (user, item) pairs."""
-        users = interaction[self.USER_ID]
-        return self._combine(users, lambda m: m.predict(interaction)).view(-1)
-
-    def calculate_loss(self, interaction):
-        raise NotImplementedError(
-            "a shard ensemble is not trained as a whole: train its sub-models"
-        )
-
-    def other_parameter(self):
-        return None
-
-    def load_other_parameter(self, para) -> None:
-        return None
+# ShardEnsemble (recbole_unrank.models.ensemble) is a RecBole model: one checkpoint per ensemble.
 
 
 class ShardAttention(nn.Module):
@@ -318,7 +265,7 @@ class PartitionMethod(UnlearningMethod):
         t1 = time.perf_counter()
         weights = self.aggregate(task, live, shard_ids, task.retain_ds)
         aggregate_s = time.perf_counter() - t1
-        ensemble = ShardEnsemble(live, weights.to(next(live[0].parameters()).device))
+        ensemble = ShardEnsemble.of(live, weights.to(next(live[0].parameters()).device))
         ensemble.eval()
         unlearn_s = time.perf_counter() - t0
 

@@ -1,4 +1,5 @@
-"""Model lookup: this package's models first (WMF), then RecBole's. Importing this module
+"""Model lookup: this package's models first (WMF, and ShardEnsemble, the saved form of a
+SISA / RecEraser ensemble), then RecBole's. Importing this module
 also gives RecBole's NeuMF an all-item scorer (``neumf_scoring``).
 
 Our models are also made visible to RecBole's own ``recbole.utils.get_model`` (which
@@ -15,12 +16,13 @@ import sys
 from recbole.utils import get_model as _recbole_get_model
 
 from recbole_unrank.models import wmf
+from recbole_unrank.models.ensemble import ShardEnsemble
 from recbole_unrank.models.neumf_scoring import install_full_sort_predict
 from recbole_unrank.models.wmf import WMF
 
-__all__ = ["WMF", "get_model", "OUR_MODELS", "UnknownModelError"]
+__all__ = ["WMF", "ShardEnsemble", "get_model", "OUR_MODELS", "UnknownModelError"]
 
-OUR_MODELS = {"WMF": WMF}
+OUR_MODELS = {"WMF": WMF, "ShardEnsemble": ShardEnsemble}
 
 
 class UnknownModelError(ValueError):

@@ -339,16 +339,6 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
-def test_package_has_one_atomic_writer():
-    """Every os.replace of the package is the one in checkpoints.atomic_write."""
-    hits = []
-    for path in (REPO_ROOT / "recbole_unrank").rglob("*.py"):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if "os.replace(" in line:
-                hits.append((path.name, line.strip()))
-    assert hits == [("checkpoints.py", "os.replace(tmp, path)")]
-
-
 # ------------------------------------------------------------------------------ round trip
 @pytest.fixture(scope="module", params=["BPR", "LightGCN"])
 def unlearned_run(request, recbole_ckpts, tmp_path_factory):

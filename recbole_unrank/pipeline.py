@@ -23,6 +23,7 @@ from recbole.data.utils import create_samplers, get_dataloader
 from recbole.sampler import Sampler
 from recbole.utils import get_trainer, init_seed
 
+from recbole_unrank import measures
 from recbole_unrank import metrics as unrank_metrics
 from recbole_unrank.adapters.train_data import keeps_train_data
 from recbole_unrank.checkpoints import (
@@ -212,8 +213,19 @@ def make_request(config, data: Data) -> ForgetRequest:
         user_ratio=config["unrank_user_ratio"],
         inter_ratio=config["unrank_inter_ratio"],
         item_ratio=config["unrank_item_ratio"],
-        seed=config["seed"],
+        seed=request_seed(config),
+        user_selection=config["unrank_request_users"],
     )
+
+
+def request_seed(config) -> int:
+    """The seed the request is drawn from: ``unrank_request_seed``, else the run's ``seed``."""
+    value = config["unrank_request_seed"]
+    value = config["seed"] if value is None else value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UnrankError(f"unrank_request_seed={value!r} is not an integer: give e.g. 1001") from None
 
 
 def _as_list(value) -> list[str]:
@@ -261,11 +273,13 @@ class Run:
     run_dir: str | None = None
 
     def evaluate(self, model, name: str, time_s: float, extra: dict | None = None) -> dict:
-        """One results row: test utility (retained history masked) and forget measures."""
+        """One results row: test utility (retained history masked), forget measures, the
+        request users' own utility, fairness against the original, and the audit's features
+        (turned into ``audit`` measures by :meth:`finish` once retrain's attack is known)."""
         cfg = self.config
         model.eval()
         _, _, test_loader = self.loaders
-        test, _ = unrank_metrics.evaluate_loader(model, test_loader, cfg["metrics"], cfg["topk"])
+        test, test_pairs = unrank_metrics.evaluate_loader(model, test_loader, cfg["metrics"], cfg["topk"])
         forget, ranks = unrank_metrics.evaluate_loader(
             model,
             self.forget_loader,
@@ -274,9 +288,66 @@ class Run:
             reference=None if self.reference is None else (self.reference["keys"], self.reference["ranks"]),
         )
         row = {"method": name, "time_s": float(time_s), "test": test, "forget": forget}
+        row.update(self._user_measures(test_pairs))
         if extra:
             row.update(extra)
+        row["_probe"] = self.auditor.probe(model, with_attack_data=(name == "retrain"))
+        if name == "retrain":
+            self.retrain_ranks = ranks
         return row, ranks
+
+    # ----------------------------------------------------------------- beyond rank
+    @property
+    def auditor(self) -> measures.Auditor:
+        if getattr(self, "_auditor", None) is None:
+            self._auditor = measures.Auditor(
+                self.retain_ds, self.forget_ds, self.data.test_ds, score_users,
+                seed=request_seed(self.config),
+            )
+        return self._auditor
+
+    def _user_measures(self, test_pairs: dict) -> dict:
+        """``request_users`` (test NDCG@10 / Recall@10 over the request's users) and
+        ``fairness`` (test NDCG@10 change against the original, active vs other users)."""
+        n_items = int(self.data.train_ds.item_num)
+        users, ndcg, recall = measures.per_user_ndcg_recall(test_pairs["keys"], test_pairs["ranks"], n_items, 10)
+        request_users = np.unique(self.request.users)
+        out = {"request_users": {"ndcg@10": measures.group_mean(users, ndcg, request_users),
+                                 "recall@10": measures.group_mean(users, recall, request_users),
+                                 "users": int(np.isin(users, request_users).sum())}}
+        if getattr(self, "_user_ndcg_original", None) is None:  # the first row is the original
+            self._user_ndcg_original = (users, ndcg)
+        o_users, o_ndcg = self._user_ndcg_original
+        if not np.array_equal(o_users, users):
+            raise RuntimeError("test users differ between evaluations of the same split")
+        train_users = self.data.train_ds.inter_feat[self.data.train_ds.uid_field].numpy()
+        active = measures.active_users(train_users)
+        is_active = np.isin(users, active)
+        delta = ndcg - o_ndcg
+        out["fairness"] = {
+            "active_ndcg@10_delta": float(delta[is_active].mean()) if is_active.any() else None,
+            "inactive_ndcg@10_delta": float(delta[~is_active].mean()) if (~is_active).any() else None,
+        }
+        return out
+
+    def finish(self) -> None:
+        """Turn every row's audit features into ``audit`` measures: ``score_auc`` always;
+        ``mia_auc`` and retrain agreement when retrain is in the run (its model fits the
+        attack). Called once all methods have run."""
+        retrain = next((r for r in self.rows if r["method"] == "retrain" and "_probe" in r), None)
+        attack = None
+        if retrain is not None and len(retrain["_probe"].members) and len(retrain["_probe"].non_members):
+            attack = measures.fit_attack(retrain["_probe"].members, retrain["_probe"].non_members,
+                                         seed=request_seed(self.config))
+        ref = getattr(self, "retrain_ranks", None)
+        for row in self.rows:
+            probe = row.pop("_probe", None)
+            if probe is None:
+                continue
+            audit = measures.Auditor.measures(probe, attack)
+            if ref is not None and "ranks" in row:
+                audit.update(measures.retrain_agreement(_aligned(row["ranks"], ref["keys"]), ref["ranks"]))
+            row["audit"] = audit
 
     def valid_score(self, model) -> float:
         _, valid_loader, _ = self.loaders
@@ -408,6 +479,33 @@ class Run:
         return row
 
 
+def _aligned(ranks: dict, keys: np.ndarray) -> np.ndarray:
+    """``ranks['ranks']`` reordered to follow ``keys`` (both hold the same pairs)."""
+    order = np.argsort(ranks["keys"], kind="stable")
+    pos = np.searchsorted(ranks["keys"][order], keys)
+    return ranks["ranks"][order][pos]
+
+
+def score_users(model, users) -> torch.Tensor:
+    """All-item scores ``[len(users), n_items]`` of ``model`` for internal user ids ``users``:
+    ``full_sort_predict``, or ``predict`` over every item for models without it."""
+    from recbole.data.interaction import Interaction
+
+    device = unrank_metrics._model_device(model, None)
+    users = torch.as_tensor(np.asarray(users), dtype=torch.long, device=device)
+    inter = Interaction({model.USER_ID: users})
+    model.eval()
+    with torch.no_grad():
+        try:
+            scores = model.full_sort_predict(inter)
+        except NotImplementedError:
+            items = torch.arange(model.n_items, device=device)
+            scores = unrank_metrics._predict_all_items(
+                model, Interaction({model.USER_ID: users}), Interaction({model.ITEM_ID: items}),
+                model.n_items, 1 << 20)
+    return scores.reshape(users.numel(), -1)
+
+
 def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
     """Everything that can fail on bad input, before anything is written."""
     names = method_names(config)
@@ -494,6 +592,7 @@ def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
         run.run_method(name)
     for name in _reference_names(run.config):
         run.run_reference(name)
+    run.finish()
 
 
 def _reference_names(config) -> list[str]:

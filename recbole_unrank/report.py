@@ -14,7 +14,7 @@ import numpy as np
 from recbole_unrank.checkpoints import atomic_text
 from recbole_unrank.request import write_request_file
 
-__all__ = ["write_all", "results_record", "markdown_table", "flat_rows", "write_text"]
+__all__ = ["write_all", "results_record", "markdown_table", "flat_rows", "write_text", "ranks_csv"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -31,6 +31,14 @@ TABLE_COLUMNS = [
     ("forget.rdr", "RDR"),
     ("forget.urr", "URR"),
     ("forget.rank_decline_ratio", "decline ratio"),
+    ("request_users.ndcg@10", "request users NDCG@10"),
+    ("audit.mia_auc", "MIA AUC"),
+    ("audit.score_auc", "score AUC"),
+    ("audit.retrain_spearman", "retrain Spearman"),
+    ("audit.over_unlearned", "over-unlearned"),
+    ("audit.under_unlearned", "under-unlearned"),
+    ("fairness.active_ndcg@10_delta", "active NDCG@10 delta"),
+    ("fairness.inactive_ndcg@10_delta", "inactive NDCG@10 delta"),
 ]
 
 
@@ -55,7 +63,7 @@ def results_record(run) -> dict:
     rows = []
     retrain_time = next((r["time_s"] for r in run.rows if r["method"] == "retrain"), None)
     for row in run.rows:
-        row = {k: v for k, v in row.items() if k not in ("ranks", "_model")}
+        row = {k: v for k, v in row.items() if k != "ranks" and not k.startswith("_")}
         if retrain_time and row["method"] not in ("original", "retrain") and not row.get("reference") and row["time_s"] > 0:
             row["speedup"] = retrain_time / row["time_s"]
         rows.append(_plain(row))
@@ -63,10 +71,41 @@ def results_record(run) -> dict:
         "model": cfg["model"],
         "dataset": cfg["dataset"],
         "seed": int(cfg["seed"]),
+        "request_seed": _request_seed(run),
         "request": run.request.summary(),
         "original": _plain({k: v for k, v in run.original_info.items()}),
         "rows": rows,
     }
+
+
+def _request_seed(run) -> int:
+    from recbole_unrank.pipeline import request_seed
+
+    return request_seed(run.config)
+
+
+def ranks_csv(run) -> str:
+    """Per forget pair: user and item tokens, then its rank under each row's model (original
+    first, retrain and every method after), in the forget loader's pair order."""
+    rows = [r for r in run.rows if "ranks" in r]
+    if not rows:
+        return ""
+    keys = rows[0]["ranks"]["keys"]
+    n_items = int(run.data.train_ds.item_num)
+    ds = run.data.dataset
+    u_tok = ds.id2token(ds.uid_field, keys // n_items)
+    i_tok = ds.id2token(ds.iid_field, keys % n_items)
+    cols = []
+    for r in rows:
+        order = np.argsort(r["ranks"]["keys"], kind="stable")
+        pos = np.searchsorted(r["ranks"]["keys"][order], keys)
+        cols.append(r["ranks"]["ranks"][order][pos])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([ds.uid_field, ds.iid_field] + [f"rank_{r['method']}" for r in rows])
+    for k in range(keys.size):
+        writer.writerow([u_tok[k], i_tok[k]] + [int(c[k]) for c in cols])
+    return buf.getvalue()
 
 
 def _get(row: dict, dotted: str):
@@ -122,6 +161,7 @@ def write_all(run) -> dict:
     d = run.run_dir
     write_request_file(os.path.join(d, "request.inter"), run.request, run.data.dataset)
     write_text(os.path.join(d, "results.json"), json.dumps(record, indent=2) + "\n")
+    write_text(os.path.join(d, "ranks.csv"), ranks_csv(run))
     req = record["request"]
     header = (f"# {record['model']} on {record['dataset']} (seed {record['seed']})\n\n"
               f"Request: {req['source']}, {req['pairs']} pairs, {req['users']} users, "

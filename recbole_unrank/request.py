@@ -24,6 +24,7 @@ from recbole_unrank.errors import UnrankError
 __all__ = [
     "ForgetRequest",
     "SOURCES",
+    "USER_SELECTIONS",
     "sample_request",
     "read_request_file",
     "write_request_file",
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 SOURCES = ("interaction", "user", "item", "file")
+#: How the users of an ``interaction`` / ``user`` request are chosen (CURE4Rec's selections).
+USER_SELECTIONS = ("random", "core", "edge")
+#: ``core`` / ``edge`` draw from this share of the users (the most / least active), or from
+#: twice the number of users wanted when that is larger, so the seed still varies the request.
+SELECTION_POOL = 0.2
 
 
 @dataclass
@@ -96,19 +102,36 @@ def sample_request(
     inter_ratio: float = 0.2,
     item_ratio: float = 0.05,
     seed: int = 2020,
+    user_selection: str = "random",
 ) -> ForgetRequest:
-    """Draw a request from the train split. Same seed, same request."""
+    """Draw a request from the train split. Same seed, same request.
+
+    ``user_selection`` (interaction and user tasks): ``random`` users, or CURE4Rec's ``core``
+    (drawn from the most active users) and ``edge`` (from the least active): the pool is the
+    :data:`SELECTION_POOL` share of the users ranked by train interactions (ties by id), or
+    twice the number of users wanted when that is larger, and the seed draws from the pool.
+    """
     if source not in SOURCES or source == "file":
         raise UnrankError(
             f"unknown request source '{source}': use interaction, user, item, or give unrank_request_file"
+        )
+    if user_selection not in USER_SELECTIONS:
+        raise UnrankError(
+            f"unrank_request_users={user_selection!r} is not known: use random, core or edge"
         )
     rng = np.random.default_rng(seed)
     users, items = _train_pairs(train_ds)
     if source in ("interaction", "user"):
         user_ratio = _check_ratio("unrank_user_ratio", user_ratio)
-        present = np.unique(users)
+        present, degree = np.unique(users, return_counts=True)
         n_pick = max(1, math.ceil(user_ratio * present.size))
-        chosen = np.sort(rng.choice(present, size=n_pick, replace=False))
+        pool = present
+        if user_selection != "random":
+            size = min(present.size, max(2 * n_pick, math.ceil(SELECTION_POOL * present.size)))
+            # Most active first for core, least active first for edge; ties broken by id.
+            key = -degree if user_selection == "core" else degree
+            pool = present[np.lexsort((present, key))[:size]]
+        chosen = np.sort(rng.choice(pool, size=n_pick, replace=False))
         rows = np.flatnonzero(np.isin(users, chosen))
         if source == "user":
             return _finish(train_ds, rows, source)

@@ -247,3 +247,36 @@ def test_split_train_partitions_rows(data, source):
     assert _pairs(retain) | _pairs(forget) == _pairs(train)
     assert _pairs(forget) == set(zip(req.users.tolist(), req.items.tolist()))
     assert len(train) == len(data.train_ds.inter_feat)  # the train split itself is untouched
+
+
+# ------------------------------------------------------------------ request seed, core / edge
+def test_request_seed_is_independent_of_the_training_seed(tmp_path):
+    from conftest import make_tiny_config
+
+    from recbole_unrank.pipeline import load_data, make_request
+
+    def request(**kw):
+        cfg = make_tiny_config(tmp_path, "WMF", **kw)
+        return make_request(cfg, load_data(cfg))
+
+    a = request(seed=2020, unrank_request_seed=11)
+    b = request(seed=2020, unrank_request_seed=12)
+    default = request(seed=2020)
+    assert not np.array_equal(a.index, b.index)
+    assert np.array_equal(default.index, request(seed=2020, unrank_request_seed=2020).index)
+    # another training seed reshuffles the split but not the draw: same users chosen
+    c = request(seed=7, unrank_request_seed=11)
+    assert np.unique(a.users).size == np.unique(c.users).size
+
+
+def test_core_and_edge_users(data):
+    tiny_train = data.train_ds
+    users = tiny_train.inter_feat[tiny_train.uid_field].numpy()
+    deg = np.bincount(users)
+    core = sample_request(tiny_train, "user", user_ratio=0.1, seed=1, user_selection="core")
+    edge = sample_request(tiny_train, "user", user_ratio=0.1, seed=1, user_selection="edge")
+    assert deg[np.unique(core.users)].min() > deg[np.unique(edge.users)].max()
+    other = sample_request(tiny_train, "user", user_ratio=0.1, seed=2, user_selection="core")
+    assert not np.array_equal(np.unique(core.users), np.unique(other.users))
+    with pytest.raises(UnrankError, match="unrank_request_users"):
+        sample_request(tiny_train, "user", user_selection="middle")

@@ -330,24 +330,31 @@ class Run:
         }
         return out
 
-    def finish(self) -> None:
-        """Turn every row's audit features into ``audit`` measures: ``score_auc`` always;
-        ``mia_auc`` and retrain agreement when retrain is in the run (its model fits the
-        attack). Called once all methods have run."""
-        retrain = next((r for r in self.rows if r["method"] == "retrain" and "_probe" in r), None)
-        attack = None
-        if retrain is not None and len(retrain["_probe"].members) and len(retrain["_probe"].non_members):
-            attack = measures.fit_attack(retrain["_probe"].members, retrain["_probe"].non_members,
-                                         seed=request_seed(self.config))
+    def audit_row(self, row: dict) -> dict:
+        """Turn a row's audit features into its ``audit`` measures: ``score_auc`` always;
+        ``mia_auc`` and retrain agreement once retrain's row is in the run (its model fits the
+        attack). Returns the row."""
+        if "_probe" not in row:
+            return row
+        if getattr(self, "_attack", None) is None:
+            retrain = next((r for r in self.rows if r["method"] == "retrain"), None)
+            p = retrain.get("_probe") if retrain is not None else None
+            if p is not None and len(p.members) and len(p.non_members):
+                self._attack = measures.fit_attack(p.members, p.non_members, seed=request_seed(self.config))
+        probe = row.pop("_probe")
+        audit = measures.Auditor.measures(probe, getattr(self, "_attack", None))
         ref = getattr(self, "retrain_ranks", None)
+        if ref is not None and "ranks" in row:
+            audit.update(measures.retrain_agreement(_aligned(row["ranks"], ref["keys"]), ref["ranks"]))
+        row["audit"] = audit
+        return row
+
+    def finish(self) -> None:
+        """Audit every row (called once all methods have run), then drop the audit features."""
         for row in self.rows:
-            probe = row.pop("_probe", None)
-            if probe is None:
-                continue
-            audit = measures.Auditor.measures(probe, attack)
-            if ref is not None and "ranks" in row:
-                audit.update(measures.retrain_agreement(_aligned(row["ranks"], ref["keys"]), ref["ranks"]))
-            row["audit"] = audit
+            self.audit_row(row)
+        for row in self.rows:
+            row.pop("_probe", None)
 
     def valid_score(self, model) -> float:
         _, valid_loader, _ = self.loaders

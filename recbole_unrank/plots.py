@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_run", "plot_ranks", "plot_tradeoff", "plot_times"]
+__all__ = ["plot_run", "plot_ranks", "plot_tradeoff", "plot_times", "plot_suite"]
 
 
 def _save(fig, path: str) -> str:
@@ -78,3 +78,85 @@ def plot_run(run, record: dict) -> list[str]:
         out.append(plot_tradeoff(record, os.path.join(d, "tradeoff.png")))
         out.append(plot_times(record, os.path.join(d, "time.png")))
     return out
+
+
+# --------------------------------------------------------------------------- suites
+_SUITE_MEASURES = [("test.ndcg@10", "test NDCG@10"), ("forget.forget_hit@10", "forget_hit@10"),
+                   ("audit.mia_auc", "MIA AUC"), ("request_users.ndcg@10", "request users' NDCG@10")]
+
+
+def _methods_of(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in rows if "[" not in r["method"]))
+
+
+def plot_suite(rows: list[dict], record: dict, folder: str) -> list[str]:
+    """Suite plots (evaluation seeds): each measure against the unlearning ratio per model and
+    task (error bars: std over seeds), utility against the MIA gap with time as marker size,
+    and the hop sweep per model. Returns the paths written."""
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for task in dict.fromkeys(r["task"] for r in rows):
+        trows = [r for r in rows if r["task"] == task and "[" not in r["method"]]
+        if len({r["ratio"] for r in trows}) < 2:
+            continue
+        fig, axes = plt.subplots(len(models), len(_SUITE_MEASURES), figsize=(4 * len(_SUITE_MEASURES), 3.2 * len(models)),
+                                 squeeze=False)
+        for i, model in enumerate(models):
+            mrows = [r for r in trows if r["model"] == model]
+            for j, (key, title) in enumerate(_SUITE_MEASURES):
+                ax = axes[i][j]
+                for method in _methods_of(mrows):
+                    pts = sorted((r["ratio"], r[f"{key}.mean"], r[f"{key}.std"] or 0.0) for r in mrows
+                                 if r["method"] == method and r[f"{key}.mean"] is not None)
+                    if pts:
+                        x, y, e = zip(*pts)
+                        ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=method)
+                ax.set_title(f"{model}: {title}", fontsize=9)
+                ax.set_xlabel(f"{mrows[0]['vary'].replace('unrank_', '') if mrows else 'ratio'}")
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{task} task: measures against the unlearning ratio (evaluation seeds, mean ± std)")
+        fig.tight_layout()
+        written.append(_save(fig, os.path.join(folder, f"ratio-{task}.png")))
+    # utility against the MIA gap, time as marker size
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for i, model in enumerate(models):
+        ax = axes[0][i]
+        mrows = [r for r in rows if r["model"] == model and "[" not in r["method"]]
+        for k, method in enumerate(_methods_of(mrows)):
+            pts = [(r["audit.mia_gap.mean"], r["test.ndcg@10.mean"], r["time_s.mean"]) for r in mrows
+                   if r["method"] == method and r["audit.mia_gap.mean"] is not None and r["test.ndcg@10.mean"] is not None]
+            if method == "retrain":
+                pts = [(0.0, r["test.ndcg@10.mean"], r["time_s.mean"]) for r in mrows
+                       if r["method"] == method and r["test.ndcg@10.mean"] is not None]
+            if not pts:
+                continue
+            x, y, t = zip(*pts)
+            sizes = [20 + 30 * np.log10(1 + 100 * (tt or 0.0)) for tt in t]
+            ax.scatter(x, y, s=sizes, alpha=0.6, label=method, color=f"C{k % 10}")
+        ax.set_xlabel("MIA gap |AUC - retrain's| (lower is better)")
+        ax.set_ylabel("test NDCG@10")
+        ax.set_title(f"{model} (marker size: time)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, os.path.join(folder, "utility-vs-mia.png")))
+    # hop sweep
+    sweep = [r for r in rows if "[hops=" in r["method"]]
+    if sweep:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
+        for j, (key, title) in enumerate([("forget.forget_hit@10", "forget_hit@10"), ("test.ndcg@10", "test NDCG@10")]):
+            ax = axes[0][j]
+            for model in models:
+                for method in dict.fromkeys(r["method"].split("[")[0] for r in sweep if r["model"] == model):
+                    pts = sorted((int(r["method"].split("hops=")[1].rstrip("]")), r[f"{key}.mean"], r[f"{key}.std"] or 0.0)
+                                 for r in sweep if r["model"] == model and r["method"].startswith(method + "[")
+                                 and r[f"{key}.mean"] is not None)
+                    if pts:
+                        x, y, e = zip(*pts)
+                        ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=f"{model} {method}")
+            ax.set_xlabel("hops p")
+            ax.set_title(f"hop sweep: {title}", fontsize=9)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, os.path.join(folder, "hop-sweep.png")))
+    return written

@@ -896,7 +896,7 @@ class TuneResult:
 def _final_row(search: TuneSearch, overrides: dict | None, label: str, save: bool) -> dict:
     """Run the method once more with ``overrides``, evaluated on test and on validation."""
     run = search.run
-    row = run.run_method(search.method, overrides=overrides, save=save, evaluate_test=True, label=label)
+    row = run.audit_row(run.run_method(search.method, overrides=overrides, save=save, evaluate_test=True, label=label))
     valid_row, _ = run.evaluate_forget_only(row["_model"], label, row["time_s"])
     out = {k: v for k, v in row.items() if k not in ("ranks", "_model")}
     out["valid"] = valid_row["valid"]
@@ -981,6 +981,7 @@ def _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, 
                         "(RecBole's HyperTuning early stop; raise --early_stop to run them all)",
                         len(search.trials), planned, early_stop)
         best = search.best()
+        run.audit_row(run.rows[0])
         original_row = _plain({**{k: v for k, v in run.rows[0].items() if k not in ("ranks", "_model")},
                                "valid": search.original_valid["valid"]})
         scored = {"status": "ok", "valid": original_row["valid"], "forget": original_row["forget"]}

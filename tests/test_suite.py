@@ -1,0 +1,174 @@
+"""The suite: grid planning, bad input, resume, failed cells, summary, serial == Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import DATA_PATH, REPO_ROOT, subprocess_env
+
+from recbole_unrank import suite
+from recbole_unrank.errors import UnrankError
+
+
+def _spec_file(tmp_path, **over) -> str:
+    spec = {
+        "dataset": "tiny",
+        "models": ["WMF"],
+        "tasks": [{"task": "interaction", "vary": "unrank_inter_ratio", "ratios": [0.2]},
+                  {"task": "user", "ratios": [0.1]}],
+        "design_seeds": [101],
+        "eval_seeds": [1001, 1002],
+        "methods": ["retrain", "l2unrank", "finetune"],
+        "settings": {"data_path": str(DATA_PATH), "gpu_id": "", "epochs": 3, "show_progress": False},
+        "output_dir": str(tmp_path / "out"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    spec.update(over)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return str(path)
+
+
+def _strip_times(obj):
+    """A record without wall times (the only thing allowed to differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items()
+                if k not in ("time_s", "speedup", "stages", "traceback") and not k.endswith("_s")}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
+
+
+def test_plan_orders_retrain_first_and_sweeps(tmp_path):
+    spec = suite.load_spec(_spec_file(tmp_path, hop_sweep={"methods": ["l2unrank_paper"], "hops": [0, 2],
+                                                           "tasks": ["interaction"]}))
+    requests = suite.plan(spec)
+    assert len(requests) == 2 * 2  # two task ratios x two evaluation seeds
+    for req, cells in requests:
+        assert cells[0].method == "retrain" and req.split == "eval"
+        labels = [c.label for c in cells]
+        if req.task == "interaction":
+            assert labels[-2:] == ["l2unrank_paper[hops=0]", "l2unrank_paper[hops=2]"]
+            assert dict(cells[-1].overrides) == {"unrank_hops": 2}
+        else:
+            assert not any("[" in lab for lab in labels)
+    assert {r.seed for r, _ in suite.plan(suite.load_spec(_spec_file(tmp_path, seeds="design")))} == {101}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"models": ["NoSuchModel"]}, "NoSuchModel"),
+    ({"tasks": [{"task": "items", "ratios": [0.1]}]}, "unknown task"),
+    ({"methods": ["retrain", "magic"]}, "unknown method 'magic'"),
+    ({"modelz": ["WMF"]}, "did you mean 'models'"),
+    ({"tasks": []}, "at least one task"),
+    ({"tasks": [{"task": "item", "ratios": [1.5]}]}, "outside (0, 1]"),
+    ({"tasks": [{"task": "item", "ratios": [0]}]}, "outside (0, 1]"),
+    ({"eval_seeds": [101, 1002]}, "both design and evaluation seeds"),
+    ({"eval_seeds": []}, "eval_seeds"),
+    ({"users": ["middle"]}, "unknown user selection"),
+    ({"tasks": [{"task": "user", "vary": "unrank_item_ratio", "ratios": [0.1]}]}, "varies one of"),
+])
+def test_bad_suite_is_refused_in_one_line(tmp_path, over, message):
+    path = _spec_file(tmp_path, **over)
+    with pytest.raises(UnrankError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        suite.load_spec(path)
+    assert "\n" not in str(info.value)
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"methods": ["retrain", "magic"]}, "unknown method"),
+    ({"eval_seeds": [101, 1002]}, "both design and evaluation seeds"),
+])
+def test_bad_suite_on_the_command_line_exit_2_nothing_written(tmp_path, over, message):
+    path = _spec_file(tmp_path, **over)
+    before = set(os.listdir(tmp_path))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "run_unrank_suite.py"), "--config_files", path],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message.split("'")[0] in lines[0]
+    assert set(os.listdir(tmp_path)) == before  # no output folder, no cache
+
+
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("suite-serial")
+    spec = suite.load_spec(_spec_file(tmp))
+    record = suite.run_suite(spec, show_progress=False)
+    return tmp, spec, record
+
+
+def test_serial_suite_records_every_cell_and_summarises(serial_run):
+    tmp, spec, record = serial_run
+    assert record["planned"] == 4 * 3 and len(record["cells"]) == 12
+    assert all(c["status"] == "ok" for c in record["cells"])
+    for c in record["cells"]:
+        row = c["row"]
+        assert {"test", "forget", "request_users", "audit", "fairness"} <= set(row)
+        assert row["audit"]["mia_auc"] is not None
+        assert c["original"]["audit"]["mia_auc"] is not None
+    text = open(os.path.join(spec.output_dir, "summary.md"), encoding="utf-8").read()
+    assert "## WMF: interaction task, inter_ratio 0.2, random users" in text and "Pooled" in text
+    rows = suite.summary_rows(record)
+    l2 = next(r for r in rows if r["method"] == "l2unrank" and r["task"] == "interaction")
+    assert l2["n"] == 2 and l2["forget.forget_hit@10.mean"] is not None
+    assert os.path.isfile(os.path.join(spec.output_dir, "plots", "utility-vs-mia.png"))
+
+
+def test_rerun_skips_finished_cells_and_redo_reruns_one_method(serial_run):
+    tmp, spec, _ = serial_run
+    cells_dir = os.path.join(spec.output_dir, "cells")
+    stamp = {f: os.path.getmtime(os.path.join(cells_dir, f)) for f in os.listdir(cells_dir)}
+    suite.run_suite(spec, show_progress=False)
+    assert {f: os.path.getmtime(os.path.join(cells_dir, f)) for f in os.listdir(cells_dir)} == stamp
+    requests = suite.plan(spec)
+    assert suite.forget_cells(spec, requests, ["finetune"]) == 4
+    suite.run_suite(spec, show_progress=False)
+    changed = {f for f in os.listdir(cells_dir) if os.path.getmtime(os.path.join(cells_dir, f)) != stamp[f]}
+    assert changed and all(f.endswith("finetune.json") for f in changed) and len(changed) == 4
+    assert not any(f.endswith(".tmp") for f in os.listdir(cells_dir))
+
+
+def test_failed_cell_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    from recbole_unrank.methods import METHODS, UnlearningMethod
+
+    class Broken(UnlearningMethod):
+        name = "broken"
+
+        def unlearn(self, task):
+            raise RuntimeError("boom")
+
+    monkeypatch.setitem(METHODS, "broken", Broken)
+    spec = suite.load_spec(_spec_file(tmp_path, methods=["retrain", "broken", "l2unrank"],
+                                      tasks=[{"task": "user", "ratios": [0.1]}], eval_seeds=[1001]))
+    record = suite.run_suite(spec, show_progress=False)
+    status = {c["method"]: c["status"] for c in record["cells"]}
+    assert status == {"retrain": "ok", "broken": "failed", "l2unrank": "ok"}
+    failed = next(c for c in record["cells"] if c["method"] == "broken")
+    assert "boom" in failed["error"]
+    assert "Failed cells" in open(os.path.join(spec.output_dir, "summary.md"), encoding="utf-8").read()
+
+
+def test_ray_path_gives_the_serial_records(serial_run, tmp_path):
+    pytest.importorskip("ray")
+    _, spec, serial = serial_run
+    ray_spec = suite.load_spec(_spec_file(tmp_path))
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env_path) if p)
+    try:
+        record = suite.run_suite(ray_spec, tool="ray", num_cpus=2, show_progress=False)
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    key = lambda c: c["key"]  # noqa: E731
+    a = [_strip_times(c) for c in sorted(serial["cells"], key=key)]
+    b = [_strip_times(c) for c in sorted(record["cells"], key=key)]
+    assert len(a) == len(b) == 12
+    for x, y in zip(a, b):
+        assert json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True), x["key"]

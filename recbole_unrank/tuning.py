@@ -911,6 +911,17 @@ def _final_row(search: TuneSearch, overrides: dict | None, label: str, save: boo
     return _plain(out)
 
 
+def check_design_seed(config) -> int:
+    """Settings are chosen on design request seeds only: a request seed listed in
+    ``unrank_eval_seeds`` (kept for reporting) is refused. Returns the request seed."""
+    seed = pipeline.request_seed(config)
+    reserved = [int(s) for s in (_setting(config, "unrank_eval_seeds") or [])]
+    if seed in reserved:
+        raise UnrankError(f"request seed {seed} is an evaluation seed (unrank_eval_seeds {reserved}): tune on a "
+                          "design seed, e.g. --unrank_request_seed=101, and report on the evaluation seeds")
+    return seed
+
+
 def prepare_search(config, params_file: str, algo: str, max_evals: int, tool: str, checkpoint: str | None):
     """Every check of the user's input, before anything is written: settings, params file,
     objective, tool; then the data and the request (``pipeline.prepare_run``)."""
@@ -932,6 +943,7 @@ def prepare_search(config, params_file: str, algo: str, max_evals: int, tool: st
             raise UnrankError(f"--algo exhaustive needs 'choice' settings only; {', '.join(continuous)} "
                               "are ranges: use --algo random or bayes")
     check_values(config, method, specs, params_file)
+    check_design_seed(config)
     objective = Objective.from_config(config)
     if tool == "ray":
         check_ray(algo)

@@ -291,6 +291,7 @@ def test_malformed_params_file_exit_2(case, tmp_path, monkeypatch, capsys):
     (["--unrank_tune_utility_floor=0"], "floor"),
     (["--unrank_tune_method=nomethod"], "unrank_tune_method"),
     (["--params_file", "missing.hyper"], "does not exist"),
+    (["--unrank_request_seed=1002"], "is an evaluation seed"),
 ])
 def test_bad_objective_or_file_exit_2(argv, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

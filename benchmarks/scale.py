@@ -59,13 +59,16 @@ if ROOT not in sys.path:
 MODELS = ["WMF", "NeuMF", "LightGCN"]
 # Synthetic datasets: interactions -> (users, items). The generator lands about 4% short of
 # its target, so it is asked for a little more.
-SYNTH_SHAPES = {100_000: (5_000, 3_000), 1_000_000: (20_000, 10_000), 5_000_000: (50_000, 20_000)}
+SYNTH_SHAPES = {100_000: (5_000, 3_000), 1_000_000: (20_000, 10_000), 5_000_000: (50_000, 20_000),
+                20_000_000: (150_000, 50_000)}
 GEN_OVERSHOOT = 1.04
 REQUEST_INTERACTIONS = 10
 TARGETS = {
     "ml100k_lightgcn_s": 1.0,  # one single-user request on ml-100k with LightGCN
-    "large_s": 10.0,  # on 5M interactions
-    "large_peak_gib": 8.0,
+    "large_s": 10.0,  # on 5M interactions, every model
+    "large_peak_gib": 4.0,  # on 5M interactions, every model (issue 15)
+    "lightgcn_5m_s": 0.3,  # LightGCN, one single-user request on 5M, a prepared model (issue 15)
+    "lightgcn_growth": 1.5,  # LightGCN, request time 1M -> 5M (issue 15)
     "drift": 0.03,  # test NDCG@10 after the successive requests vs retraining without them
 }
 GIB = 1024**3
@@ -160,7 +163,7 @@ def quantiles(values: list[float]) -> dict:
             "p90": float(np.percentile(v, 90)), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
 
 
-def top_functions(profile: cProfile.Profile, n: int = 12) -> list[dict]:
+def top_functions(profile: cProfile.Profile, n: int = 40) -> list[dict]:
     stats = pstats.Stats(profile)
     rows = []
     for (path, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
@@ -182,23 +185,6 @@ def _silence():
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("recbole", "recbole_unrank"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _fast_lightgcn_init():
-    """RecBole's LightGCN builds its adjacency through a dok matrix (a Python dict of 2|D|
-    entries: about a minute and GBs at 5M interactions). Build it with the package's
-    vectorised ``normalized_adjacency`` instead: same entries, same values, coalesced."""
-    import torch
-    from recbole.model.general_recommender import LightGCN
-
-    from recbole_unrank.adapters import normalized_adjacency
-
-    def get_norm_adj_mat(self):
-        m = self.interaction_matrix
-        return normalized_adjacency(torch.from_numpy(m.row).long(), torch.from_numpy(m.col).long(),
-                                    self.n_users, self.n_items)
-
-    LightGCN.get_norm_adj_mat = get_norm_adj_mat
 
 
 def _config(model: str, dataset: str, spec: dict, extra: dict | None = None):
@@ -280,7 +266,9 @@ def _original(config, data, spec, out: dict):
         path = os.path.join(spec["work"], "ckpt", f"{model_name}-{dataset}-e{spec['epochs_100k']}-{tag}.pth")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if os.path.isfile(path) and not spec["retrain_originals"]:
+            t0 = time.perf_counter()  # what the CLI does: RecBole builds the model, then the state loads
             model = pipeline.load_checkpoint(config, pipeline.read_checkpoint(path), data.train_ds, path)
+            out["model_init_s"] = time.perf_counter() - t0
             out["original"] = {"cached": path}
         else:
             _, valid, _ = pipeline.make_loaders(config, data)
@@ -295,8 +283,6 @@ def _original(config, data, spec, out: dict):
         times = _time_epochs(config, model, train, spec["synth_epochs"])
         out["epoch_s"] = times[0]
         out["original"] = {"epochs": len(times), "epoch_times_s": times}
-    if hasattr(model, "norm_adj_matrix") and not model.norm_adj_matrix.is_coalesced():
-        model.norm_adj_matrix = model.norm_adj_matrix.coalesce()  # once, when the model is loaded
     model.eval()
     del train
     gc.collect()
@@ -427,6 +413,32 @@ def _latency(method, model, config, data, spec, out):
     out["profile"] = {"time_s": prof["time_s"], "top": prof["profile"]}
 
 
+def _graph_preparation(method, model, config, data, spec, out):
+    """A graph model as RecBole built it (uncoalesced adjacency, no per-layer state): first a
+    request on a copy of it exactly so (what one CLI run that loads the model and answers one
+    request pays: the coalesce of the adjacency and one full propagation are inside its time),
+    then the preparation alone on the model itself (timed), which every later request reuses."""
+    import numpy as np
+
+    from recbole_unrank.adapters import get_adapter
+
+    by_user = _rows_by_user(data.train_ds)
+    pool = np.flatnonzero(np.diff(by_user[3]) >= REQUEST_INTERACTIONS)
+    rng = np.random.default_rng(spec["seed"] + 3)
+    cold = []
+    for k in range(spec.get("cold_requests", 3)):
+        cold.append(_one_request(method, model, config, data, _pick_request(rng, by_user, pool, 1),
+                                 spec["seed"] + 500 + k, None))
+    out["cold"] = cold
+    out["cold_summary"] = {"time_s": quantiles([r["time_s"] for r in cold]),
+                           "peak_bytes": quantiles([r["peak_bytes"] for r in cold])}
+    with PeakMeter() as mem:
+        t0 = time.perf_counter()
+        get_adapter(model).local()
+        out["graph_prep_s"] = time.perf_counter() - t0
+    out["graph_prep_peak_bytes"] = mem.peak
+
+
 def _request_growth(method, model, config, data, spec, out):
     import numpy as np
 
@@ -538,7 +550,6 @@ def worker(spec: dict) -> dict:
     _silence()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    _fast_lightgcn_init()
     dataset = spec["dataset"]
     res = {"dataset": dataset, "threads": torch.get_num_threads(), "models": {}}
     first = _config(spec["models"][0], dataset, spec)
@@ -557,9 +568,11 @@ def worker(spec: dict) -> dict:
         t0 = time.perf_counter()
         model = _original(config, data, spec, out)
         out["prepare_s"] = time.perf_counter() - t0
-        out["valid_ndcg_sum"] = _valid_ndcg_sum(get_adapter(model), data, spec["valid_sample"], spec["seed"])
         method_cls = METHODS["l2unrank"]
         method = method_cls(**pipeline.method_settings(config, method_cls))
+        if hasattr(model, "norm_adj_matrix") and "latency" in spec["parts"]:
+            _graph_preparation(method, model, config, data, spec, out)
+        out["valid_ndcg_sum"] = _valid_ndcg_sum(get_adapter(model), data, spec["valid_sample"], spec["seed"])
         if "latency" in spec["parts"]:
             _latency(method, model, config, data, spec, out)
         if dataset == spec.get("growth_dataset") and "growth" in spec["parts"]:
@@ -670,7 +683,7 @@ def check_targets(results: dict) -> list[dict]:
                        "ok": t["median"] < TARGETS["ml100k_lightgcn_s"], "worst_ok": t["max"] < TARGETS["ml100k_lightgcn_s"]})
     large = [n for n in results["datasets"] if n.startswith("synth-")]
     if large:
-        biggest = max(large, key=lambda n: results["datasets"][n]["interactions"])
+        biggest = "synth-5m" if "synth-5m" in large else max(large, key=lambda n: results["datasets"][n]["interactions"])
         res = results["datasets"][biggest]
         for model, out in res["models"].items():
             if "single_summary" not in out:
@@ -681,9 +694,28 @@ def check_targets(results: dict) -> list[dict]:
                                      f"(median; max {t['max']:.2f} s)",
                            "value": t["median"], "limit": TARGETS["large_s"], "unit": "s",
                            "ok": t["median"] < TARGETS["large_s"], "worst_ok": t["max"] < TARGETS["large_s"]})
-            checks.append({"target": f"{biggest}, {model}: peak memory during the request < 8 GiB (max over requests)",
+            checks.append({"target": f"{biggest}, {model}: peak memory during the request < 4 GiB (max over requests)",
                            "value": _gib(p["max"]), "limit": TARGETS["large_peak_gib"], "unit": "GiB",
                            "ok": _gib(p["max"]) < TARGETS["large_peak_gib"]})
+    big = results["datasets"].get("synth-5m", {}).get("models", {}).get("LightGCN", {})
+    small = results["datasets"].get("synth-1m", {}).get("models", {}).get("LightGCN", {})
+    if "single_summary" in big:
+        t = big["single_summary"]["time_s"]
+        checks.append({"target": "synth-5m, LightGCN: single-user request < 0.3 s (median; a model that serves "
+                                 f"requests, graph prepared once; max {t['max']:.2f} s)",
+                       "value": t["median"], "limit": TARGETS["lightgcn_5m_s"], "unit": "s",
+                       "ok": t["median"] < TARGETS["lightgcn_5m_s"], "worst_ok": t["max"] < TARGETS["lightgcn_5m_s"]})
+        if "cold_summary" in big:
+            c = big["cold_summary"]["time_s"]["median"]
+            checks.append({"target": "synth-5m, LightGCN: the same request as the first on a model just built by "
+                                     "RecBole (a one-request CLI run: coalesce + one full propagation inside)",
+                           "value": c, "limit": TARGETS["lightgcn_5m_s"], "unit": "s",
+                           "ok": c < TARGETS["lightgcn_5m_s"]})
+    if "single_summary" in big and "single_summary" in small:
+        g = big["single_summary"]["time_s"]["median"] / small["single_summary"]["time_s"]["median"]
+        checks.append({"target": "LightGCN: request time growth from synth-1m to synth-5m < 1.5x (same run)",
+                       "value": g, "limit": TARGETS["lightgcn_growth"], "unit": "x",
+                       "ok": g < TARGETS["lightgcn_growth"]})
     ml100k = results["datasets"].get("ml-100k", {}).get("models", {})
     for model, out in ml100k.items():
         succ = out.get("successive")
@@ -736,7 +768,7 @@ def _plots(results: dict, out_dir: str) -> list[str]:
             med = [o["single_summary"]["time_s"]["median"] for o in rs]
             lo = [o["single_summary"]["time_s"]["p10"] for o in rs]
             hi = [o["single_summary"]["time_s"]["p90"] for o in rs]
-            line = axes[0].plot(xs, med, "o-", label=f"{model}: L2UnRank, 1 user")[0]
+            line = axes[0].plot(xs, med, "o-", label=f"{model}: L2UnRank, 1 user (slope {fitted_slope(results, model):.2f})")[0]
             axes[0].fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
             axes[0].plot(xs, [o["epoch_s"] for o in rs], "s--", color=line.get_color(), alpha=0.6,
                          label=f"{model}: one training epoch")
@@ -744,7 +776,7 @@ def _plots(results: dict, out_dir: str) -> list[str]:
                          color=line.get_color(), label=f"{model}: process peak during request")
             axes[1].plot(xs, [max(_gib(o["single_summary"]["peak_delta_bytes"]["max"]), 1e-3) for o in rs], "v:",
                          color=line.get_color(), label=f"{model}: added by the request")
-        axes[0].axhline(TARGETS["large_s"], color="grey", lw=0.8, ls=":")
+        axes[0].axhline(TARGETS["lightgcn_5m_s"], color="grey", lw=0.8, ls=":")
         axes[1].axhline(TARGETS["large_peak_gib"], color="grey", lw=0.8, ls=":")
         _log_time_memory_axes(axes, "dataset size (interactions)")
         axes[0].set_title("time vs dataset size (request: 1 user, 10 interactions)")
@@ -865,15 +897,19 @@ def write_report(results: dict, out_dir: str) -> str:
     # ---- data preparation
     L += ["### Dataset preparation (measured apart, not part of a request)", "",
           "| dataset | interactions (train) | users x items | generator s | RecBole create_dataset + split s | "
-          "peak RSS while loading GiB | train loader s | model init s | worker peak RSS GiB | worker wall s |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "peak RSS while loading GiB | train loader s | model init s (LightGCN) | LightGCN graph prep s | "
+          "LightGCN cold request s (median) | worker peak RSS GiB | worker wall s |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds_name, res in results["datasets"].items():
         gen = results["generated"].get(ds_name, {}).get("generated_s")
         first = next(iter(res["models"].values()), {})
+        lg = res["models"].get("LightGCN", {})
+        cold = lg.get("cold_summary", {}).get("time_s", {}).get("median")
         L.append(f"| {ds_name} | {res['interactions']:,} ({res['train_interactions']:,}) | {res['n_users']:,} x "
                  f"{res['n_items']:,} | {'(existing files)' if gen is None else f'{gen:.1f}'} | {res['load_s']:.1f} | "
                  f"{_gib(res['load_peak_bytes']):.2f} | {_fmt_s(first.get('train_loader_s'))} | "
-                 f"{_fmt_s(first.get('model_init_s'))} | {_gib(res['process_peak_bytes']):.2f} | "
+                 f"{_fmt_s(first.get('model_init_s'))} ({_fmt_s(lg.get('model_init_s'))}) | "
+                 f"{_fmt_s(lg.get('graph_prep_s'))} | {_fmt_s(cold)} | {_gib(res['process_peak_bytes']):.2f} | "
                  f"{res['worker_wall_s']:.0f} |")
     L.append("")
     L.append("`worker peak RSS` is the worker process's high-water mark over everything it did (loading, "
@@ -1001,8 +1037,11 @@ def write_report(results: dict, out_dir: str) -> str:
           f"{a['synth_batch']} (a larger batch than RecBole's default 2048, to keep the benchmark short; for "
           "LightGCN every batch propagates over the whole graph, so with the default batch an epoch would take "
           "many times longer: the `epoch / request` ratio is a lower bound).",
-          "- LightGCN's model is built with the package's vectorised `normalized_adjacency` instead of RecBole's "
-          "dok-matrix builder (identical entries and values; RecBole's builder takes minutes and GBs at 5M).",
+          "- Every model is built by RecBole itself, as the command line builds it (LightGCN's adjacency through "
+          "RecBole's dok-matrix builder: the `model init` column). Nothing of RecBole is replaced by the benchmark. "
+          "A LightGCN model then needs its graph prepared once (the adjacency coalesced, one full propagation "
+          "kept per layer: `graph prep`); a one-request command-line run pays it inside its request (`cold "
+          "request`), a model that serves requests pays it once. Nothing of it is cached in the checkpoint.",
           "- Memory: `VmHWM` reset before each request (`/proc/self/clear_refs`), read after; glibc's mmap "
           "threshold pinned to 1 MiB in the workers so freed tensors are returned and each point starts clean. "
           "One fresh worker process per dataset.",
@@ -1026,6 +1065,18 @@ def _exponent(x1, y1, x2, y2) -> float:
     return math.log(y2 / y1) / math.log(x2 / x1) if min(x1, y1, x2, y2) > 0 and x1 != x2 else float("nan")
 
 
+def fitted_slope(results: dict, model: str) -> float:
+    """Least-squares slope of log(median seconds per request) on log(interactions), synthetic points."""
+    import numpy as np
+
+    pts = [(r["interactions"], r["models"][model]["single_summary"]["time_s"]["median"])
+           for n, r in results["datasets"].items() if n.startswith("synth-") and "single_summary" in r["models"].get(model, {})]
+    if len(pts) < 2:
+        return float("nan")
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])
+
+
 def growth_analysis(results: dict) -> list[str]:
     """Growth exponents (time ~ size^b) between the smallest and the largest points, and what
     the profile of the largest dataset says dominates."""
@@ -1035,12 +1086,15 @@ def growth_analysis(results: dict) -> list[str]:
          "neighbourhood (every train interaction of the request user or of one of its items; the user-block "
          "path's default for every model). It grows with the dataset too, since the request's items have more "
          "interactions in a bigger one.", "",
-         "| model | dataset growth | time exponent | scope exponent | request-size growth | time exponent | "
-         "largest dataset: top own-time functions (share of the profiled request) |", "|---|---|---|---|---|---|---|"]
+         "`fitted slope`: least-squares slope of log(seconds per request) against log(interactions) over every "
+         "synthetic point.", "",
+         "| model | dataset growth | time exponent | fitted slope (points) | scope exponent | request-size growth | "
+         "time exponent | largest dataset: top own-time functions (share of the profiled request) |",
+         "|---|---|---|---|---|---|---|---|"]
     synth = sorted((r for n, r in results["datasets"].items() if n.startswith("synth-")), key=lambda r: r["interactions"])
     for model in results["args"]["models"]:
         pts = [r for r in synth if "single_summary" in r["models"].get(model, {})]
-        d_txt = t_exp = s_exp = "-"
+        d_txt = t_exp = s_exp = fit = "-"
         top = "-"
         if len(pts) >= 2:
             a, b = pts[0], pts[-1]
@@ -1048,6 +1102,7 @@ def growth_analysis(results: dict) -> list[str]:
             d_txt = f"{a['interactions']:,} -> {b['interactions']:,} (x{b['interactions'] / a['interactions']:.0f})"
             t_exp = f"{_exponent(a['interactions'], sa['time_s']['median'], b['interactions'], sb['time_s']['median']):.2f}"
             s_exp = f"{_exponent(a['interactions'], max(sa['scope_size']['median'], 1), b['interactions'], max(sb['scope_size']['median'], 1)):.2f}"
+            fit = f"{fitted_slope(results, model):.2f} ({len(pts)})"
         if pts and pts[-1]["models"][model].get("profile"):
             prof = pts[-1]["models"][model]["profile"]
             top = "; ".join(f"`{r['function'].split('(')[-1].rstrip(')')}` {100 * r['tottime_s'] / max(prof['time_s'], 1e-9):.0f}%"
@@ -1058,7 +1113,7 @@ def growth_analysis(results: dict) -> list[str]:
             if len(g) >= 2:
                 r_txt = f"{g[0]['request_users']} -> {g[-1]['request_users']} users"
                 r_exp = f"{_exponent(g[0]['request_users'], g[0]['time_s'], g[-1]['request_users'], g[-1]['time_s']):.2f}"
-        L.append(f"| {model} | {d_txt} | {t_exp} | {s_exp} | {r_txt} | {r_exp} | {top} |")
+        L.append(f"| {model} | {d_txt} | {t_exp} | {fit} | {s_exp} | {r_txt} | {r_exp} | {top} |")
     lightgcn_largest = "no LightGCN point"
     if synth and "single_summary" in synth[-1]["models"].get("LightGCN", {}):
         t = synth[-1]["models"]["LightGCN"]["single_summary"]["time_s"]["median"]
@@ -1132,6 +1187,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     p.add_argument("--report-only", action="store_true", help="rebuild scale.md and the plots from scale.json")
+    p.add_argument("--rerun", action="store_true", help="run every worker again (default: reuse finished ones)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1195,8 +1251,23 @@ def main(argv=None) -> None:
             spec["parts"] = [x for x in spec["parts"] if x != "successive"]
             if ds != spec_base["growth_dataset"] and "latency" not in parts:
                 continue
-        print(f"[scale] worker {ds} ...", flush=True)
-        res = run_worker(spec, args.timeout)
+        # resumable: a finished worker's result is kept in the work folder (atomically) and reused
+        # by the same command unless --rerun; the package commit is part of the key
+        import hashlib
+
+        key = hashlib.sha1(json.dumps({**spec, "code": results["code_start"]}, sort_keys=True).encode()).hexdigest()[:12]
+        cached = os.path.join(args.work, "results", f"{ds}-{key}.json")
+        if os.path.isfile(cached) and not args.rerun:
+            with open(cached, encoding="utf-8") as f:
+                res = json.load(f)
+            print(f"[scale] worker {ds}: finished before, reusing {cached}", flush=True)
+        else:
+            print(f"[scale] worker {ds} ...", flush=True)
+            res = run_worker(spec, args.timeout)
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            with open(cached + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(res, f)
+            os.replace(cached + ".tmp", cached)
         results["datasets"][ds] = res
         for model, out in res["models"].items():
             s = out.get("single_summary")

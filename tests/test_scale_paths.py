@@ -111,7 +111,9 @@ def test_single_user_request_on_user_blocks_without_dense_users_x_items(original
     for p in result.model.parameters():
         assert torch.isfinite(p).all()
     if model_name == "LightGCN":  # the retained graph is in place: request edges gone
-        assert result.model.norm_adj_matrix._nnz() == 2 * (len(data.train_ds.inter_feat) - len(request))
+        from recbole_unrank.adapters.lightgcn import live_edges
+
+        assert live_edges(result.model.norm_adj_matrix) == 2 * (len(data.train_ds.inter_feat) - len(request))
 
 
 def test_shape_log_catches_a_full_score_matrix(originals):
@@ -141,6 +143,130 @@ def test_lightgcn_edge_drop_equals_a_rebuild(originals):
     assert torch.equal(dropped._indices(), rebuilt._indices())
     assert torch.allclose(dropped._values(), rebuilt._values(), rtol=0, atol=1e-7)
     assert drop_edges(dropped, u[drop], i[drop], n_u) is None  # edges already gone: caller rebuilds
+
+
+# ------------------------------------------------------------- LightGCN local propagation
+def _float64_lightgcn(originals):
+    """A float64 copy of the tiny LightGCN with its train graph built in float64."""
+    from recbole_unrank.adapters import normalized_adjacency
+
+    config, data, original = originals["LightGCN"]
+    model = copy.deepcopy(original).double()
+    train = data.train_ds.inter_feat
+    u, i = train[data.train_ds.uid_field], train[data.train_ds.iid_field]
+    model.norm_adj_matrix = normalized_adjacency(u, i, int(model.n_users), int(model.n_items), torch.float64)
+    return config, data, model, u, i
+
+
+def _full(adapter, adj, x):
+    return adapter._propagate(adj, x)
+
+
+@pytest.mark.parametrize("low_rank,wide_share", [(None, 0.125), (False, 0.125), (None, 2.0)])
+def test_lightgcn_local_propagation_equals_full_propagation(originals, low_rank, wide_share, monkeypatch):
+    """Dropping edges and moving base rows updates the layers locally; every result equals a
+    full propagation over the rebuilt graph (float64, 1e-10): graph values, final embeddings,
+    the columns of M behind the Jacobians, RecBole's cached embeddings and its scores."""
+    from recbole.data.interaction import Interaction
+
+    from recbole_unrank.adapters import normalized_adjacency
+    from recbole_unrank.adapters.lightgcn import live_edges
+
+    from recbole_unrank.adapters.lightgcn import LocalGraph
+
+    monkeypatch.setattr(LocalGraph, "WIDE_SHARE", wide_share)  # gathered or one CSR product
+    if low_rank is False:  # the direct path (taken when |T| >= d) must agree as well
+        drop_fn = LocalGraph.drop
+        monkeypatch.setattr(LocalGraph, "drop", lambda self, u, i: drop_fn(self, u, i, low_rank=False))
+    _, _, model, u, i = _float64_lightgcn(originals)
+    n_u, n_i = int(model.n_users), int(model.n_items)
+    adapter = get_adapter(model)
+    st = adapter.local()
+    keep = torch.ones(u.numel(), dtype=torch.bool)
+    for drop in (torch.tensor([0, 1, 2, 40, 41]), torch.tensor([7, 300, 301])):  # two requests in a row
+        assert adapter.remove_edges(u[drop], i[drop], int(keep.sum()))
+        keep[drop] = False
+        assert model._unrank_local is st  # updated in place, not rebuilt
+        rebuilt = normalized_adjacency(u[keep], i[keep], n_u, n_i, torch.float64)
+        assert float((model.norm_adj_matrix.to_dense() - rebuilt.to_dense()).abs().max()) < 1e-12
+        assert live_edges(model.norm_adj_matrix) == 2 * int(keep.sum())
+        ego = adapter._ego().detach()
+        assert float((st.final - _full(adapter, rebuilt, ego)).abs().max()) < 1e-10
+        cur = ego
+        for layer in st.layers[1:]:
+            cur = torch.sparse.mm(rebuilt, cur)
+            assert float((layer - cur).abs().max()) < 1e-10
+        users = torch.unique(u[drop])
+        onehot = torch.zeros(n_u + n_i, users.numel(), dtype=torch.float64)
+        onehot[users, torch.arange(users.numel())] = 1.0
+        assert float((st.columns(users) - _full(adapter, rebuilt, onehot)).abs().max()) < 1e-10
+        gen = torch.Generator().manual_seed(int(drop[0]))
+        adapter.apply_user_delta(users, torch.randn(users.numel(), adapter.user_dim(), generator=gen,
+                                                    dtype=torch.float64))
+        assert model._unrank_local is st
+        full = _full(adapter, rebuilt, adapter._ego().detach())
+        assert float((st.final - full).abs().max()) < 1e-10
+        # RecBole's cache is the refreshed final embeddings; its own scores agree
+        assert float((model.restore_item_e - full[n_u:]).abs().max()) < 1e-10
+        scores = model.full_sort_predict(Interaction({"user_id": users})).view(users.numel(), -1)
+        assert float((scores - full[users] @ full[n_u:].T).abs().max()) < 1e-10
+    # an edge that is gone already: refused, nothing changed
+    before = model.norm_adj_matrix._values().clone()
+    assert not adapter.remove_edges(u[:1], i[:1], int(keep.sum()))
+    assert torch.equal(model.norm_adj_matrix._values(), before)
+    # a parameter change behind the adapter's back makes the local state stale: rebuilt
+    with torch.no_grad():
+        model.item_embedding.weight[3] += 1.0
+    assert get_adapter(model)._fresh_local() is None
+    fresh = get_adapter(model).final_embeddings()[1]
+    assert float((fresh - _full(adapter, rebuilt, adapter._ego().detach())[n_u:]).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("wide_share", [0.125, 2.0])
+def test_lightgcn_request_local_equals_rebuilt_graph_and_needs_no_full_propagation(originals, monkeypatch,
+                                                                                    wide_share):
+    """One L2UnRank request on a model whose local state is warm: the same parameters as the
+    same request where the retained graph is rebuilt and propagated in full (float64), and the
+    embeddings are never propagated over the whole graph: with neighbourhoods gathered
+    (``wide_share`` 2: no sparse product at all), or with the wide one as a product of |T|
+    columns (fewer than the embedding width d)."""
+    from recbole_unrank.adapters.lightgcn import LightGCNAdapter, LocalGraph
+
+    monkeypatch.setattr(LocalGraph, "WIDE_SHARE", wide_share)
+    config, data, model, u, i = _float64_lightgcn(originals)
+    reference = copy.deepcopy(model)
+    get_adapter(model).local()  # warm: what a model that is serving requests holds
+    _, _, task, method = _single_user_request(config, data, model)
+    with ShapeLog() as log:
+        local = method(task)
+    d = int(model.user_embedding.weight.shape[1])
+    sparse = [s for op, s in log.shapes if "sparse" in op]
+    if wide_share > 1:
+        assert not sparse, "a sparse product ran"
+    assert all(s[-1] < d for s in sparse), f"a full propagation of the embeddings ran: {sparse}"
+    with monkeypatch.context() as m:
+        m.setattr(LightGCNAdapter, "remove_edges", lambda self, *a: False)  # caller rebuilds
+        _, _, task_ref, method_ref = _single_user_request(config, data, reference)
+        full = method_ref(task_ref)
+    assert local.info["step_median"] == pytest.approx(full.info["step_median"], rel=1e-9)
+    for (name, a), b in zip(local.model.state_dict().items(), full.model.state_dict().values()):
+        assert float((a - b).abs().max()) < 1e-10, name
+    fa, fb = get_adapter(local.model).final_embeddings(), get_adapter(full.model).final_embeddings()
+    assert float((fa[0] - fb[0]).abs().max()) < 1e-10 and float((fa[1] - fb[1]).abs().max()) < 1e-10
+
+
+def test_lightgcn_local_state_survives_a_deep_copy_and_dies_with_a_new_graph(originals):
+    _, data, model, u, i = _float64_lightgcn(originals)
+    adapter = get_adapter(model)
+    adapter.local()
+    twin = copy.deepcopy(model)
+    assert get_adapter(twin)._fresh_local() is not None
+    assert twin._unrank_local.adj is twin.norm_adj_matrix
+    keep = torch.ones(u.numel(), dtype=torch.bool)
+    keep[:4] = False
+    get_adapter(twin).set_graph(u[keep], i[keep])  # a rebuilt graph: the old state is gone
+    assert getattr(twin, "_unrank_local", None) is None and twin.restore_user_e is None
+    assert get_adapter(model)._fresh_local() is not None  # the original is untouched
 
 
 # ----------------------------------------------------------------------------------- CUDA

@@ -1,0 +1,311 @@
+"""A stream of forget requests applied to one model, one after another (issue 15).
+
+A platform answers requests all day: each request is unlearned from the model as it stands
+after the previous ones, on the data retained so far. :class:`RequestStream` holds that state
+(the model, the retained train rows, every request applied so far) and keeps a **cumulative
+utility budget**: the validation NDCG@10 of the whole validation split, with the retained
+history masked, must stay at least ``guard`` x the original model's, across the whole
+stream, not per request. When a request would take it below, the stream says so (a logged
+line and an ``event`` in the request's record) and applies its policy:
+
+* ``refuse``: the request is undone (model and retained data as before it) and recorded as
+  refused: its data is **not** forgotten; the caller must handle it (e.g. queue a retrain);
+* ``finetune``: the request stays applied, then the model is fine-tuned on the retained data
+  (``unrank_finetune_epochs`` / ``unrank_finetune_lr``, the ``finetune`` method);
+* ``retrain``: the request stays applied, then the model is retrained from scratch on the
+  retained data (same config, seed, epoch budget and early stopping).
+
+The budget is measured after each request with :func:`user_ndcg` over every validation user
+(one score matrix per chunk of users from the model's adapter): no RecBole evaluation loop.
+
+Config keys: ``unrank_stream_guard`` (0 turns the budget off) and ``unrank_stream_policy``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from recbole_unrank.adapters import get_adapter
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.influence import RankProbe
+from recbole_unrank.methods import METHODS, UnlearnTask
+from recbole_unrank.request import request_from_pairs
+
+__all__ = ["POLICIES", "RequestStream", "StreamSettings", "pair_ranks", "score_auc", "user_ndcg",
+           "recent_requests"]
+
+logger = logging.getLogger("recbole_unrank")
+
+POLICIES = ("refuse", "finetune", "retrain")
+
+
+@dataclass
+class StreamSettings:
+    """``guard``: the cumulative budget (0: off); ``policy``: what happens when it breaks."""
+
+    guard: float = 0.0
+    policy: str = "refuse"
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.guard) <= 1.0:
+            raise UnrankError(f"unrank_stream_guard={self.guard} must lie in [0, 1] (0 turns the budget off)")
+        if self.policy not in POLICIES:
+            raise UnrankError(f"unrank_stream_policy={self.policy!r}: use one of {', '.join(POLICIES)}")
+        self.guard = float(self.guard)
+
+    @classmethod
+    def from_config(cls, config) -> "StreamSettings":
+        return cls(guard=config["unrank_stream_guard"] or 0.0, policy=config["unrank_stream_policy"] or "refuse")
+
+
+# ----------------------------------------------------------------------------- measures
+def _pairs(ds) -> tuple[np.ndarray, np.ndarray]:
+    return ds.inter_feat[ds.uid_field].numpy(), ds.inter_feat[ds.iid_field].numpy()
+
+
+def _chunks(users: np.ndarray, size: int):
+    for lo in range(0, users.size, size):
+        yield users[lo : lo + size]
+
+
+def _rows_for(chunk: np.ndarray, u: np.ndarray, i: np.ndarray, device):
+    """Pairs of ``(u, i)`` whose user is in ``chunk``, as (row in chunk, item) tensors."""
+    row_of = np.full(int(max(chunk.max(), u.max() if u.size else 0)) + 1, -1, dtype=np.int64)
+    row_of[chunk] = np.arange(chunk.size)
+    mine = (u < row_of.size) & (row_of[np.minimum(u, row_of.size - 1)] >= 0)
+    return (torch.as_tensor(row_of[u[mine]], device=device), torch.as_tensor(i[mine], device=device), mine)
+
+
+@torch.no_grad()
+def user_ndcg(adapter, users: np.ndarray, history: tuple, targets: tuple, k: int = 10,
+              chunk: int = 256) -> np.ndarray:
+    """Per user of ``users`` (sorted, distinct), NDCG@k of its ``targets`` pairs with its
+    ``history`` pairs masked (RecBole's full-sort definition: padding item masked, ideal DCG
+    over min(#targets, k)). ``history`` / ``targets``: (users, items) numpy arrays."""
+    device = adapter.device
+    out = np.zeros(users.size)
+    for lo, part in zip(range(0, users.size, chunk), _chunks(users, chunk)):
+        hr, hi, _ = _rows_for(part, *history, device)
+        tr, ti, _ = _rows_for(part, *targets, device)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        probe = RankProbe(part.size, hr, hi, empty, empty, tr, ti)
+        scores = adapter.user_scores(torch.as_tensor(part, device=device))
+        out[lo : lo + part.size] = probe.valid_ndcg(scores, k).double().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def pair_ranks(adapter, pairs: tuple, history: tuple, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Rank (1 = top) and score of each pair under the model, ``history`` pairs masked: the
+    position it would take in its user's list. Returned in the order of ``pairs``."""
+    device = adapter.device
+    pu, pi = pairs
+    ranks = np.zeros(pu.size, dtype=np.int64)
+    scores = np.zeros(pu.size)
+    users = np.unique(pu)
+    for part in _chunks(users, chunk):
+        hr, hi, _ = _rows_for(part, *history, device)
+        fr, fi, mine = _rows_for(part, pu, pi, device)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        probe = RankProbe(part.size, hr, hi, fr, fi, empty, empty)
+        s = adapter.user_scores(torch.as_tensor(part, device=device))
+        ranks[mine] = probe.forget_ranks(s).cpu().numpy()
+        scores[mine] = s[fr, fi].double().cpu().numpy()
+    return ranks, scores
+
+
+def score_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting one half (Mann-Whitney)."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    if positive.size == 0 or negative.size == 0:
+        return float("nan")
+    both = np.concatenate((positive, negative))
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size)
+    sorted_vals = both[order]
+    # average ranks of ties
+    _, first, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    r_pos = ranks[: positive.size].sum()
+    return float((r_pos - positive.size * (positive.size + 1) / 2.0) / (positive.size * negative.size))
+
+
+def recent_requests(train_ds, n: int, per_request: int, seed: int, time_field: str | None = None,
+                    min_left: int | None = None) -> list[np.ndarray]:
+    """``n`` single-user requests: users in an order drawn from ``seed``, each request the
+    user's ``per_request`` most recent train interactions still retained (by ``time_field``;
+    row order without one). A user is eligible while at least ``min_left`` (default
+    ``per_request``) of their train interactions would remain; when every eligible user has
+    been drawn, a new round starts over those still eligible. Returns rows of
+    ``train_ds.inter_feat`` per request."""
+    u, _ = _pairs(train_ds)
+    min_left = per_request if min_left is None else int(min_left)
+    stamp = (train_ds.inter_feat[time_field].numpy() if time_field and time_field in train_ds.inter_feat.columns
+             else np.arange(u.size, dtype=float))
+    order = np.lexsort((np.arange(u.size), -stamp, u))  # per user: newest first
+    starts = np.searchsorted(u[order], np.arange(int(train_ds.user_num) + 1))
+    used = np.zeros(int(train_ds.user_num), dtype=np.int64)  # interactions already requested
+    count = np.diff(starts)
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        eligible = np.flatnonzero(count - used >= per_request + min_left)
+        if eligible.size == 0:
+            raise UnrankError(f"only {len(out)} requests of {per_request} interactions fit this train split "
+                              f"(each user keeps at least {min_left}); ask for fewer")
+        for user in rng.permutation(eligible):
+            if len(out) == n:
+                break
+            a = starts[user] + used[user]
+            out.append(order[a : a + per_request].copy())
+            used[user] += per_request
+    return out
+
+
+# ----------------------------------------------------------------------------- the stream
+@dataclass
+class Consolidation:
+    policy: str
+    time_s: float
+    valid_before: float
+    valid_after: float
+
+
+@dataclass
+class RequestStream:
+    """One model answering forget requests one after another.
+
+    ``method``: an unlearning method instance (e.g. L2UnRank with the run's settings);
+    ``settings``: the cumulative budget and its policy; ``train_fresh(train_ds)`` trains a
+    new model on ``train_ds`` (the ``retrain`` policy); ``make_train_loader(ds)`` a training
+    loader (the ``finetune`` policy); ``finetune``: a finetune method instance."""
+
+    config: object
+    data: object
+    model: torch.nn.Module
+    method: object
+    settings: StreamSettings = field(default_factory=StreamSettings)
+    train_fresh: object = None
+    make_train_loader: object = None
+    finetune: object = None
+    seed: int = 2020
+    kept: np.ndarray = None  # rows of the original train split still retained
+    applied: list = field(default_factory=list)  # per applied request: its rows of the original train split
+    records: list = field(default_factory=list)
+    valid_reference: float | None = None
+
+    def __post_init__(self):
+        train = self.data.train_ds
+        if self.kept is None:
+            self.kept = np.arange(len(train.inter_feat))
+        self._retained = None
+        if self.settings.policy == "finetune" and self.finetune is None:
+            cls = METHODS["finetune"]
+            self.finetune = cls(epochs=self.config["unrank_finetune_epochs"], lr=self.config["unrank_finetune_lr"])
+        if self.valid_reference is None:
+            self.valid_reference = self.valid_ndcg()
+
+    # ---- state -------------------------------------------------------------------------
+    def retained_ds(self):
+        if self._retained is None:
+            train = self.data.train_ds
+            self._retained = train.copy(train.inter_feat[torch.as_tensor(self.kept)])
+        return self._retained
+
+    def history(self, with_valid: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        u, i = _pairs(self.data.train_ds)
+        hu, hi = u[self.kept], i[self.kept]
+        if with_valid:  # RecBole's test-time mask: train (retained) and valid items
+            vu, vi = _pairs(self.data.valid_ds)
+            hu, hi = np.concatenate((hu, vu)), np.concatenate((hi, vi))
+        return hu, hi
+
+    def valid_ndcg(self, model=None) -> float:
+        """Mean validation NDCG@10 over every validation user, retained history masked."""
+        adapter = get_adapter(self.model if model is None else model)
+        vu, vi = _pairs(self.data.valid_ds)
+        users = np.unique(vu)
+        return float(user_ndcg(adapter, users, self.history(), (vu, vi)).mean())
+
+    def forgotten_rows(self) -> np.ndarray:
+        return np.concatenate(self.applied) if self.applied else np.zeros(0, dtype=np.int64)
+
+    # ---- one request --------------------------------------------------------------------
+    def apply(self, rows: np.ndarray, seed: int | None = None) -> dict:
+        """Unlearn the train rows ``rows`` (of the original train split; all still retained)
+        from the current model; returns the request's record."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pos = np.searchsorted(self.kept, rows)
+        if (pos >= self.kept.size).any() or not np.array_equal(self.kept[np.minimum(pos, self.kept.size - 1)], rows):
+            raise UnrankError("a request's rows must all be retained train rows (one was forgotten already)")
+        k = len(self.records) + 1
+        u, i = _pairs(self.data.train_ds)
+        current = self.retained_ds()
+        request = request_from_pairs(current, u[rows], i[rows], "file")
+        snapshot = None
+        t0 = time.perf_counter()
+        if self.settings.guard > 0 and self.settings.policy == "refuse":
+            snapshot = copy.deepcopy(self.model)
+        snapshot_s = time.perf_counter() - t0
+        task = UnlearnTask(
+            model=self.model, model_name=self.config["model"], train_ds=current, retain_ds=None, forget_ds=None,
+            request_index=request.index, device=next(self.model.parameters()).device, train_fresh=None,
+            valid_score=None, forget_ranks=None, seed=int(self.seed + k if seed is None else seed),
+            valid_ds=self.data.valid_ds, valid_ndcg_sum=None,
+        )
+        result = self.method(task)
+        self.model = result.model
+        old_kept = self.kept
+        self.kept = np.setdiff1d(self.kept, rows, assume_unique=True)
+        self._retained = None
+        self.applied.append(rows)
+        record = {"request": k, "user": int(u[rows[0]]), "pairs": int(rows.size),
+                  "time_s": float(result.info.get("time_s", 0.0)), "snapshot_s": snapshot_s,
+                  "step_median": result.info.get("step_median"),
+                  "users_meeting_view": result.info.get("users_meeting_view"), "event": None}
+        if self.settings.guard > 0:
+            t0 = time.perf_counter()
+            v = self.valid_ndcg()
+            record["guard_s"] = time.perf_counter() - t0
+            record["valid_ratio"] = v / self.valid_reference if self.valid_reference > 0 else 1.0
+            if v < self.settings.guard * self.valid_reference:
+                record["event"] = self._consolidate(v, snapshot, old_kept, record)
+        self.records.append(record)
+        return record
+
+    def _consolidate(self, valid_now: float, snapshot, old_kept, record) -> dict:
+        policy = self.settings.policy
+        logger.warning("[stream] request %d takes validation NDCG@10 to %.4f, below the budget %.3f x %.4f: %s",
+                       record["request"], valid_now, self.settings.guard, self.valid_reference, policy)
+        t0 = time.perf_counter()
+        if policy == "refuse":
+            self.model = snapshot
+            self.kept = old_kept
+            self._retained = None
+            self.applied.pop()
+        elif policy == "finetune":
+            retained = self.retained_ds()
+            task = UnlearnTask(
+                model=self.model, model_name=self.config["model"], train_ds=retained, retain_ds=retained,
+                forget_ds=None, request_index=np.zeros(0, dtype=np.int64),
+                device=next(self.model.parameters()).device, train_fresh=None, valid_score=None,
+                forget_ranks=None, seed=self.seed + record["request"], valid_ds=self.data.valid_ds,
+                make_train_loader=self.make_train_loader,
+            )
+            self.model = self.finetune(task).model
+        else:  # retrain
+            self.model, _ = self.train_fresh(self.retained_ds())
+        elapsed = time.perf_counter() - t0
+        after = self.valid_ndcg()
+        event = {"policy": policy, "time_s": elapsed, "valid_before": valid_now / self.valid_reference,
+                 "valid_after": after / self.valid_reference, "refused": policy == "refuse"}
+        logger.warning("[stream] %s took %.1fs: validation NDCG@10 now %.3f x the original's",
+                       policy, elapsed, event["valid_after"])
+        return event

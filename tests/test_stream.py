@@ -1,0 +1,201 @@
+"""Request streams (issue 15): many requests in a row on one model, a cumulative budget.
+
+On tiny: the requests are each user's most recent retained interactions; the measures
+(per-user NDCG, ranks, the score AUC) agree with RecBole's evaluator or hand-made answers;
+a stream shrinks the retained data request by request; the cumulative budget breaks where it
+should and each policy does what it says (refuse undoes the request, finetune and retrain
+keep it and change the model); a LightGCN stream keeps its local propagation exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_config
+from recbole_unrank import metrics, pipeline
+from recbole_unrank.adapters import get_adapter
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.methods import METHODS
+from recbole_unrank.stream import (
+    RequestStream,
+    StreamSettings,
+    pair_ranks,
+    recent_requests,
+    score_auc,
+    user_ndcg,
+)
+
+
+TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}  # the tiny file has timestamps
+
+
+def _trained(workdir, model: str, **overrides):
+    config = make_tiny_config(workdir, model, **overrides)
+    data = pipeline.load_data(config)
+    train, valid, _ = pipeline.make_loaders(config, data)
+    trained, _ = pipeline.train_model(config, train, valid, None, tag="original")
+    return config, data, trained
+
+
+@pytest.fixture(scope="module")
+def wmf(tmp_path_factory):
+    return _trained(tmp_path_factory.mktemp("wmf"), "WMF", epochs=3, learning_rate=0.01, load_col=TIME_COLS)
+
+
+@pytest.fixture(scope="module")
+def lightgcn(tmp_path_factory):
+    return _trained(tmp_path_factory.mktemp("lgcn"), "LightGCN", epochs=2, learning_rate=0.01, load_col=TIME_COLS)
+
+
+def _stream(config, data, model, guard=0.0, policy="refuse"):
+    cls = METHODS["l2unrank"]
+    method = cls(**pipeline.method_settings(config, cls))
+
+    def train_fresh(ds):
+        train, valid, _ = pipeline.make_loaders(config, data, ds)
+        return pipeline.train_model(config, train, valid, None, tag="retrain")
+
+    return RequestStream(config, data, copy.deepcopy(model), method, StreamSettings(guard, policy),
+                         train_fresh=train_fresh,
+                         make_train_loader=lambda ds: pipeline.make_train_loader(config, data, ds), seed=7)
+
+
+# ------------------------------------------------------------------------------ measures
+def test_score_auc_on_hand_made_scores():
+    assert score_auc(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(0.5)
+    assert score_auc(np.array([5.0, 6.0]), np.array([1.0, 2.0, 3.0])) == 1.0
+    assert score_auc(np.array([0.0]), np.array([1.0, 2.0])) == 0.0
+    assert score_auc(np.array([1.0, 3.0]), np.array([2.0])) == pytest.approx(0.5)
+    assert np.isnan(score_auc(np.array([]), np.array([1.0])))
+
+
+def test_user_ndcg_agrees_with_recboles_evaluator(wmf):
+    config, data, model = wmf
+    _, _, test = pipeline.make_loaders(config, data)
+    res, _ = metrics.evaluate_loader(model, test, ["NDCG"], [10])
+    tu = data.test_ds.inter_feat[data.test_ds.uid_field].numpy()
+    ti = data.test_ds.inter_feat[data.test_ds.iid_field].numpy()
+    hu = np.concatenate([d.inter_feat[d.uid_field].numpy() for d in (data.train_ds, data.valid_ds)])
+    hi = np.concatenate([d.inter_feat[d.iid_field].numpy() for d in (data.train_ds, data.valid_ds)])
+    mine = user_ndcg(get_adapter(model), np.unique(tu), (hu, hi), (tu, ti), chunk=7)
+    assert float(mine.mean()) == pytest.approx(res["ndcg@10"], abs=1e-4)
+
+
+def test_pair_ranks_put_the_top_item_first(wmf):
+    _, data, model = wmf
+    adapter = get_adapter(model)
+    scores = adapter.user_scores(torch.tensor([3]))[0].numpy()
+    scores[0] = -np.inf
+    best = int(np.argmax(scores))
+    ranks, s = pair_ranks(adapter, (np.array([3]), np.array([best])), (np.zeros(0, int), np.zeros(0, int)))
+    assert ranks[0] == 1 and s[0] == pytest.approx(scores[best])
+
+
+def test_recent_requests_take_the_newest_retained_interactions(wmf):
+    config, data, _ = wmf
+    train = data.train_ds
+    u = train.inter_feat[train.uid_field].numpy()
+    ts = train.inter_feat[config["TIME_FIELD"]].numpy()
+    reqs = recent_requests(train, 12, 3, seed=1001, time_field=config["TIME_FIELD"])
+    assert len(reqs) == 12 and all(r.size == 3 for r in reqs)
+    seen = {}
+    for rows in reqs:
+        user = int(u[rows[0]])
+        assert (u[rows] == user).all()
+        left = np.setdiff1d(np.flatnonzero(u == user), np.concatenate([rows] + seen.get(user, [])))
+        assert left.size >= 3  # at least min_left stay
+        assert ts[rows].min() >= ts[left].max()  # the newest of what was retained
+        seen.setdefault(user, []).append(rows)
+    assert len({int(u[r[0]]) for r in reqs[:5]}) == 5  # a first round draws distinct users
+    assert recent_requests(train, 12, 3, seed=1001, time_field=config["TIME_FIELD"])[4].tolist() == reqs[4].tolist()
+    with pytest.raises(UnrankError, match="requests of"):
+        recent_requests(train, 100000, 3, seed=1)
+
+
+def test_stream_settings_are_checked_and_read_from_the_config(wmf):
+    config, _, _ = wmf
+    s = StreamSettings.from_config(config)
+    assert (s.guard, s.policy) == (0.95, "finetune")  # the documented defaults
+    with pytest.raises(UnrankError, match="unrank_stream_policy"):
+        StreamSettings(0.9, "ignore")
+    with pytest.raises(UnrankError, match="unrank_stream_guard"):
+        StreamSettings(1.5, "refuse")
+
+
+# ------------------------------------------------------------------------------ streams
+def test_a_stream_forgets_request_after_request(wmf):
+    config, data, model = wmf
+    stream = _stream(config, data, model)
+    reqs = recent_requests(data.train_ds, 4, 3, seed=1001, time_field=config["TIME_FIELD"])
+    n = len(data.train_ds.inter_feat)
+    for k, rows in enumerate(reqs, 1):
+        rec = stream.apply(rows)
+        assert rec["event"] is None and rec["request"] == k
+        assert stream.kept.size == n - 3 * k and not np.isin(rows, stream.kept).any()
+    assert np.array_equal(np.sort(stream.forgotten_rows()), np.sort(np.concatenate(reqs)))
+    with pytest.raises(UnrankError, match="retained"):
+        stream.apply(reqs[0])  # forgotten already
+
+
+def test_cumulative_budget_refuse_undoes_the_request(wmf):
+    config, data, model = wmf
+    stream = _stream(config, data, model, guard=0.5, policy="refuse")
+    stream.valid_reference = 10.0  # NDCG <= 1 < 0.5 x 10: this request breaks the budget
+    before = {k: v.clone() for k, v in stream.model.state_dict().items()}
+    rows = recent_requests(data.train_ds, 1, 3, seed=1001, time_field=config["TIME_FIELD"])[0]
+    kept = stream.kept.copy()
+    rec = stream.apply(rows)
+    assert rec["event"]["policy"] == "refuse" and rec["event"]["refused"]
+    assert np.array_equal(stream.kept, kept) and stream.applied == []
+    for k, v in stream.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("policy", ["finetune", "retrain"])
+def test_cumulative_budget_consolidates_and_keeps_the_request(wmf, policy):
+    config, data, model = wmf
+    stream = _stream(config, data, model, guard=0.5, policy=policy)
+    real = stream.valid_reference
+    stream.valid_reference = 10.0  # this request breaks the budget
+    rows = recent_requests(data.train_ds, 1, 3, seed=1001, time_field=config["TIME_FIELD"])[0]
+    rec = stream.apply(rows)
+    assert real < 1.0
+    ev = rec["event"]
+    assert ev["policy"] == policy and not ev["refused"] and ev["time_s"] > 0
+    assert not np.isin(rows, stream.kept).any()  # the request stays forgotten
+    assert ev["valid_after"] == pytest.approx(stream.valid_ndcg() / stream.valid_reference)
+    assert ev["valid_after"] != pytest.approx(ev["valid_before"])  # the model did change
+
+
+def test_no_budget_no_events(wmf):
+    config, data, model = wmf
+    stream = _stream(config, data, model, guard=0.0)
+    for rows in recent_requests(data.train_ds, 3, 3, seed=1002, time_field=config["TIME_FIELD"]):
+        rec = stream.apply(rows)
+        assert rec["event"] is None and "valid_ratio" not in rec
+
+
+def test_lightgcn_stream_keeps_local_propagation_exact(lightgcn):
+    """Five requests in a row on LightGCN: the graph is the retained one, the local state
+    stays the same object (never rebuilt) and equals a full propagation."""
+    from recbole_unrank.adapters import normalized_adjacency
+    from recbole_unrank.adapters.lightgcn import live_edges
+
+    config, data, model = lightgcn
+    stream = _stream(config, data, model)
+    get_adapter(stream.model).local()
+    st = stream.model._unrank_local
+    for rows in recent_requests(data.train_ds, 5, 3, seed=1003, time_field=config["TIME_FIELD"]):
+        stream.apply(rows)
+    m = stream.model
+    assert m._unrank_local is st
+    u, i = stream.history()
+    assert live_edges(m.norm_adj_matrix) == 2 * u.size
+    rebuilt = normalized_adjacency(torch.as_tensor(u), torch.as_tensor(i), int(m.n_users), int(m.n_items))
+    adapter = get_adapter(m)
+    full = adapter._propagate(rebuilt, adapter._ego().detach())
+    assert float((st.final - full).abs().max()) < 1e-5

@@ -11,7 +11,6 @@ atomically: rerunning the same command skips finished cells. The output folder i
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -59,8 +58,8 @@ def main(argv=None) -> None:
         if args.redo:
             suite.forget_cells(spec, requests, [m.strip() for m in args.redo.split(",") if m.strip()])
         if args.summarise_only:
-            path = os.path.join(spec.output_dir, "suite.json")
-            if not os.path.isfile(path):
+            path = os.path.join(spec.output_dir, "cells")
+            if not os.path.isdir(path):
                 raise UnrankError(f"no {path} yet: run the suite first")
             record = suite._write_suite_json(spec, requests, spec.output_dir)
             suite.summarise(spec, record, spec.output_dir)

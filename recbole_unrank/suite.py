@@ -67,6 +67,10 @@ MEASURES = [
     ("fairness.inactive_ndcg@10_delta", "inactive dNDCG", "high"),
 ]
 
+#: The columns of summary.md's first section (the README's tables come from it).
+HEADLINE = ("time_s", "speedup", "test.ndcg@10", "request_users.ndcg@10", "forget.forget_hit@10",
+            "audit.mia_auc", "audit.mia_gap", "audit.over_unlearned")
+
 
 # --------------------------------------------------------------------------- the grid
 @dataclass(frozen=True)
@@ -641,17 +645,19 @@ def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
              "evaluation seeds (n = seeds finished); p: two-sided paired Wilcoxon signed-rank test against "
              "retrain on the same requests (with 3 seeds the smallest possible p is 0.25; see the pooled "
              "tests below). MIA gap: |MIA AUC - retrain's| on the same request.", ""]
-    cols = [m for m in MEASURES]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["task"], r["vary"], r["ratio"], r["users"]), []).append(r)
-    for (model, task, vary, ratio, users), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3])):
-        lines += [f"## {model}: {task} task, {vary.replace('unrank_', '')} {ratio:g}, {users} users", ""]
-        lines.append("| method | n | " + " | ".join(t for _, t, _ in cols) + " |")
-        lines.append("|---" * (len(cols) + 2) + "|")
-        for r in rs:
-            lines.append(f"| {r['method']} | {r['n']} | " + " | ".join(_pm(r, k) for k, _, _ in cols) + " |")
-        lines.append("")
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][0]))
+    for title, cols in (("Headline measures", [m for m in MEASURES if m[0] in HEADLINE]), ("All measures", MEASURES)):
+        lines += [f"# {title}", ""]
+        for (model, task, vary, ratio, users), rs in ordered:
+            lines += [f"## {model}: {task} task, {vary.replace('unrank_', '')} {ratio:g}, {users} users", ""]
+            lines.append("| method | n | " + " | ".join(t for _, t, _ in cols) + " |")
+            lines.append("|---" * (len(cols) + 2) + "|")
+            for r in rs:
+                lines.append(f"| {r['method']} | {r['n']} | " + " | ".join(_pm(r, k) for k, _, _ in cols) + " |")
+            lines.append("")
     if pooled:
         lines += ["## Pooled paired tests against retrain (every evaluation request of the model)", "",
                   "Mean difference (method - retrain) and p-value, over the requests where both finished.", ""]

@@ -611,15 +611,34 @@ def save_checkpoint(model, config, path: str, extra: dict | None = None) -> str:
     return path
 
 
-def request_record(request, dataset) -> dict:
-    """The request as a checkpoint keeps it: its summary, its (user, item) tokens and its rows
-    of the train split (checked against the tokens when the split is rebuilt)."""
+def request_record(request, data) -> dict:
+    """The request as a checkpoint keeps it: this request's summary, and every pair the model
+    has forgotten (this request's and, for a model that was already unlearned, the earlier
+    ones: ``data.prior_rows``) as (user, item) tokens and rows of the full train split (checked
+    against the tokens when the split is rebuilt)."""
+    rows = np.asarray(request.index, dtype=np.int64)
+    if data.row_map is not None:  # rows of the reduced train split -> rows of the full one
+        rows = data.row_map[rows]
+    if data.prior_rows is not None:
+        rows = np.union1d(rows, data.prior_rows)
+    full = data.full_train_ds if data.full_train_ds is not None else data.train_ds
+    ds, feat = data.dataset, full.inter_feat
+    users, items = feat[ds.uid_field].numpy()[rows], feat[ds.iid_field].numpy()[rows]
     return {
         **request.summary(),
-        "user_tokens": [str(t) for t in dataset.id2token(dataset.uid_field, request.users)],
-        "item_tokens": [str(t) for t in dataset.id2token(dataset.iid_field, request.items)],
-        "train_rows": [int(i) for i in request.index],
+        "forgotten_before": 0 if data.prior_rows is None else int(data.prior_rows.size),
+        "user_tokens": [str(t) for t in ds.id2token(ds.uid_field, users)],
+        "item_tokens": [str(t) for t in ds.id2token(ds.iid_field, items)],
+        "train_rows": [int(i) for i in rows],
     }
+
+
+def forgotten_rows(data, ckpt: dict, path: str = "checkpoint") -> np.ndarray | None:
+    """Rows of the train split an unlearned checkpoint has already forgotten (None: none)."""
+    record = (ckpt.get("unrank") or {}).get("request")
+    if isinstance(record, dict) and "train_rows" in record:
+        return np.sort(_request_rows(data, record, path))
+    return None
 
 
 def _request_rows(data, record: dict, path: str) -> np.ndarray:

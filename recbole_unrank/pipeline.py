@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from recbole_unrank import compat  # noqa: F401
 from recbole.data import create_dataset
@@ -31,6 +32,7 @@ from recbole_unrank.checkpoints import (
     atomic_torch_save,
     check_provenance,
     data_fingerprint,
+    forgotten_rows,
     load_checkpoint,
     load_file,
     read_checkpoint,
@@ -127,6 +129,22 @@ class Data:
     train_ds: Any
     valid_ds: Any
     test_ds: Any
+    # Starting from an unlearned checkpoint: train_ds is the full train split without the
+    # pairs it already forgot (prior_rows, rows of full_train_ds); row_map[i] is the full
+    # split's row of train_ds's row i.
+    full_train_ds: Any = None
+    prior_rows: np.ndarray | None = None
+    row_map: np.ndarray | None = None
+
+
+def without_forgotten(data: Data, rows: np.ndarray) -> Data:
+    """``data`` whose train split leaves out ``rows`` (pairs an unlearned model already forgot),
+    ids and shapes unchanged."""
+    keep = np.ones(len(data.train_ds.inter_feat), dtype=bool)
+    keep[rows] = False
+    row_map = np.flatnonzero(keep)
+    reduced = data.train_ds.copy(data.train_ds.inter_feat[torch.from_numpy(row_map)])
+    return Data(data.dataset, reduced, data.valid_ds, data.test_ds, data.train_ds, rows, row_map)
 
 
 def load_data(config) -> Data:
@@ -438,7 +456,7 @@ class Run:
         extra = {"stages": result.stages, **{k: v for k, v in result.info.items() if k != "time_s"}}
         if save and self.run_dir:
             path = os.path.join(self.run_dir, f"{config['model']}-{label}.pth")
-            meta = {"method": name, "request": request_record(self.request, self.data.dataset)}
+            meta = {"method": name, "request": request_record(self.request, self.data)}
             # A partition ensemble (SISA / RecEraser) is one checkpoint of the model ShardEnsemble.
             save_checkpoint(result.model, config, path, meta)
             extra["checkpoint"] = path
@@ -529,6 +547,11 @@ def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None
         adopt_checkpoint_config(config, ckpt, checkpoint)
         check_provenance(config, ckpt, checkpoint)
     data = load_data(config)
+    prior = forgotten_rows(data, ckpt, checkpoint) if ckpt is not None else None
+    if prior is not None and prior.size:  # an unlearned model: what it forgot stays forgotten
+        data = without_forgotten(data, prior)
+        logger.info("checkpoint '%s' has already forgotten %d train interactions: they stay out of "
+                    "the train split", checkpoint, prior.size)
     request = make_request(config, data)
     retain_ds, forget_ds = split_train(data.train_ds, request)
     run = Run(config, data, request, retain_ds, forget_ds)

@@ -511,3 +511,89 @@ def test_lightgcn_cpu_checkpoint_runs_on_cuda(unlearned_run):
         got = _recbole_evaluate(config, model, test_data)
     for key, value in rows["l2unrank"]["test"].items():
         assert got[key] == pytest.approx(value, abs=2e-3), key
+
+
+def test_second_request_on_unlearned_checkpoint_keeps_the_first_forgotten(unlearned_run, tmp_path):
+    """An unlearned checkpoint as --checkpoint: the pairs it forgot stay out of the train split
+    (not retrained on, not counted as history), and the new checkpoint carries both requests."""
+    from recbole_unrank.pipeline import build_config, run_unrank
+
+    work, model, rows, _ = unlearned_run
+    first = rows["l2unrank"]["checkpoint"]
+    cfg = base_config_dict(tmp_path, unrank_method="l2unrank", unrank_request="user", unrank_user_ratio=0.2)
+    for key in ("seed", "epochs"):
+        cfg.pop(key)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        run = run_unrank(build_config(model, "tiny", config_dict=cfg), checkpoint=first)
+        second = json.loads((Path(run.run_dir) / "results.json").read_text(encoding="utf-8"))["rows"][-1]
+        done1 = C.read_checkpoint(first)["unrank"]["request"]
+        done2 = C.read_checkpoint(second["checkpoint"])["unrank"]["request"]
+        assert done2["forgotten_before"] == done1["pairs"]
+        assert set(done1["train_rows"]) < set(done2["train_rows"])
+        assert len(done2["train_rows"]) == done1["pairs"] + done2["pairs"]
+        assert len(run.data.train_ds) == len(run.data.full_train_ds) - done1["pairs"]
+        config, unlearned, *_, train_data, _, test_data = C.load_unlearned(second["checkpoint"])
+        got = _recbole_evaluate(config, unlearned, test_data)
+    assert len(train_data._dataset) == len(run.data.full_train_ds) - len(done2["train_rows"])
+    for key, value in second["test"].items():
+        assert got[key] == pytest.approx(round(value, 4), abs=1e-12), key
+
+
+def test_ensemble_checkpoint_refused_as_original(unlearned_run, tmp_path):
+    from recbole_unrank.pipeline import build_config, prepare_run
+
+    work, model, rows, _ = unlearned_run
+    cfg = base_config_dict(tmp_path)
+    cfg.pop("seed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        with pytest.raises(UnrankError, match="shard ensemble"):
+            prepare_run(build_config(model, "tiny", config_dict=cfg), rows["sisa"]["checkpoint"])
+        with pytest.raises(UnrankError, match="ShardEnsemble is how sisa/receraser save"):
+            build_config("ShardEnsemble", "tiny", config_dict=cfg)
+
+
+def test_trust_key_acts_through_the_pipeline(tmp_path, tiny_config):
+    from recbole_unrank.pipeline import prepare_run
+
+    path, marker = _crafted(tmp_path, "torch_zip")
+    with pytest.raises(UnrankError, match="is refused"):
+        prepare_run(tiny_config("WMF"), str(path))
+    assert not marker.exists()
+    with pytest.raises(UnrankError, match="not a RecBole checkpoint"):  # its "config" is a file object
+        prepare_run(tiny_config("WMF", unrank_trust_checkpoint=True), str(path))
+    assert marker.exists()
+
+
+def test_ml100k_with_shuffled_items_refused(tmp_path, in_tmp):
+    """ml-100k's item column shuffled (same users, items, shapes) in a copy of the dataset:
+    refused in one line, for a package checkpoint and for one without a fingerprint."""
+    import recbole
+
+    from recbole_unrank.pipeline import build_config, load_data, prepare_run
+    from recbole_unrank.models import WMF
+
+    cfg = base_config_dict(in_tmp)
+    config = build_config("WMF", "ml-100k", config_dict=cfg)
+    data = load_data(config)
+    path = C.save_checkpoint(WMF(config, data.train_ds), config, str(tmp_path / "WMF-ml-100k.pth"))
+    src = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+    lines = src.read_text(encoding="utf-8").splitlines()
+    rows = [ln.split("\t") for ln in lines[1:]]
+    items = [r[1] for r in rows]
+    np.random.default_rng(0).shuffle(items)
+    copy = tmp_path / "data" / "ml-100k-shuffled"
+    copy.mkdir(parents=True)
+    (copy / "ml-100k-shuffled.inter").write_text(
+        "\n".join([lines[0]] + ["\t".join([r[0], it, *r[2:]]) for r, it in zip(rows, items)]) + "\n", encoding="utf-8")
+    shuffled = build_config("WMF", "ml-100k-shuffled", config_dict={**cfg, "data_path": str(tmp_path / "data")})
+    with pytest.raises(UnrankError, match="trained on dataset 'ml-100k', not 'ml-100k-shuffled'") as info:
+        prepare_run(shuffled, path)
+    assert "\n" not in str(info.value)
+    ckpt = C.read_checkpoint(path)
+    del ckpt["unrank"]  # as RecBole writes it: no fingerprint
+    bare = tmp_path / "bare.pth"
+    torch.save(ckpt, str(bare))
+    with pytest.raises(UnrankError, match="trained on dataset 'ml-100k'"):
+        prepare_run(shuffled, str(bare))

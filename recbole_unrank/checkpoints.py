@@ -229,18 +229,18 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch[pickle.REDUCE[0]] = load_reduce
 
-    def load_newobj(self):
-        cls = self.stack[-2]
-        if id(cls) not in self._config_ids:
+    def _check_new(self, cls) -> None:
+        if id(cls) not in self._config_ids:  # a Config may be created empty, then filled
             self._check_call(cls, "instantiated")
+
+    def load_newobj(self):
+        self._check_new(self.stack[-2])  # stack: cls, args
         super().load_newobj()
 
     dispatch[pickle.NEWOBJ[0]] = load_newobj
 
     def load_newobj_ex(self):
-        cls = self.stack[-3]
-        if id(cls) not in self._config_ids:
-            self._check_call(cls, "instantiated")
+        self._check_new(self.stack[-3])  # stack: cls, args, kwargs
         super().load_newobj_ex()
 
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex

@@ -203,7 +203,7 @@ def run_model(model_name: str, args, out_dir: str) -> None:
         if k not in points or k in done:
             continue
         point = {"model": model_name, "after": k, "request_seed": args.request_seed, "guard": args.guard,
-                 "policy": args.policy}
+                 "policy": args.policy, "code": args.code, "host_load": [round(x, 2) for x in os.getloadavg()]}
         m = _measures(stream, stream.model, data, config)
         o = _measures(stream, original, data, config)
         ranks = m.pop("_ranks")
@@ -272,6 +272,8 @@ def write_report(out_dir: str, argv: str) -> str:
              f"each request one user's {PER_REQUEST} most recent retained train interactions, L2UnRank with "
              "the project defaults, requests applied one after another to one model. CPU, one thread, shared "
              "machine: times are noisy; compare them within one run.")
+    codes = sorted({p.get("code", "?") for pts in data.values() for p in pts})
+    L.append(f"Package code: commit {', '.join(f'`{c}`' for c in codes)}.")
     L.append("")
     L += ["## Targets", "", "| model | target | measured | holds |", "|---|---|---|---|"]
     summary = {}
@@ -400,6 +402,10 @@ def main(argv=None) -> None:
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     shown = " ".join(sys.argv[1:] if argv is None else argv)
+    import subprocess
+
+    args.code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
     if args.report_only:
         print(write_report(args.out, shown.replace("--report-only", "").strip()))
         return

@@ -255,6 +255,25 @@ def test_lightgcn_request_local_equals_rebuilt_graph_and_needs_no_full_propagati
     assert float((fa[0] - fb[0]).abs().max()) < 1e-10 and float((fa[1] - fb[1]).abs().max()) < 1e-10
 
 
+def test_lightgcn_other_users_scores_under_a_step_equal_the_direct_product(originals):
+    """The utility guard's other users: the rank-2U form of their scores under a tentative
+    step equals scoring the moved final embeddings directly (uniform and per-user steps)."""
+    _, _, model, _, _ = _float64_lightgcn(originals)
+    adapter = get_adapter(model)
+    users, others = torch.tensor([3, 9]), torch.tensor([1, 4, 20, 33])
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(2, adapter.user_dim(), generator=gen, dtype=torch.float64)
+    prepared = adapter.prepare_user_delta(users, delta, others)
+    final, cols = adapter._final(), adapter._columns(users)
+    n_u = int(model.n_users)
+    for scale in (torch.tensor([0.7, 0.7], dtype=torch.float64), torch.tensor([0.2, 3.0], dtype=torch.float64)):
+        moved = final + cols @ (scale[:, None] * delta)
+        direct = moved[others] @ moved[n_u:].T
+        assert float((adapter.other_scores_with_delta(prepared, scale) - direct).abs().max()) < 1e-10
+        mine = adapter.scores_with_delta(users, prepared, scale)
+        assert float((mine - moved[users] @ moved[n_u:].T).abs().max()) < 1e-10
+
+
 def test_lightgcn_local_state_survives_a_deep_copy_and_dies_with_a_new_graph(originals):
     _, data, model, u, i = _float64_lightgcn(originals)
     adapter = get_adapter(model)

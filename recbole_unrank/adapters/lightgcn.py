@@ -525,11 +525,11 @@ class LightGCNAdapter(ModelAdapter):
         items = torch.arange(self.n_users, self.n_users + self.n_items, device=users.device)
         rows = torch.cat((users, others, items))
         final_r, cols_r = final[rows], cols[rows]
-        return final_r, cols_r, delta, cols_r @ delta, users.numel(), others.numel()
+        return final_r, cols_r, delta, cols_r @ delta, users.numel(), others.numel(), {}
 
     @torch.no_grad()
     def _moved(self, prepared, scale):
-        final_r, cols_r, delta, shift, n_u, n_o = prepared
+        final_r, cols_r, delta, shift, n_u, n_o = prepared[:6]
         if bool((scale == scale[0]).all()):  # one step for everyone: reuse the shift
             return final_r + scale[0] * shift
         return final_r + cols_r @ (scale[:, None] * delta)
@@ -542,10 +542,29 @@ class LightGCNAdapter(ModelAdapter):
 
     @torch.no_grad()
     def other_scores_with_delta(self, prepared, scale):
-        """Scores of the ``others`` given to :meth:`prepare_user_delta` under the same step."""
-        n_u, n_o = prepared[4], prepared[5]
-        moved = self._moved(prepared, scale)
-        return moved[n_u : n_u + n_o] @ moved[n_u + n_o :].T
+        """Scores of the ``others`` given to :meth:`prepare_user_delta` under the same step.
+
+        With ``C = M[rows, U]`` and ``D = scale * delta``, the others' rows move by ``C_o D``
+        and the items' by ``C_i D``, so their scores are the step-free ``B = F_o F_i^T``
+        (one product, kept in ``prepared``) plus a rank-``2U`` term
+        ``[C_o | F_o D^T] @ [D (F_i + C_i D)^T ; C_i^T]``: each step of the search costs
+        ``O x n_items x 2U`` instead of ``O x n_items x d`` (when ``2U < d``)."""
+        final_r, cols_r, delta, shift, n_u, n_o = prepared[:6]
+        if n_o == 0:
+            return final_r.new_zeros(0, final_r.shape[0] - n_u)
+        if 2 * n_u >= final_r.shape[1]:  # many users: the direct product is cheaper
+            moved = self._moved(prepared, scale)
+            return moved[n_u : n_u + n_o] @ moved[n_u + n_o :].T
+        cache = prepared[6]
+        f_o, f_i = final_r[n_u : n_u + n_o], final_r[n_u + n_o :]
+        c_o, c_i = cols_r[n_u : n_u + n_o], cols_r[n_u + n_o :]
+        if "base" not in cache:
+            cache["base"] = f_o @ f_i.T
+        d = scale[:, None].to(delta.dtype) * delta  # [U, dim]
+        moved_i = f_i + c_i @ d
+        left = torch.cat((c_o, f_o @ d.T), 1)  # [O, 2U]
+        right = torch.cat((d @ moved_i.T, c_i.T), 0)  # [2U, n_items]
+        return torch.addmm(cache["base"], left, right)
 
     @torch.no_grad()
     def apply_user_delta(self, users, delta):

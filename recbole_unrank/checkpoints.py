@@ -25,6 +25,7 @@ import io
 import logging
 import math
 import os
+import pathlib
 import pickle
 import sys
 import types
@@ -49,6 +50,8 @@ __all__ = [
     "atomic_torch_save",
     "RestrictedUnpickler",
     "load_file",
+    "restricted_pickle_module",
+    "UntrustedGlobal",
     "read_checkpoint",
     "check_finite_checkpoint",
     "data_fingerprint",
@@ -154,6 +157,9 @@ def _static_allow_lists() -> tuple[dict[str, Any], dict[str, Any]]:
         callable_[f"{module}._reconstruct"] = multiarray._reconstruct
     callable_["numpy.dtype"] = np.dtype
     callable_["numpy.ndarray"] = np.ndarray
+    callable_["builtins.frozenset"] = frozenset
+    for name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
+        callable_[f"pathlib.{name}"] = getattr(pathlib, name)  # a data_path given as a Path
     for name, value in vars(enum_type).items():  # ModelType, InputType, FeatureType, ...
         if isinstance(value, type) and issubclass(value, enum.Enum) and value.__module__ == enum_type.__name__:
             callable_[f"{enum_type.__name__}.{name}"] = value
@@ -171,8 +177,10 @@ _TRUSTED_PACKAGES = ("recbole", "recbole_unrank")
 class RestrictedUnpickler(pickle._Unpickler):
     """Python's unpickler limited to what RecBole checkpoints hold.
 
-    * ``find_class`` answers only allow-listed globals; a RecBole model class or ``Config``
-      (sub)class is looked up only inside the ``recbole`` / ``recbole_unrank`` packages.
+    * ``find_class`` answers only allow-listed globals, and a RecBole model class or
+      ``Config`` (sub)class from a module that is already imported or lies inside the
+      ``recbole`` / ``recbole_unrank`` packages (so a custom model of the running program
+      loads; nothing outside those packages is imported).
     * Calling a global (``REDUCE``) or instantiating one (``NEWOBJ``, ``INST``, ``OBJ``) is
       allowed for the value types only; a ``Config`` may be created empty and filled
       (``NEWOBJ`` + ``BUILD``), model classes and YAML loaders may only be named.
@@ -206,11 +214,17 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     @staticmethod
     def _trusted_class(module: str, name: str):
-        """A RecBole model class or Config class named inside RecBole / this package."""
-        if module.split(".", 1)[0] not in _TRUSTED_PACKAGES or name.startswith("_") or "." in name:
+        """A RecBole model class or Config class, from a module already imported or inside
+        RecBole / this package (importing those runs only their own code)."""
+        if name.startswith("_") or "." in name:
             return None
         try:
-            obj = getattr(importlib.import_module(module), name)
+            if module in sys.modules:
+                obj = getattr(sys.modules[module], name)
+            elif module.split(".", 1)[0] in _TRUSTED_PACKAGES:
+                obj = getattr(importlib.import_module(module), name)
+            else:
+                return None
         except Exception:  # noqa: BLE001  (not importable here: not a checkpoint's class)
             return None
         if isinstance(obj, type) and (issubclass(obj, AbstractRecommender) or issubclass(obj, Config)):
@@ -260,7 +274,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.BUILD[0]] = load_build
 
 
-def _restricted_pickle_module() -> types.ModuleType:
+def restricted_pickle_module() -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler is :class:`RestrictedUnpickler`."""
     mod = types.ModuleType("recbole_unrank_restricted_pickle")
     mod.Unpickler = RestrictedUnpickler
     mod.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load()
@@ -273,7 +288,7 @@ def load_file(path: str, trust: bool = False, map_location="cpu"):
     if trust:
         return torch.load(path, map_location=map_location, weights_only=False)
     return torch.load(path, map_location=map_location, weights_only=False,
-                      pickle_module=_restricted_pickle_module())
+                      pickle_module=restricted_pickle_module())
 
 
 def read_checkpoint(path: str, trust: bool = False) -> dict:

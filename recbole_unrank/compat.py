@@ -7,6 +7,7 @@ without it). Nothing here changes behaviour for code outside RecBole and this pa
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -49,16 +50,34 @@ def _patch_numpy() -> None:
             setattr(np, name, value)
 
 
+# Set (to "1") to let RecBole's own torch.load calls unpickle anything, as RecBole does.
+TRUST_ENV = "RECBOLE_UNRANK_TRUST_CHECKPOINTS"
+
+
 def _recbole_torch_load(f, *args, **kwargs):
     """torch >= 2.6 defaults ``weights_only=True``, but a RecBole checkpoint pickles its
     ``Config`` ("UnpicklingError: Weights only load failed" in ``load_data_and_model``,
-    ``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, NeuMF pre-training).
-    Only calls made from RecBole's or this package's code default to ``weights_only=False``;
-    every other caller keeps torch's safe default."""
+    ``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, NeuMF pre-training),
+    and torch's weights-only unpickler cannot read pickle protocol 4, which RecBole writes.
+    Calls made from RecBole's or this package's code without ``weights_only`` unpickle through
+    :class:`recbole_unrank.checkpoints.RestrictedUnpickler` (the types a RecBole checkpoint
+    holds; anything else is refused before it runs), or fully with ``RECBOLE_UNRANK_TRUST_
+    CHECKPOINTS=1``; every other caller keeps torch's own default."""
     if "weights_only" not in kwargs:
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller.split(".", 1)[0] in _TRUSTED_PACKAGES:
             kwargs["weights_only"] = False
+            if "pickle_module" not in kwargs and os.environ.get(TRUST_ENV, "") != "1":
+                from recbole_unrank.checkpoints import UntrustedGlobal, restricted_pickle_module
+
+                kwargs["pickle_module"] = restricted_pickle_module()
+                try:
+                    return _ORIGINAL_TORCH_LOAD(f, *args, **kwargs)
+                except UntrustedGlobal as exc:
+                    raise UntrustedGlobal(
+                        f"{f!r} is refused: loading it needs {exc}, which no RecBole checkpoint holds, "
+                        f"so the file could run code; set {TRUST_ENV}=1 only if you trust where it came from"
+                    ) from None
     return _ORIGINAL_TORCH_LOAD(f, *args, **kwargs)
 
 

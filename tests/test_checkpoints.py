@@ -597,3 +597,41 @@ def test_ml100k_with_shuffled_items_refused(tmp_path, in_tmp):
     torch.save(ckpt, str(bare))
     with pytest.raises(UnrankError, match="trained on dataset 'ml-100k'"):
         prepare_run(shuffled, str(bare))
+
+
+# ------------------------------------------------------------------------------ RecBole's own loads
+def test_recbole_load_data_and_model_refuses_crafted_pickle(tmp_path, in_tmp, monkeypatch):
+    """After ``import recbole_unrank``, RecBole's own torch.load calls go through the same
+    allow-list; ``RECBOLE_UNRANK_TRUST_CHECKPOINTS=1`` restores RecBole's full unpickling."""
+    from recbole.quick_start import load_data_and_model
+
+    from recbole_unrank import compat
+
+    path, marker = _crafted(tmp_path, "torch_zip")
+    monkeypatch.delenv(compat.TRUST_ENV, raising=False)
+    with pytest.raises(C.UntrustedGlobal, match=f"is refused: loading it needs io.open.*{compat.TRUST_ENV}=1"):
+        load_data_and_model(str(path))
+    assert not marker.exists()
+    monkeypatch.setenv(compat.TRUST_ENV, "1")
+    with pytest.raises(Exception):  # the payload ran; what it returned is no checkpoint
+        load_data_and_model(str(path))
+    assert marker.exists()
+
+
+class CustomBPR(__import__("recbole.model.general_recommender.bpr", fromlist=["BPR"]).BPR):
+    """A model class of the running program (not inside RecBole or this package)."""
+
+
+def test_model_class_of_running_program_loads_but_nothing_is_imported(tmp_path, our_ckpts):
+    ckpt = C.read_checkpoint(our_ckpts["WMF"][1])
+    ckpt["config"].model_class = CustomBPR
+    path = tmp_path / "custom.pth"
+    torch.save(ckpt, str(path))
+    assert C.read_checkpoint(str(path))["config"].model_class is CustomBPR
+    # a global of a module that is not imported yet is refused without importing it
+    # ("this" prints the Zen of Python when imported)
+    assert "this" not in sys.modules
+    path.write_bytes(b"\x80\x02cthis\nCustomBPR\n.")
+    with pytest.raises(UnrankError, match="needs this.CustomBPR"):
+        C.read_checkpoint(str(path))
+    assert "this" not in sys.modules

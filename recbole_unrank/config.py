@@ -1,4 +1,6 @@
-"""RecBole ``Config`` with this package's properties (``unrank_*`` keys and our models' YAML).
+"""RecBole ``Config`` with this package's properties (``unrank_*`` keys and our models' YAML),
+the documentation of every ``unrank_*`` key, the check of the settings a user gives, and the
+presets shipped with the package.
 
 Layers, lowest first: RecBole's overall.yaml -> ``properties/unrank.yaml`` -> model YAML
 (ours for WMF, RecBole's for the rest) -> dataset YAML -> ``config_files`` -> ``config_dict``
@@ -7,17 +9,24 @@ Layers, lowest first: RecBole's overall.yaml -> ``properties/unrank.yaml`` -> mo
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from recbole_unrank import compat  # noqa: F401
 from recbole.config import Config
 
+from recbole_unrank.errors import UnrankError, arg, setting
 from recbole_unrank.models import get_model
 
-__all__ = ["UnrankConfig", "PROPERTIES_DIR"]
+__all__ = ["UnrankConfig", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings",
+           "preset_names", "preset_path"]
 
-PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "properties")
+PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
+PRESETS_DIR = os.path.join(PACKAGE_DIR, "presets")
 
 
 class UnrankConfig(Config):
@@ -48,3 +57,112 @@ class UnrankConfig(Config):
             if os.path.isfile(file):
                 self._update_internal_config_dict(file)
         self.internal_config_dict["MODEL_TYPE"] = model_type
+
+
+# --------------------------------------------------------------------------- unrank_* keys
+@dataclass(frozen=True)
+class KeyDoc:
+    """One ``unrank_*`` key as ``properties/unrank.yaml`` documents it."""
+
+    key: str
+    default: str  # as written in the YAML
+    kind: str  # the "(...)" type of its comment: int, float, bool, str, list, "int or None", ...
+    doc: str
+
+    @property
+    def types(self) -> set[str]:
+        return {t.strip() for t in self.kind.split(" or ")}
+
+
+_KEY_LINE = re.compile(r"^(unrank_\w+):\s*(.*?)\s+#\s*\(([^)]*)\)\s*(.*)$")
+_KEYS: dict[str, KeyDoc] | None = None
+
+
+def unrank_keys() -> dict[str, KeyDoc]:
+    """Every ``unrank_*`` key, in file order, with its type and documentation (the comment
+    beside it in ``properties/unrank.yaml``)."""
+    global _KEYS
+    if _KEYS is None:
+        keys = {}
+        with open(os.path.join(PROPERTIES_DIR, "unrank.yaml"), encoding="utf-8") as f:
+            for line in f:
+                m = _KEY_LINE.match(line.rstrip("\n"))
+                if m:
+                    keys[m.group(1)] = KeyDoc(m.group(1), m.group(2), m.group(3).strip(), m.group(4).strip())
+        _KEYS = keys
+    return _KEYS
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(default) -> str:
+    return "None" if default in ("~", "null", None) else str(default)
+
+
+def _check_type(key: str, value, kinds: set[str], default, source: str) -> None:
+    if value is None and "None" in kinds:
+        return
+    shown = setting(key, value, source)
+    if "int" in kinds and not _is_int(value):
+        what = "not a whole number" if _is_number(value) else "not a number"
+        raise UnrankError(f"{shown} is {what}: {key} takes an integer (default {_shown(default)})")
+    if "float" in kinds and not _is_number(value):
+        raise UnrankError(f"{shown} is not a number: {key} takes a number (default {_shown(default)})")
+    if kinds == {"number"} and not _is_number(value):
+        raise UnrankError(f"{shown} is not a number: {key} takes a number (default {_shown(default)})")
+    if "bool" in kinds and not isinstance(value, bool):
+        raise UnrankError(f"{shown} is not True or False: {key} is a switch (default {_shown(default)})")
+
+
+def _unknown_key(key: str, source: str) -> UnrankError:
+    where = {"cmd": f"--{key}", "dict": f"config_dict['{key}']"}.get(
+        source, f"'{key}' in {arg('config_file_list').rstrip('=')}")
+    close = difflib.get_close_matches(key, list(unrank_keys()), n=1, cutoff=0.6)
+    hint = (f"did you mean {close[0]}?" if close
+            else "the unrank_* keys are listed by --help and in recbole_unrank/properties/unrank.yaml")
+    return UnrankError(f"unknown setting {where}: {hint}")
+
+
+def check_settings(config) -> None:
+    """Refuse what the user gave (config files, ``config_dict``, command line) that RecBole would
+    accept silently: an ``unrank_*`` key that does not exist, a value of the wrong type for an
+    ``unrank_*`` key or for a RecBole key whose default is a number or a switch."""
+    keys = unrank_keys()
+    internal = config.internal_config_dict
+    for source, given in (("file", config.file_config_dict), ("dict", config.variable_config_dict),
+                          ("cmd", config.cmd_config_dict)):
+        for key, value in (given or {}).items():
+            if key.startswith("unrank_"):
+                if key not in keys:
+                    raise _unknown_key(key, source)
+                _check_type(key, value, keys[key].types, keys[key].default, source)
+                continue
+            default = internal.get(key)
+            if isinstance(default, bool):
+                _check_type(key, value, {"bool"}, default, source)
+            elif _is_number(default):
+                _check_type(key, value, {"number"}, default, source)
+
+
+# --------------------------------------------------------------------------- presets
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``--preset NAME``)."""
+    if not os.path.isdir(PRESETS_DIR):
+        return []
+    return sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))
+
+
+def preset_path(name: str) -> str:
+    """The YAML file of preset ``name`` (``l2unrank-paper``, ``ml-100k``, ``LightGCN``, ...)."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    path = os.path.join(PRESETS_DIR, f"{stem}.yaml")
+    if not os.path.isfile(path):
+        raise UnrankError(f"unknown preset '{name}' ({arg('preset').rstrip('=')}): "
+                          f"choose from {', '.join(preset_names())}")
+    return path

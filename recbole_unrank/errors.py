@@ -1,7 +1,53 @@
-"""The one exception type a user sees: a message that says what is wrong and what to do."""
+"""The one exception type a user sees: a message that says what is wrong and what to do.
 
-__all__ = ["UnrankError"]
+Messages name an input the way the caller gave it: ``-m/--model`` and ``--unrank_hops=abc`` on
+the command line, ``model=`` and ``config_dict['unrank_hops']`` from Python
+(:func:`recbole_unrank.run_unrank`). :func:`arg` and :func:`setting` write those names;
+the command line switches them with :func:`cli_names`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+__all__ = ["UnrankError", "arg", "setting", "cli_names"]
+
+_CLI = contextvars.ContextVar("recbole_unrank_cli_names", default=False)
+
+# Python argument of recbole_unrank.run_unrank -> its command-line option.
+_CLI_OPTIONS = {
+    "model": "-m/--model",
+    "dataset": "-d/--dataset",
+    "config_file_list": "--config_files",
+    "checkpoint": "--checkpoint",
+    "preset": "--preset",
+}
 
 
 class UnrankError(Exception):
     """Bad input or a refused result. The command line prints it as one line and exits 2."""
+
+
+@contextlib.contextmanager
+def cli_names():
+    """Inside this block, messages name command-line options instead of Python arguments."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
+
+
+def arg(name: str) -> str:
+    """How to name the input ``name`` (a :func:`recbole_unrank.run_unrank` argument)."""
+    return _CLI_OPTIONS.get(name, f"--{name}") if _CLI.get() else f"{name}="
+
+
+def setting(key: str, value=None, source: str = "cmd") -> str:
+    """How to name the setting ``key`` given as ``value`` in ``source`` (cmd, dict or file)."""
+    if source == "file":
+        return f"'{key}: {value}' in {arg('config_file_list').rstrip('=')}"
+    if source == "dict":
+        return f"config_dict['{key}']={value!r}"
+    return f"--{key}={value}"

@@ -7,9 +7,13 @@ user's input happens before the run folder is created, so bad input writes nothi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import re
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,14 +43,16 @@ from recbole_unrank.checkpoints import (
     request_record,
     save_checkpoint,
 )
-from recbole_unrank.config import UnrankConfig
-from recbole_unrank.errors import UnrankError
+from recbole_unrank.config import UnrankConfig, check_settings
+from recbole_unrank.errors import UnrankError, arg
+from recbole_unrank.report import pause_point
 from recbole_unrank.methods import METHODS, UnlearnTask, check_finite
 from recbole_unrank.methods.partition import PartitionMethod
 from recbole_unrank.methods.retrain import Retrain
 from recbole_unrank.models import UnknownModelError, get_model
 from recbole_unrank.request import (
     ForgetRequest,
+    check_request_file,
     read_request_file,
     sample_request,
     split_train,
@@ -68,9 +74,11 @@ __all__ = [
     "save_checkpoint",
     "make_request",
     "method_names",
-    "run_unrank",
+    "run_pipeline",
     "prepare_run",
     "new_run_dir",
+    "finish_run_dir",
+    "INCOMPLETE",
 ]
 
 logger = logging.getLogger("recbole_unrank")
@@ -84,13 +92,16 @@ def build_config(
     dataset: str | None,
     config_files: list[str] | None = None,
     config_dict: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
 ) -> UnrankConfig:
-    """A RecBole config with our properties; unknown model / missing files -> UnrankError."""
+    """A RecBole config with our properties; unknown model / missing files / settings of the
+    wrong type or name -> UnrankError. ``argv``: the ``--key=value`` settings RecBole's
+    ``Config`` reads from the command line (None: ``sys.argv`` itself, as RecBole does)."""
     for f in config_files or []:
         if not os.path.isfile(f):
-            raise UnrankError(f"config file '{f}' does not exist: check --config_files")
+            raise UnrankError(f"config file '{f}' does not exist: check {arg('config_file_list').rstrip('=')}")
     if model is None:
-        raise UnrankError("no model given: pass -m/--model (e.g. WMF, NeuMF, LightGCN)")
+        raise UnrankError(f"no model given: pass {arg('model')} (e.g. WMF, NeuMF, LightGCN)")
     try:
         model_class = get_model(model)
     except UnknownModelError as exc:
@@ -103,10 +114,17 @@ def build_config(
             f"model '{model}' is a {model_class.type.name.lower()} recommender: "
             "recbole-unrank unlearns general (user-item) recommenders"
         )
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = [sys.argv[0] if sys.argv else "recbole_unrank", *argv]
     try:
         config = UnrankConfig(model_class, dataset, config_files, config_dict)
-    except (KeyError, ValueError) as exc:
-        raise UnrankError(f"bad configuration: {exc}") from None
+    except Exception as exc:  # RecBole's Config fails only on what the user gave it
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UnrankError(f"bad configuration ({type(exc).__name__}: {first}): check the settings") from None
+    finally:
+        sys.argv = saved_argv
+    check_settings(config)
     _check_dataset_exists(config)
     return config
 
@@ -224,7 +242,7 @@ def train_model(config, train_loader, valid_loader, path: str | None = None, tag
 def make_request(config, data: Data) -> ForgetRequest:
     path = config["unrank_request_file"]
     if path:
-        return read_request_file(path, data.dataset, data.train_ds)
+        return read_request_file(path, data.dataset, data.train_ds, data.valid_ds, data.test_ds)
     return sample_request(
         data.train_ds,
         source=config["unrank_request"],
@@ -531,8 +549,10 @@ def score_users(model, users) -> torch.Tensor:
     return scores.reshape(users.numel(), -1)
 
 
-def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None]:
-    """Everything that can fail on bad input, before anything is written."""
+def prepare_run(config, checkpoint: str | None = None, ckpt: dict | None = None) -> tuple[Run, dict | None]:
+    """Everything that can fail on bad input, before anything is written: the settings and
+    files first (cheap), then the data, the request and the checkpoint's fit. ``ckpt``: the
+    checkpoint already read (else it is read from ``checkpoint``)."""
     names = method_names(config)
     for name in names:  # bad settings fail here, before anything is written
         METHODS[name](**method_settings(config, METHODS[name]))
@@ -542,7 +562,11 @@ def prepare_run(config, checkpoint: str | None = None) -> tuple[Run, dict | None
         except UnknownModelError as exc:
             raise UnrankError(f"reference model: {exc}") from None
     _check_train_data_model(config, names)
-    ckpt = read_checkpoint(checkpoint, trust=bool(config["unrank_trust_checkpoint"])) if checkpoint else None
+    check_output_dir(config)
+    if config["unrank_request_file"]:  # readable, UTF-8, with the id columns: before the data loads
+        check_request_file(config["unrank_request_file"], config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
+    if ckpt is None and checkpoint:
+        ckpt = read_checkpoint(checkpoint, trust=bool(config["unrank_trust_checkpoint"]))
     if ckpt is not None:
         adopt_checkpoint_config(config, ckpt, checkpoint)
         check_provenance(config, ckpt, checkpoint)
@@ -578,18 +602,100 @@ def _check_train_data_model(config, names: list[str]) -> None:
             )
 
 
+def check_output_dir(config) -> str:
+    """``unrank_output_dir`` is a folder (or can be made one) that this process can write."""
+    base = str(config["unrank_output_dir"] or "runs")
+    probe = os.path.abspath(base)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise UnrankError(f"unrank_output_dir '{base}': '{probe}' is a file, not a folder: "
+                          "give the folder that will hold the run folders")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UnrankError(f"unrank_output_dir '{base}': '{probe}' is not writable: give a folder you can write")
+    return base
+
+
+# --------------------------------------------------------------------------- the run folder
+INCOMPLETE = "INCOMPLETE"  # present while a run folder is being written; removed when it is complete
+
+
+def _is_tmp(name: str) -> bool:
+    return name.endswith(".tmp") or ".tmp." in name
+
+
+def _alive(marker: str) -> bool:
+    """Whether the process that wrote the ``INCOMPLETE`` marker still runs (on this host)."""
+    try:
+        with open(marker, encoding="utf-8") as f:
+            info = dict(line.rstrip("\n").split(": ", 1) for line in f if ": " in line)
+        if info.get("host") != socket.gethostname():
+            return True  # cannot tell: leave it alone
+        os.kill(int(info["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def clean_interrupted(base: str) -> list[str]:
+    """Remove the temporary files that interrupted runs left in their (still marked
+    incomplete) run folders under ``base``; returns the files removed."""
+    removed = []
+    if not os.path.isdir(base):
+        return removed
+    for name in sorted(os.listdir(base)):
+        folder = os.path.join(base, name)
+        marker = os.path.join(folder, INCOMPLETE)
+        if not os.path.isfile(marker) or _alive(marker):
+            continue
+        for root, _, files in os.walk(folder):
+            for f in files:
+                if _is_tmp(f):
+                    os.remove(os.path.join(root, f))
+                    removed.append(os.path.join(root, f))
+    if removed:
+        logger.info("removed %d temporary file(s) left by interrupted runs under %s", len(removed), base)
+    return removed
+
+
 def new_run_dir(config, kind: str = "") -> str:
-    """A fresh ``<unrank_output_dir>/<model>-<dataset>[-kind]-<time>[-n]`` folder."""
-    base = config["unrank_output_dir"] or "runs"
+    """A fresh ``<unrank_output_dir>/<model>-<dataset>[-kind]-<time>[-n]`` folder, marked
+    incomplete (an ``INCOMPLETE`` file) until :func:`finish_run_dir`. Temporary files that
+    interrupted runs left under the same parent are removed first."""
+    base = check_output_dir(config)
+    clean_interrupted(base)
     tag = f"-{kind}" if kind else ""
     stem = f"{config['model']}-{config['dataset']}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = os.path.join(base, stem)
     n = 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(base, f"{stem}-{n}")
-    os.makedirs(path)
+    while True:
+        try:
+            os.makedirs(path)
+            break
+        except FileExistsError:
+            n += 1
+            path = os.path.join(base, f"{stem}-{n}")
+    with open(os.path.join(path, INCOMPLETE), "w", encoding="utf-8") as f:
+        f.write("This run folder is not complete: the run is still going, or it was interrupted.\n"
+                f"pid: {os.getpid()}\nhost: {socket.gethostname()}\nstarted: {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     return path
+
+
+def finish_run_dir(path: str) -> None:
+    """Mark ``path`` complete: no temporary file is left, the ``INCOMPLETE`` marker goes last."""
+    for root, _, files in os.walk(path):
+        for f in files:
+            if _is_tmp(f):
+                os.remove(os.path.join(root, f))
+    marker = os.path.join(path, INCOMPLETE)
+    if os.path.exists(marker):
+        os.remove(marker)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _attach_file_log(run_dir: str) -> logging.Handler:
@@ -599,17 +705,55 @@ def _attach_file_log(run_dir: str) -> logging.Handler:
     return handler
 
 
-def run_unrank(config, checkpoint: str | None = None) -> Run:
-    """The main job: original -> request -> each method -> evaluate -> report."""
+def _log_to_file(handler: logging.Handler, title: str, text: str) -> None:
+    """Write ``text`` (RecBole's coloured config dump, dataset statistics) to run.log only."""
+    record = logging.LogRecord("recbole_unrank", logging.INFO, __file__, 0,
+                               "%s\n%s", (title, _ANSI.sub("", str(text))), None)
+    handler.handle(record)
+
+
+@contextlib.contextmanager
+def tensorboard_in(run_dir: str):
+    """RecBole's trainers write TensorBoard logs to ``./log_tensorboard`` (a path fixed inside
+    ``recbole.utils.get_tensorboard``); while this block runs they go to
+    ``<run_dir>/log_tensorboard`` instead."""
+    from recbole.trainer import trainer as recbole_trainer
+    from recbole.utils import get_local_time
+
+    original = recbole_trainer.get_tensorboard
+
+    def in_run_dir(_logger):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(os.path.join(run_dir, "log_tensorboard", get_local_time()))
+
+    recbole_trainer.get_tensorboard = in_run_dir
+    try:
+        yield
+    finally:
+        recbole_trainer.get_tensorboard = original
+
+
+def run_pipeline(config, checkpoint: str | None = None, ckpt: dict | None = None) -> Run:
+    """The main job: original -> request -> each method -> evaluate -> report. Returns the
+    :class:`Run` (``run.record`` is results.json's record, ``run.run_dir`` the folder).
+    :func:`recbole_unrank.run_unrank` is the same job returning a plain dict."""
     from recbole_unrank import report
 
-    run, ckpt = prepare_run(config, checkpoint)
+    run, ckpt = prepare_run(config, checkpoint, ckpt)
     run.run_dir = new_run_dir(config)
-    handler = _attach_file_log(run.run_dir)
+    pause_point("run_dir")
+    handler = run.log_handler = _attach_file_log(run.run_dir)
     config["checkpoint_dir"] = run.run_dir
     try:
-        _execute(run, ckpt, checkpoint)
-        report.write_all(run)
+        _log_to_file(handler, "RecBole configuration:", config)
+        _log_to_file(handler, "dataset:", run.data.dataset)
+        with tensorboard_in(run.run_dir):
+            _execute(run, ckpt, checkpoint)
+        pause_point("report")
+        run.record = report.write_all(run)
+        pause_point("finish")
+        finish_run_dir(run.run_dir)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -618,10 +762,24 @@ def run_unrank(config, checkpoint: str | None = None) -> Run:
 
 def _execute(run: Run, ckpt: dict | None, checkpoint: str | None) -> None:
     run.prepare_original(ckpt, checkpoint)
-    for name in run.method_names:
-        run.run_method(name)
-    for name in _reference_names(run.config):
-        run.run_reference(name)
+    pause_point("original")
+    jobs = [(name, run.run_method, name) for name in run.method_names]
+    jobs += [(f"ref:{name}", run.run_reference, name) for name in _reference_names(run.config)]
+    for label, job, arg_ in jobs:
+        start = time.perf_counter()
+        try:
+            job(arg_)
+        except Exception as exc:  # one failing method does not lose the others: a failed row
+            elapsed = time.perf_counter() - start
+            first = (str(exc).strip().splitlines() or [""])[0]
+            error = f"{type(exc).__name__}: {first}" if not isinstance(exc, UnrankError) else first
+            logger.error("[%s] failed after %.1fs: %s", label, elapsed, error)
+            handler = getattr(run, "log_handler", None)
+            if handler is not None:  # the traceback goes to run.log only
+                handler.handle(logging.LogRecord("recbole_unrank", logging.ERROR, __file__, 0, "[%s] traceback",
+                                                 (label,), sys.exc_info()))
+            run.rows.append({"method": label, "status": "failed", "error": error, "time_s": float(elapsed)})
+        pause_point(f"method:{label}")
     run.finish()
 
 

@@ -60,7 +60,7 @@ def plot_tradeoff(record: dict, path: str) -> str:
 
 
 def plot_times(record: dict, path: str) -> str:
-    rows = [r for r in record["rows"] if r["method"] != "original" and r.get("time_s")]
+    rows = [r for r in record["rows"] if r["method"] != "original" and r.get("time_s") and "forget" in r]
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4))
     ax.bar([r["method"] for r in rows], [r["time_s"] for r in rows], color="tab:blue")
     ax.set_yscale("log")

@@ -1,5 +1,7 @@
 """Run reports: ``results.json`` (the record scripts read), ``results.md``, ``results.csv``,
-``request.inter``, and plots. Every file is written to a temporary name and renamed."""
+``config.yaml`` (the effective settings), ``request.inter``, and plots. Every file is written
+to a temporary name and renamed. A method that failed is a row with ``status: failed`` and its
+``error`` (and ``time_s``): the table shows it in an ``error`` column."""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ import io
 import json
 import logging
 import os
+import sys
+import time
 
 import numpy as np
+import yaml
 
-from recbole_unrank.checkpoints import atomic_text
+from recbole_unrank.checkpoints import atomic_write
 from recbole_unrank.request import write_request_file
 
-__all__ = ["write_all", "results_record", "markdown_table", "flat_rows", "write_text", "ranks_csv"]
+__all__ = ["pause_point", "write_all", "results_record", "markdown_table", "flat_rows", "write_text", "ranks_csv",
+           "effective_settings"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -39,11 +45,32 @@ TABLE_COLUMNS = [
     ("audit.under_unlearned", "under-unlearned"),
     ("fairness.active_ndcg@10_delta", "active NDCG@10 delta"),
     ("fairness.inactive_ndcg@10_delta", "inactive NDCG@10 delta"),
+    ("error", "error"),
 ]
+
+# Settings RecBole's Config derives itself (from the model, eval_args, the machine): not
+# written to config.yaml, so that it can be given back as a config file.
+DERIVED_SETTINGS = {"MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec", "local_rank", "device",
+                    "use_gpu", "valid_neg_sample_args", "test_neg_sample_args"}
+
+
+def pause_point(stage: str) -> None:
+    """Test hook: with ``RECBOLE_UNRANK_TEST_PAUSE=<stage>`` in the environment the process
+    says so on stderr and sleeps here (a test kills it to see what an interrupted run leaves).
+    Stages: ``run_dir``, ``original``, ``method:<name>``, ``report``, ``write:<file>`` (between
+    writing a file's temporary copy and renaming it), ``finish``."""
+    if os.environ.get("RECBOLE_UNRANK_TEST_PAUSE") == stage:
+        print(f"paused at {stage}", file=sys.stderr, flush=True)
+        time.sleep(600)
 
 
 def write_text(path: str, text: str) -> str:
-    return atomic_text(path, text)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        pause_point(f"write:{os.path.basename(path)}")
+
+    return atomic_write(path, write)
 
 
 def _plain(value):
@@ -64,7 +91,8 @@ def results_record(run) -> dict:
     retrain_time = next((r["time_s"] for r in run.rows if r["method"] == "retrain"), None)
     for row in run.rows:
         row = {k: v for k, v in row.items() if k != "ranks" and not k.startswith("_")}
-        if retrain_time and row["method"] not in ("original", "retrain") and not row.get("reference") and row["time_s"] > 0:
+        if (retrain_time and row["method"] not in ("original", "retrain") and not row.get("reference")
+                and row.get("status") != "failed" and row["time_s"] > 0):
             row["speedup"] = retrain_time / row["time_s"]
         rows.append(_plain(row))
     return {
@@ -156,6 +184,33 @@ def _csv_text(record: dict) -> str:
     return buf.getvalue()
 
 
+def _yaml_value(value):
+    if isinstance(value, dict):
+        return {str(k): _yaml_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_value(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def effective_settings(config) -> dict:
+    """Every setting of the run as plain YAML values, readable back as a config file
+    (``data_path`` is written as the folder that holds the dataset folder, as given)."""
+    out = {}
+    for key, value in config.final_config_dict.items():
+        if key in DERIVED_SETTINGS:
+            continue
+        if key == "data_path" and isinstance(value, str):
+            value = os.path.dirname(os.path.normpath(value))  # RecBole appends the dataset name
+        if key == "train_neg_sample_args" and isinstance(value, dict) and value.get("distribution") == "none":
+            value = None  # RecBole's own spelling of "no negative sampling" as a setting
+        out[key] = _yaml_value(value)
+    return out
+
+
 def write_all(run) -> dict:
     record = results_record(run)
     d = run.run_dir
@@ -168,8 +223,10 @@ def write_all(run) -> dict:
               f"{req['items']} items, {req['skipped']} skipped.\n\n")
     table = markdown_table(record)
     write_text(os.path.join(d, "results.md"), header + table + "\n")
-    if len(record["rows"]) > 2:
-        write_text(os.path.join(d, "results.csv"), _csv_text(record))
+    write_text(os.path.join(d, "results.csv"), _csv_text(record))
+    write_text(os.path.join(d, "config.yaml"),
+               "# The effective settings of this run (give it back with --config_files to repeat it).\n"
+               + yaml.safe_dump(effective_settings(run.config), sort_keys=False, allow_unicode=True))
     try:
         from recbole_unrank import plots
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "write_request_file",
     "split_train",
     "request_from_pairs",
+    "check_request_file",
 ]
 
 SOURCES = ("interaction", "user", "item", "file")
@@ -49,6 +50,8 @@ class ForgetRequest:
         users, items: internal ids of those rows (shape [T]).
         source: how the request was made (one of :data:`SOURCES`).
         skipped: pairs of a file that are not in the train split (counted, not used).
+        skipped_reasons: where the skipped pairs are (``valid split``, ``test split``,
+            ``not in the data``) and how many, when known.
     """
 
     index: np.ndarray
@@ -56,6 +59,7 @@ class ForgetRequest:
     items: np.ndarray
     source: str
     skipped: int = 0
+    skipped_reasons: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.index.size)
@@ -67,6 +71,7 @@ class ForgetRequest:
             "users": int(np.unique(self.users).size),
             "items": int(np.unique(self.items).size),
             "skipped": int(self.skipped),
+            **({"skipped_reasons": dict(self.skipped_reasons)} if self.skipped_reasons else {}),
         }
 
 
@@ -85,14 +90,14 @@ def _check_ratio(name: str, value: float) -> float:
     return value
 
 
-def _finish(train_ds, index: np.ndarray, source: str, skipped: int = 0) -> ForgetRequest:
+def _finish(train_ds, index: np.ndarray, source: str, skipped: int = 0, reasons: dict | None = None) -> ForgetRequest:
     index = np.unique(np.asarray(index, dtype=np.int64))
     if index.size == 0:
         raise UnrankError(
             f"the forget request ({source}) is empty: raise the ratios or give pairs of the train split"
         )
     users, items = _train_pairs(train_ds)
-    return ForgetRequest(index, users[index], items[index], source, skipped)
+    return ForgetRequest(index, users[index], items[index], source, skipped, dict(reasons or {}))
 
 
 def sample_request(
@@ -154,7 +159,34 @@ def sample_request(
 
 
 def _read_token_file(path: str, uid_field: str, iid_field: str) -> tuple[list[str], list[str]]:
-    if not os.path.isfile(path):
+    try:
+        return _read_tokens(path, uid_field, iid_field)
+    except UnicodeDecodeError as exc:
+        raise UnrankError(f"request file '{path}' is not UTF-8 text (byte {exc.start}): "
+                          "save it as UTF-8, tab-separated") from None
+    except IsADirectoryError:
+        raise UnrankError(f"request file '{path}' is a folder: give the path of a .inter file") from None
+    except PermissionError:
+        raise UnrankError(f"request file '{path}' cannot be read (permission denied): "
+                          "make it readable or copy it") from None
+    except OSError as exc:
+        raise UnrankError(f"request file '{path}' cannot be read ({exc.strerror or type(exc).__name__}): "
+                          "give the path of a readable .inter file") from None
+
+
+def check_request_file(path: str, uid_field: str, iid_field: str) -> int:
+    """Read the request file for its form only (exists, readable, UTF-8, the id columns, at
+    least one pair): a bad file is refused before the dataset is loaded. Returns its pairs."""
+    u_tok, _ = _read_token_file(path, uid_field, iid_field)
+    if not u_tok:
+        raise UnrankError(f"request file '{path}' holds no pairs: add user/item token lines")
+    return len(u_tok)
+
+
+def _read_tokens(path: str, uid_field: str, iid_field: str) -> tuple[list[str], list[str]]:
+    if os.path.isdir(path):
+        raise IsADirectoryError(path)
+    if not os.path.exists(path):
         raise UnrankError(f"request file '{path}' does not exist: give the path of a .inter file")
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\r\n").split("\t")
@@ -190,25 +222,47 @@ def _tokens_to_ids(dataset, field: str, tokens: list[str], path: str) -> np.ndar
     return np.fromiter((mapping[t] for t in tokens), dtype=np.int64, count=len(tokens))
 
 
-def request_from_pairs(train_ds, users: np.ndarray, items: np.ndarray, source: str) -> ForgetRequest:
-    """The train rows holding the given internal-id pairs; pairs not in train are skipped."""
+def request_from_pairs(train_ds, users: np.ndarray, items: np.ndarray, source: str,
+                       others: dict | None = None, where: str = "the request") -> ForgetRequest:
+    """The train rows holding the given internal-id pairs; pairs not in train are skipped and
+    counted (by where they are, when ``others`` maps names such as ``"valid split"`` to those
+    datasets). A request of skipped pairs only is refused, saying why."""
     tu, ti = _train_pairs(train_ds)
     n_items = int(train_ds.item_num)
     train_keys = tu.astype(np.int64) * n_items + ti
     want = np.unique(np.asarray(users, np.int64) * n_items + np.asarray(items, np.int64))
     rows = np.flatnonzero(np.isin(train_keys, want))
-    found = np.unique(train_keys[rows]).size
-    return _finish(train_ds, rows, source, skipped=int(want.size - found))
+    missing = np.setdiff1d(want, np.unique(train_keys[rows]))
+    reasons: dict[str, int] = {}
+    if missing.size and others:
+        left = missing
+        for name, ds in others.items():
+            du, di = _train_pairs(ds)
+            hit = np.isin(left, du.astype(np.int64) * n_items + di)
+            if hit.any():
+                reasons[name] = int(hit.sum())
+            left = left[~hit]
+        if left.size:
+            reasons["not in the data"] = int(left.size)
+    if rows.size == 0 and want.size:
+        why = ", ".join(f"{n} {k if k.startswith('not') else 'in the ' + k}" for k, n in reasons.items())
+        raise UnrankError(
+            f"{where}: all {want.size} pairs were skipped{f' ({why})' if why else ''}, none is in the train "
+            "split: only train interactions can be forgotten"
+        )
+    return _finish(train_ds, rows, source, skipped=int(missing.size), reasons=reasons)
 
 
-def read_request_file(path: str, dataset, train_ds) -> ForgetRequest:
-    """Read a request of dataset tokens; unknown tokens are an error, pairs not in train skipped."""
+def read_request_file(path: str, dataset, train_ds, valid_ds=None, test_ds=None) -> ForgetRequest:
+    """Read a request of dataset tokens; unknown tokens are an error, pairs not in train skipped
+    (counted by split when ``valid_ds`` / ``test_ds`` are given)."""
     u_tok, i_tok = _read_token_file(path, dataset.uid_field, dataset.iid_field)
     if not u_tok:
         raise UnrankError(f"request file '{path}' holds no pairs: add user/item token lines")
     users = _tokens_to_ids(dataset, dataset.uid_field, u_tok, path)
     items = _tokens_to_ids(dataset, dataset.iid_field, i_tok, path)
-    return request_from_pairs(train_ds, users, items, "file")
+    others = {k: v for k, v in (("valid split", valid_ds), ("test split", test_ds)) if v is not None}
+    return request_from_pairs(train_ds, users, items, "file", others, where=f"request file '{path}'")
 
 
 def write_request_file(path: str, request: ForgetRequest, dataset) -> str:

@@ -961,7 +961,11 @@ def tune_unrank(config, params_file: str, algo: str = "exhaustive", max_evals: i
     ray_started = start_ray() if tool == "ray" else False
     try:
         run.run_dir = pipeline.new_run_dir(config, "hyper")
-        return _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, early_stop, config_files)
+        with pipeline.tensorboard_in(run.run_dir):
+            result = _tune(search, ckpt, config, params_file, algo, max_evals, tool, checkpoint, early_stop,
+                           config_files)
+        pipeline.finish_run_dir(run.run_dir)
+        return result
     finally:
         if ray_started:
             import ray

@@ -192,7 +192,7 @@ def test_nan_checkpoint_refused_naming_the_tensor(tmp_path, our_ckpts):
 
 
 def test_nan_checkpoint_refused_before_anything_is_written(tmp_path, our_ckpts, tiny_config):
-    from recbole_unrank.pipeline import run_unrank
+    from recbole_unrank.pipeline import run_pipeline
 
     ckpt = C.read_checkpoint(our_ckpts["WMF"][1])
     ckpt["state_dict"]["user_embedding.weight"].fill_(float("inf"))
@@ -200,7 +200,7 @@ def test_nan_checkpoint_refused_before_anything_is_written(tmp_path, our_ckpts, 
     torch.save(ckpt, str(path))
     config = tiny_config("WMF")
     with pytest.raises(UnrankError, match="user_embedding.weight"):
-        run_unrank(config, checkpoint=str(path))
+        run_pipeline(config, checkpoint=str(path))
     assert not os.path.exists(config["unrank_output_dir"])
 
 
@@ -344,7 +344,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 def unlearned_run(request, recbole_ckpts, tmp_path_factory):
     """run_unrank from RecBole's own checkpoint (seed 7; the run does not set seed or epochs,
     so both come from the checkpoint), methods l2unrank and sisa (2 shards)."""
-    from recbole_unrank.pipeline import build_config, run_unrank
+    from recbole_unrank.pipeline import build_config, run_pipeline
 
     model = request.param
     work = tmp_path_factory.mktemp(f"roundtrip_{model}")
@@ -354,7 +354,7 @@ def unlearned_run(request, recbole_ckpts, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         config = build_config(model, "tiny", config_dict=cfg)
-        run = run_unrank(config, checkpoint=recbole_ckpts[model])
+        run = run_pipeline(config, checkpoint=recbole_ckpts[model])
         record = json.loads((Path(run.run_dir) / "results.json").read_text(encoding="utf-8"))
     rows = {r["method"]: r for r in record["rows"]}
     models = {r["method"]: r["_model"] for r in run.rows if "_model" in r}

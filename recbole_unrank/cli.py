@@ -27,7 +27,7 @@ HYPER_PROG = "run_unrank_hyper"
 UNRANK_DESCRIPTION = """\
 Unlearn with recbole-unrank, the way RecBole's run_recbole.py trains.
 
-  recbole-unrank --preset quickstart
+  recbole-unrank -m LightGCN --preset ml-100k --preset LightGCN --preset quickstart
   recbole-unrank -m LightGCN -d ml-100k --preset ml-100k --preset LightGCN
   recbole-unrank -m WMF -d ml-100k --unrank_method retrain --epochs 5
   recbole-unrank --checkpoint saved/LightGCN.pth --unrank_request_file forget.inter
@@ -70,7 +70,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = _OneLineParser(prog=prog, description=description, formatter_class=_Formatter, allow_abbrev=False,
+    usage = (f"{prog} [-m MODEL] [-d DATASET] [--config_files FILES] [--preset NAME] [--checkpoint PTH] "
+             "[--key value | --key=value ...]")
+    p = _OneLineParser(prog=prog, usage=usage, description=description, formatter_class=_Formatter,
+                       allow_abbrev=False,
                        epilog="Any other RecBole setting is given the same way, e.g. --epochs 5 or "
                               "--learning_rate=0.002, as in RecBole's run_recbole.py.")
     p.add_argument("--model", "-m", default=None,
@@ -96,14 +99,14 @@ def _preset_names() -> list[str]:
 
 def _add_unrank_keys(parser: argparse.ArgumentParser) -> None:
     """One option per ``unrank_*`` key, documented from ``properties/unrank.yaml``."""
-    from recbole_unrank.config import unrank_keys
+    from recbole_unrank.config import _shown, unrank_keys
 
     group = parser.add_argument_group(
         "unrank_* settings (recbole_unrank/properties/unrank.yaml; --key value or --key=value, "
         "or in a config file)")
     for key, doc in unrank_keys().items():
         group.add_argument(f"--{key}", default=argparse.SUPPRESS, metavar=doc.kind.upper().replace(" ", "_"),
-                           help=f"{doc.doc} (default: {doc.default})".replace("%", "%%"))
+                           help=f"{doc.doc} (default: {_shown(doc.default)})".replace("%", "%%"))
 
 
 def unrank_parser() -> argparse.ArgumentParser:
@@ -212,31 +215,34 @@ def fail(prog: str, message: str) -> None:
     sys.exit(2)
 
 
-def _files(args) -> list[str] | None:
-    return args.config_files.split() if args.config_files else None
-
-
 def _presets(args) -> list[str] | None:
     if not args.preset:
         return None
     return [name for group in args.preset for name in group.replace(",", " ").split()]
 
 
-def main_unrank(argv: list[str] | None = None) -> None:
-    """``recbole-unrank`` / ``python run_unrank.py``."""
+def _run(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None, job, extra: tuple[str, ...] = ()):
+    """Parse ``argv``, run ``job`` (an :mod:`recbole_unrank.api` function) with the common
+    arguments plus the options named in ``extra``; bad input -> one line, exit 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = unrank_parser()
-    from recbole_unrank import api
-
     with cli_names():
         try:
             args, settings = parse_args(parser, argv)
             setup_logging()
-            run = api.run_job(model=args.model, dataset=args.dataset, config_file_list=_files(args),
-                              preset=_presets(args), checkpoint=args.checkpoint, argv=settings,
-                              default_model="LightGCN", default_dataset="ml-100k")
+            return job(model=args.model, dataset=args.dataset,
+                       config_file_list=args.config_files.split() if args.config_files else None,
+                       preset=_presets(args), checkpoint=args.checkpoint, argv=settings,
+                       default_model="LightGCN", default_dataset="ml-100k",
+                       **{k: getattr(args, k) for k in extra})
         except UnrankError as exc:
-            fail(UNRANK_PROG, str(exc))
+            fail(prog, str(exc))
+
+
+def main_unrank(argv: list[str] | None = None) -> None:
+    """``recbole-unrank`` / ``python run_unrank.py``."""
+    from recbole_unrank import api
+
+    run = _run(UNRANK_PROG, unrank_parser(), argv, api.run_job)
     failed = [r for r in run.record["rows"] if r.get("status") == "failed"]
     for row in failed:
         print(f"{UNRANK_PROG}: {row['method']} failed after {row['time_s']:.1f}s: {row['error']}",
@@ -248,19 +254,8 @@ def main_unrank(argv: list[str] | None = None) -> None:
 
 def main_hyper(argv: list[str] | None = None) -> None:
     """``recbole-unrank-hyper`` / ``python run_unrank_hyper.py``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = hyper_parser()
     from recbole_unrank import api
 
-    with cli_names():
-        try:
-            args, settings = parse_args(parser, argv)
-            setup_logging()
-            result = api.tune_job(model=args.model, dataset=args.dataset, config_file_list=_files(args),
-                                  preset=_presets(args), checkpoint=args.checkpoint, argv=settings,
-                                  params_file=args.params_file, algo=args.algo, max_evals=args.max_evals,
-                                  tool=args.tool, early_stop=args.early_stop,
-                                  default_model="LightGCN", default_dataset="ml-100k")
-        except UnrankError as exc:
-            fail(HYPER_PROG, str(exc))
+    result = _run(HYPER_PROG, hyper_parser(), argv, api.tune_job,
+                  extra=("params_file", "algo", "max_evals", "tool", "early_stop"))
     print(result.run_dir, flush=True)

@@ -96,12 +96,12 @@ def test_equal_sample():
 def tiny_run(tmp_path_factory):
     from conftest import make_tiny_config
 
-    from recbole_unrank.pipeline import run_unrank
+    from recbole_unrank.pipeline import run_pipeline
 
     work = tmp_path_factory.mktemp("measures")
     cfg = make_tiny_config(work, "WMF", epochs=20, unrank_methods="[retrain,l2unrank]",
                            unrank_request_seed=7)
-    return run_unrank(cfg)
+    return run_pipeline(cfg)
 
 
 def test_request_users_and_fairness_come_from_the_same_test_ranks(tiny_run):

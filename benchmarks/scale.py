@@ -374,7 +374,8 @@ def _one_request(method, model, config, data, pairs, seed, valid_sum, profile=Fa
         "stages": {k: float(v) for k, v in result.stages.items()},
         "pairs": len(request), "users": int(len(set(request.users.tolist()))),
         "scope_size": info.get("scope_size"), "train_size": info.get("train_size"),
-        "step_median": info.get("step_median"), "users_meeting_view": info.get("users_meeting_view"),
+        "step_median": info.get("calibration", {}).get("step_median"),
+        "users_meeting_view": info.get("calibration", {}).get("users_meeting_target"),
         "rss_before_bytes": mem.before, "peak_bytes": mem.peak, "peak_delta_bytes": mem.delta,
         "memory_method": mem.method,
     }
@@ -517,8 +518,8 @@ def _successive(method, model0, config, data, spec, out):
         trace.append({"step": k + 1, "user": int(user), "time_s": float(result.info["time_s"]),
                       "retained": int(len(current.inter_feat)), "forgotten": len(forgotten),
                       "test": ev["test"], "forget": ev["forget"],
-                      "step_median": result.info.get("step_median"),
-                      "users_meeting_view": result.info.get("users_meeting_view")})
+                      "step_median": result.info.get("calibration", {}).get("step_median"),
+                      "users_meeting_view": result.info.get("calibration", {}).get("users_meeting_target")})
     # the original on the final forget set, then one retraining without all the requests
     orig_final = _evaluate(config, data, model0, current, forget_ds)
     train, valid, _ = pipeline.make_loaders(config, data, current)

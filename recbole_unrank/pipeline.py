@@ -450,6 +450,7 @@ class Run:
             valid_ds=self.data.valid_ds,
             valid_ndcg_sum=self.valid_ndcg_sum,
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
+            train_batch_size=int(config["train_batch_size"]),
         )
 
     def run_method(self, name: str, overrides: dict | None = None, save: bool = True,

@@ -30,8 +30,8 @@ Objective (``unrank_tune_objective``; every objective is a loss, lower is better
 Params files use RecBole's format (``recbole.trainer.HyperTuning``), one setting a line::
 
     unrank_damping loguniform -6.9,0        # exp(U(-6.9, 0)): 1e-3 .. 1
-    unrank_hops choice [0,1,2]
-    unrank_cg_steps quniform 10,50,10
+    unrank_hops choice [1,2,3]
+    unrank_step_floor choice [0.0,1.0]
     unrank_view_share uniform 0,0.2
 
 (``#`` comment lines and blank lines are allowed here; RecBole's own parser does not accept

@@ -1,11 +1,13 @@
-"""The influence-function baselines ``if``, ``ifru`` and ``scif`` on tiny, for WMF, NeuMF, LightGCN.
+"""The influence baselines ``if``, ``ifru``, ``scif``, ``user_refit`` and their ``+calib``
+variants on tiny, for WMF, NeuMF, LightGCN, and the numerics under them.
 
 One trained model per class (module scope); every method runs on a private copy. Checks: the
-update is finite and moves exactly the parameters each method promises (``scif``: the request
-users' rows; ``ifru``: rows within k hops), the request's mean rank rises for the factor
-models, graph models keep the retained graph with no stale cache, and two ground truths:
-``if`` equals L2UnRank with no scope and no weights, and ``scif`` on WMF equals the exact
-per-user ``d x d`` solves.
+update is finite, moves exactly the parameters each method promises, its solve converged (its
+residual is reported), graph models keep the retained graph with no stale cache; and ground
+truths: the objective equals each model's own ``calculate_loss``; its blocks, Gauss-Newton and
+Hessian products equal autograd (``torch.autograd.functional.hessian``); CG equals a direct
+solve; ``user_refit`` on WMF equals the closed-form ALS solve; ``scif`` at an ALS optimum equals
+re-fitting the user (exact retraining of the user's row).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import recbole_unrank  # noqa: F401  (compat patches before RecBole)
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import GenericAdapter, get_adapter, normalized_adjacency
 from recbole_unrank.errors import UnrankError
-from recbole_unrank.methods import IFRU, METHODS, SCIF, InfluenceFunction, L2UnRank
-from recbole_unrank.methods.influence_baselines import collaborative_users, khop_importance
+from recbole_unrank.methods import METHODS
+from recbole_unrank.methods.objective import Objective
+from recbole_unrank.methods.pipeline import collaborative_users, khop_importance
 from recbole_unrank.request import sample_request, split_train
 
 MODELS = ["WMF", "NeuMF", "LightGCN"]
-BASELINES = ["if", "ifru", "scif"]
+BASELINES = ["if", "ifru", "scif", "user_refit"]
 USER_TABLES = {"user_embedding", "user_mf_embedding", "user_mlp_embedding"}
 ITEM_TABLES = {"item_embedding", "item_mf_embedding", "item_mlp_embedding"}
 # Small models keep the module fast; the structure (tables, layers, graph) is the models' own.
@@ -126,27 +129,28 @@ def _finite(model) -> bool:
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("method", BASELINES)
 def test_baseline_contract(runs, model_name, method):
-    """Default settings (the exact Hessian, 10 CG steps): runs, finite, moves only what it promises, clears
-    caches; the factor models' request ranks rise where CG met no negative curvature."""
+    """Default settings (training loss, Gauss-Newton, CG to convergence): finite, moves only what
+    it promises, reports a converged solve, clears caches, keeps the retained graph."""
     run = runs(model_name)
     task = run._task()
-    result = METHODS[method](cg_steps=10)(task)  # default settings, fewer CG steps: fast
+    result = METHODS[method](**pipeline.method_settings(run.config, METHODS[method]))(task)
     model = result.model
     assert _finite(model)
     assert {"scope_s", "solve_s"} <= set(result.stages)
+    solve = result.info["solve"]
+    assert {"iters", "rel_residual", "converged"} <= set(solve)
+    if method != "user_refit" or model_name == "WMF":  # BPR / BCE refits need not have a finite optimum
+        assert solve["converged"], (method, solve)
+        assert solve["rel_residual"] <= (1e-4 if method != "user_refit" else run.config["unrank_refit_tol"]) * 1.0001
     changes = _changes(run.original, model)
-    moved = any(bool(v) for v in changes.values())
-    assert result.info["cg_iterations"] > 0
-    assert moved, f"{method} took {result.info['cg_iterations']} CG steps but changed nothing"
+    assert any(bool(v) for v in changes.values()), f"{method} changed nothing"
     request_users = set(run.request.users.tolist())
-    if method == "scif":
+    if method in ("scif", "user_refit"):
         for name, rows in changes.items():
             if name in USER_TABLES:
-                assert rows <= request_users, (
-                    f"scif moved non-request users {sorted(rows - request_users)[:5]}"
-                )
+                assert rows <= request_users, f"{method} moved non-request users {sorted(rows - request_users)[:5]}"
             else:
-                assert not rows, f"scif changed {name}"
+                assert not rows, f"{method} changed {name}"
     if method == "ifru":
         k_users, k_items = _khop(run, 1)
         for name, rows in changes.items():
@@ -156,12 +160,8 @@ def test_baseline_contract(runs, model_name, method):
                 assert rows <= k_items
             else:
                 assert not rows, f"ifru changed the dense parameter {name}"
-    if model_name != "LightGCN" and "negative_curvature" not in result.info["cg_stop"]:
-        # (CG run through negative curvature, as the papers' fixed-T solver does, minimises
-        # nothing: no rank promise for it. With Gauss-Newton, see the next test.)
-        assert float(task.forget_ranks(model).mean()) > run.rank0, (
-            f"{method} did not unrank {model_name}"
-        )
+    if model_name != "LightGCN" and method != "user_refit":
+        assert float(task.forget_ranks(model).mean()) > run.rank0, f"{method} did not unrank {model_name}"
     if model_name == "LightGCN":  # the retained graph, no stale cache
         users, items, keep = _pairs(run)
         retained = normalized_adjacency(
@@ -180,44 +180,52 @@ def test_baseline_contract(runs, model_name, method):
 
 
 @pytest.mark.parametrize("model_name", MODELS)
-def test_gauss_newton_curvature_moves_every_model(runs, model_name):
-    """With the PSD Gauss-Newton curvature CG never meets negative curvature (it solves the damped
-    system): each method takes a real step on every model, and the factor models' request ranks
-    rise for all three."""
+def test_calib_variants_report_the_guard_and_keep_it(runs, model_name):
     run = runs(model_name)
-    for method in BASELINES:
-        task = run._task()
-        result = METHODS[method](curvature="gauss_newton", cg_steps=12)(task)
-        assert "negative_curvature" not in result.info["cg_stop"]
-        assert result.info["cg_iterations"] > 0
-        changes = _changes(run.original, result.model)
-        assert any(bool(v) for v in changes.values())
+    for name in ("if+calib", "ifru+calib", "scif+calib"):
+        cls = METHODS[name]
+        result = cls(**pipeline.method_settings(run.config, cls))(run._task())
         assert _finite(result.model)
-        if method == "scif":
-            assert all(not v for k, v in changes.items() if k not in USER_TABLES)
-        if model_name != "LightGCN":
-            assert float(task.forget_ranks(result.model).mean()) > run.rank0, (
-                f"{method} did not unrank"
-            )
+        g = result.info["guard"]
+        assert g["met"] and g["request_users_valid_ndcg_ratio"] >= run.config["unrank_utility_guard"] - 1e-9
+        # full-parameter updates move everyone: the sampled other users are guarded too
+        if name != "scif+calib" or model_name == "LightGCN":
+            assert g["others_valid_ndcg_ratio"] >= run.config["unrank_utility_guard"] - 1e-9
+        assert result.info["steps"]["step"] == "calibrated"
+
+
+def test_a_failed_solve_is_refused(runs, monkeypatch):
+    from recbole_unrank.influence.cg import CGResult
+    from recbole_unrank.methods import pipeline as mod
+
+    def diverging(matvec, b, damping, max_iter, tol, stop_on_negative_curvature=True):
+        return CGResult(b * 3, max_iter, [float(b.norm()), 2.5 * float(b.norm())], "max_iter")
+
+    monkeypatch.setattr(mod, "conjugate_gradient", diverging)
+    run = runs("WMF")
+    with pytest.raises(UnrankError, match="solve failed"):
+        METHODS["if"](**pipeline.method_settings(run.config, METHODS["if"]))(run._task())
+    with pytest.raises(UnrankError, match="solve failed"):  # negative curvature with the exact Hessian
+        monkeypatch.setattr(mod, "conjugate_gradient",
+                            lambda *a, **k: CGResult(a[1] * 0, 1, [1.0, 0.5], "negative_curvature"))
+        METHODS["scif"](curvature="hessian")(run._task())
 
 
 def test_ifru_zero_hops_moves_only_request_rows_and_graph_term(runs):
     run = runs("LightGCN")
-    result = IFRU(hops=0, keep=1.0, curvature="gauss_newton", cg_steps=8)(run._task())
+    result = METHODS["ifru"](ifru_hops=0, ifru_keep=1.0)(run._task())
     changes = _changes(run.original, result.model)
-    assert changes["user_embedding"] and changes["user_embedding"] <= set(
-        run.request.users.tolist()
-    )
+    assert changes["user_embedding"] and changes["user_embedding"] <= set(run.request.users.tolist())
     assert changes["item_embedding"] <= set(run.request.items.tolist())
     assert result.info["graph_term_norm"] > 0  # the forgotten edges change others' propagation
-    wmf = IFRU(hops=0)(runs("WMF")._task())
+    wmf = METHODS["ifru"](ifru_hops=0)(runs("WMF")._task())
     assert "graph_term_norm" not in wmf.info  # no graph, no spillover term
 
 
 def test_ifru_pruning_keeps_a_share_of_the_khop_nodes(runs):
     run = runs("WMF")
-    full = IFRU(keep=1.0)(run._task()).info
-    pruned = IFRU(keep=0.5)(run._task()).info
+    full = METHODS["ifru"](ifru_hops=1, ifru_keep=1.0)(run._task()).info
+    pruned = METHODS["ifru"](ifru_hops=1, ifru_keep=0.5)(run._task()).info
     k_users, k_items = _khop(run, 1)
     assert full["khop_nodes"] == len(k_users) + len(k_items)
     assert full["rows_users"] + full["rows_items"] == full["khop_nodes"]
@@ -225,95 +233,200 @@ def test_ifru_pruning_keeps_a_share_of_the_khop_nodes(runs):
 
 
 # ------------------------------------------------------------------------------ ground truth
-@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
-def test_if_equals_l2unrank_without_scope_and_weights(runs, curvature):
-    """``if`` with H over the train data is L2UnRank's full-parameter path with no scope, no
-    weights, no context and no calibration: same parameters (float64, WMF)."""
+def _objective(run, model, kind="training", n_neg=1):
+    a = get_adapter(model)
+    feat = run.data.train_ds.inter_feat
+    users, items = feat[run.data.train_ds.uid_field], feat[run.data.train_ds.iid_field]
+    neg = torch.randint(1, a.n_items, (users.numel(), n_neg), generator=torch.Generator().manual_seed(5))
+    return a, Objective(a, users, items, neg, kind, run.config["train_batch_size"]), users, items, neg
+
+
+def test_training_loss_equals_each_models_calculate_loss(runs):
+    """The summed training loss is the model's own calculate_loss (one batch of all train rows)."""
+    from recbole.data.interaction import Interaction
+
+    for name in MODELS:
+        run = runs(name)
+        model = copy.deepcopy(run.original).double()
+        if name == "LightGCN":  # RecBole's exact per-row form of the L2 term
+            model.require_pow = True
+            model.norm_adj_matrix = model.norm_adj_matrix.double()
+        a, obj, users, items, neg = _objective(run, model)
+        idx = torch.arange(users.numel())
+        ours = float(obj.loss(idx, gram=True))
+        n = users.numel()
+        if name == "WMF":
+            theirs = float(model.calculate_loss(Interaction({model.USER_ID: users, model.ITEM_ID: items}))) * n
+        elif name == "NeuMF":
+            model.eval()  # dropout off: the loss of the trained parameters
+            inter = Interaction({model.USER_ID: torch.cat((users, users)), model.ITEM_ID: torch.cat((items, neg[:, 0])),
+                                 model.LABEL: torch.cat((torch.ones(n), torch.zeros(n))).double()})
+            theirs = float(model.calculate_loss(inter)) * 2 * n
+        else:
+            inter = Interaction({model.USER_ID: users, model.ITEM_ID: items, model.NEG_ITEM_ID: neg[:, 0]})
+            theirs = float(model.calculate_loss(inter)) * n
+        assert ours == pytest.approx(theirs, rel=1e-6), name
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_blocks_equal_autograd(runs, model_name):
+    """Per-user gradient and Gauss-Newton blocks of the training loss against autograd; for WMF
+    (linear in p_u) the block is the exact Hessian (torch.autograd.functional.hessian)."""
+    run = runs(model_name)
+    model = copy.deepcopy(run.original).double()
+    if model_name == "LightGCN":
+        model.norm_adj_matrix = model.norm_adj_matrix.double()
+    a, obj, users, items, _ = _objective(run, model)
+    # LightGCN: one request user, whose block is then exact (with several, each block leaves out
+    # how the other request users' rows reach it through propagation)
+    req = torch.as_tensor(np.unique(run.request.users))[: 1 if model_name == "LightGCN" else 3]
+    row_of = torch.full((a.n_users,), -1, dtype=torch.long)
+    row_of[req] = torch.arange(req.numel())
+    idx = torch.nonzero(row_of[users] >= 0).squeeze(1)
+    g, H = obj.blocks(idx, None, True, row_of, req.numel())
+    tables = a.user_tables()
+    grads = torch.autograd.grad(obj.loss(idx, gram=True), tables)
+    want = torch.cat([gr[req] for gr in grads], -1)
+    assert torch.allclose(g, want, atol=1e-8)
+    if model_name == "WMF":
+        u = int(req[0])
+        P = model.user_embedding.weight
+
+        P0 = P.detach()
+
+        def loss_of(pu):  # the adapter scores through a.P: a function of pu here
+            a.P = torch.cat((P0[:u], pu[None], P0[u + 1:]))
+            return obj.loss(idx[users[idx] == u], gram=True)
+
+        exact = torch.autograd.functional.hessian(loss_of, P0[u].clone())
+        a.P = P
+        assert torch.allclose(H[0], exact, atol=1e-8)
+
+
+def _small_wmf(run, dim: int = 3):
+    """An untrained WMF with ``dim``-wide embeddings on tiny (dense matrices stay small)."""
+    from recbole_unrank.models.wmf import WMF
+
+    saved = run.config["embedding_size"]
+    run.config["embedding_size"] = dim
+    try:
+        torch.manual_seed(3)
+        return WMF(run.config, run.data.train_ds).double()
+    finally:
+        run.config["embedding_size"] = saved
+
+
+def test_curvature_products_equal_dense_autograd(runs):
+    """Hessian- and Gauss-Newton-vector products of the objective, against dense matrices from
+    torch.autograd.functional (WMF, float64, every parameter)."""
     run = runs("WMF")
-    t_if, t_l2 = run._task(), run._task()
-    t_if.model.double()
-    t_l2.model.double()
-    kw = {"curvature": curvature, "damping": 1e-2, "cg_steps": 30}
-    got = InfluenceFunction(hessian_data="train", **kw)(t_if).model
-    want = L2UnRank(
-        use_scope=False, use_weights=False, use_context=False, update="all", calibrate=False, **kw
-    )(t_l2).model
-    moved = False
-    for (name, a), (_, b) in zip(got.named_parameters(), want.named_parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=f"{name} differs")
-        moved |= not torch.equal(a, dict(run.original.named_parameters())[name].double())
-    assert moved
+    model = _small_wmf(run)
+    a, obj, users, items, _ = _objective(run, model)
+    idx = torch.as_tensor(np.flatnonzero(_pairs(run)[2]))
+    P, Q = model.user_embedding.weight, model.item_embedding.weight
+    shapes = [P.shape, Q.shape]
+    x0 = torch.cat([P.detach().reshape(-1), Q.detach().reshape(-1)])
+
+    def loss_flat(x):  # the adapter scores through a.P, a.Q: functions of x here
+        a.P, a.Q = x[: P.numel()].view(shapes[0]), x[P.numel():].view(shapes[1])
+        return obj.loss(idx, gram=True)
+
+    dense = torch.autograd.functional.hessian(loss_flat, x0)
+    a.P, a.Q = P, Q  # the model's own parameters again
+    params = [P, Q]
+    v = torch.randn(x0.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hv = obj.hessian(idx, None, True, params)(v)
+    assert torch.allclose(hv, dense @ v, rtol=1e-8, atol=1e-8)
+    # Gauss-Newton: J^T C J + reg Hessian, J = d(outputs)/dx from autograd.functional.jacobian
+    gn = obj.gauss_newton(idx, None, True, params)(v)
+    uu = torch.unique(users[idx])
+
+    def outputs(x):
+        Pm, Qm = x[: P.numel()].view(shapes[0]), x[P.numel():].view(shapes[1])
+        return torch.cat(((Pm[users[idx]] * Qm[items[idx]]).sum(-1), (Pm[uu] @ Qm.T).reshape(-1)))
+
+    J = torch.autograd.functional.jacobian(outputs, x0)
+    s = obj.spec
+    c = torch.cat((torch.full((idx.numel(),), 2 * (1 + s.alpha) - 2 * s.w0, dtype=torch.float64),
+                   torch.full((uu.numel() * Q.shape[0],), 2 * s.w0, dtype=torch.float64)))
+    def reg_flat(x):
+        a.P, a.Q = x[: P.numel()].view(shapes[0]), x[P.numel():].view(shapes[1])
+        return obj._reg(idx, None)
+
+    reg = torch.autograd.functional.hessian(reg_flat, x0)
+    a.P, a.Q = P, Q
+    want = J.T @ (c[:, None] * (J @ v[:, None])).squeeze(-1) + reg @ v
+    assert torch.allclose(gn, want, rtol=1e-8, atol=1e-8)
 
 
-def test_if_equals_l2unrank_on_lightgcn(runs):
-    """The same on a graph model (float32: loose tolerance), both on the train graph."""
-    run = runs("LightGCN")
-    kw = {"curvature": "gauss_newton", "damping": 1e-2, "cg_steps": 6}
-    got = InfluenceFunction(hessian_data="train", **kw)(run._task()).model
-    want = L2UnRank(
-        use_scope=False, use_weights=False, use_context=False, update="all", calibrate=False, **kw
-    )(run._task()).model
-    for (name, a), (_, b) in zip(got.named_parameters(), want.named_parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{name} differs")
-
-
-def test_if_retained_solves_the_retained_system(runs):
-    """``if`` (default H over D \\ D_t) satisfies (H_r + lambda I) Delta = g, checked with an
-    independent Hessian of the retained loss (WMF, float64; GN = PSD so CG converges)."""
+def test_cg_solve_equals_a_direct_solve(runs):
+    """``if`` with Gauss-Newton: its step solves (G + lambda I) Delta = g to the reported residual;
+    checked against torch.linalg.solve on the dense G (WMF, float64)."""
     run = runs("WMF")
-    task = run._task()
-    task.model.double()
+    small = _small_wmf(run)
+    task = run._task(small)
     before = [p.detach().clone() for p in task.model.parameters()]
-    lam = 1e-1
-    InfluenceFunction(curvature="gauss_newton", damping=lam, cg_steps=400, cg_tol=1e-12)(task)
-    delta = torch.cat(
-        [(p.detach() - b).reshape(-1) for p, b in zip(task.model.parameters(), before)]
-    )
-    users, items, keep = _pairs(run)
-    P = before[0].clone().requires_grad_(True)
-    Q = before[1].clone().requires_grad_(True)
-    u, i = torch.as_tensor(users), torch.as_tensor(items)
+    result = METHODS["if"](damping=1e-1, cg_steps=2000, cg_tol=1e-10)(task)
+    delta = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(task.model.parameters(), before)])
+    model = copy.deepcopy(small)
+    a, obj, users, items, _ = _objective(run, model)
+    params = a.params()
+    idx_r = torch.as_tensor(np.flatnonzero(_pairs(run)[2]))
+    op = obj.gauss_newton(idx_r, None, True, params)
+    n = sum(p.numel() for p in params)
+    G = torch.stack([op(e) for e in torch.eye(n, dtype=torch.float64)], 1)
     t = torch.as_tensor(run.request.index)
-    z_t = (P[u[t]] * Q[i[t]]).sum(-1)
-    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad((-F.logsigmoid(z_t)).sum(), (P, Q))])
-    # Gauss-Newton of the retained pointwise loss: J^T diag(s(1-s)) J, J v by forward differences
-    # of the bilinear score (exact: z is bilinear, so J v = dP.Q + P.dQ).
-    k = torch.as_tensor(np.flatnonzero(keep))
-    dP, dQ = delta[: P.numel()].view_as(P), delta[P.numel() :].view_as(Q)
-    z = (P[u[k]] * Q[i[k]]).sum(-1).detach()
-    jv = (dP[u[k]] * Q[i[k]]).sum(-1) + (P[u[k]] * dQ[i[k]]).sum(-1)
-    c = torch.sigmoid(z) * (1 - torch.sigmoid(z)) * jv.detach()
-    gp = torch.zeros_like(P).index_add_(0, u[k], c[:, None] * Q[i[k]].detach())
-    gq = torch.zeros_like(Q).index_add_(0, i[k], c[:, None] * P[u[k]].detach())
-    lhs = torch.cat([gp.reshape(-1), gq.reshape(-1)]) + lam * delta
-    assert float((lhs - g).norm() / g.norm()) < 1e-6
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(obj.loss(t), params)])
+    direct = torch.linalg.solve(G + 1e-1 * torch.eye(n, dtype=torch.float64), g)
+    assert result.info["solve"]["converged"]
+    assert torch.allclose(delta, direct, rtol=1e-6, atol=1e-8 * float(direct.abs().max()))
 
 
-def test_scif_on_wmf_equals_exact_per_user_solves(runs):
-    """WMF's score is linear in p_u, so SCIF's system splits into one exact d x d block per
-    request user: H_u = sum_{retained (u,i)} s(1-s) q_i q_i^T, g_u = sum_{D_t (u,i)} -s(-z) q_i."""
+def _als(model, users, items, index, n_items):
+    """Closed-form WMF user rows on the rows ``index`` (items fixed): exact ALS."""
+    P, Q = model.user_embedding.weight.detach(), model.item_embedding.weight.detach()
+    a, w0, reg = 1.0 + model.alpha, model.negative_weight, model.reg_weight
+    G = Q.T @ Q
+    out = P.clone()
+    for u in torch.unique(users[index]).tolist():
+        its = items[index][users[index] == u]
+        A = w0 * G + (a - w0) * Q[its].T @ Q[its] + reg * its.numel() * torch.eye(Q.shape[1], dtype=Q.dtype)
+        out[u] = torch.linalg.solve(A, a * Q[its].sum(0))
+    return out
+
+
+def test_user_refit_on_wmf_is_exact_als(runs):
     run = runs("WMF")
     task = run._task()
     task.model.double()
-    P0 = task.model.user_embedding.weight.detach().clone()
-    Q = task.model.item_embedding.weight.detach().clone()
-    lam = 1e-2
-    SCIF(damping=lam, cg_steps=500, cg_tol=1e-13)(task)
-    P1 = task.model.user_embedding.weight.detach()
+    result = METHODS["user_refit"](damping=1e-2, refit_steps=20, refit_tol=1e-10)(task)
     users, items, keep = _pairs(run)
-    t_users, t_items = users[~keep], items[~keep]
-    for u in np.unique(t_users):
-        mine = (users == u) & keep
-        q = Q[items[mine]]
-        s = torch.sigmoid(q @ P0[u])
-        H = (s * (1 - s))[:, None, None].mul(q[:, :, None] * q[:, None, :]).sum(0)
-        qt = Q[t_items[t_users == u]]
-        g = (-torch.sigmoid(-(qt @ P0[u])))[:, None].mul(qt).sum(0)
-        want = torch.linalg.solve(H + lam * torch.eye(H.shape[0], dtype=H.dtype), g)
-        torch.testing.assert_close(P1[u] - P0[u], want, rtol=1e-6, atol=1e-8)
+    users, items = torch.as_tensor(users), torch.as_tensor(items)
+    want = _als(copy.deepcopy(run.original).double(), users, items, torch.as_tensor(np.flatnonzero(keep)), 0)
+    req = torch.as_tensor(np.unique(run.request.users))
+    got = result.model.user_embedding.weight.detach()
+    assert torch.allclose(got[req], want[req], atol=1e-8)
+    assert result.info["solve"]["converged"]
 
 
-# ------------------------------------------------------------------------------ helpers, settings
+def test_scif_at_an_als_optimum_equals_retraining_the_users_rows(runs):
+    """WMF with every user row at its exact ALS optimum on the full data: SCIF's influence step
+    (H over the request users' retained rows, gradient of D_t, training loss) is the exact
+    re-fit of those rows without D_t, i.e. what retraining the users' rows gives."""
+    run = runs("WMF")
+    users, items, keep = _pairs(run)
+    users, items = torch.as_tensor(users), torch.as_tensor(items)
+    model = copy.deepcopy(run.original).double()
+    with torch.no_grad():
+        model.user_embedding.weight.copy_(_als(model, users, items, torch.arange(users.numel()), 0))
+    task = run._task(model)
+    result = METHODS["scif"](damping=1e-9, cg_steps=2000, cg_tol=1e-12)(task)
+    want = _als(model, users, items, torch.as_tensor(np.flatnonzero(keep)), 0)
+    req = torch.as_tensor(np.unique(run.request.users))
+    got = result.model.user_embedding.weight.detach()
+    assert torch.allclose(got[req], want[req], atol=1e-6)
+
+
 def test_khop_importance_and_neighbours_on_a_chain():
     # u0-i0, u0-i1, u1-i1, u1-i2, u2-i2 ; request: (u0, i0)
     users, items = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 2, 2])
@@ -322,54 +435,44 @@ def test_khop_importance_and_neighbours_on_a_chain():
     assert (si > 0).tolist() == [True, True, False]  # i0 (itself), i1 (u0's item)
     su2, si2 = khop_importance(users, items, 3, 3, torch.tensor([0]), torch.tensor([0]), 2)
     assert (su2 > 0).tolist() == [True, True, False] and (si2 > 0).tolist() == [True, True, False]
-    assert collaborative_users(users, items, 3, 3, torch.tensor([0]), 0).tolist() == [
-        True,
-        False,
-        False,
-    ]
-    assert collaborative_users(users, items, 3, 3, torch.tensor([0]), 1).tolist() == [
-        True,
-        True,
-        False,
-    ]
-    assert collaborative_users(users, items, 3, 3, torch.tensor([0]), 5).tolist() == [
-        True,
-        True,
-        True,
-    ]
+    assert collaborative_users(users, items, 3, 3, torch.tensor([0]), 0).tolist() == [True, False, False]
+    assert collaborative_users(users, items, 3, 3, torch.tensor([0]), 1).tolist() == [True, True, False]
+    assert collaborative_users(users, items, 3, 3, torch.tensor([0]), 5).tolist() == [True, True, True]
 
 
 @pytest.mark.parametrize(
-    "cls, kwargs",
+    "name, kwargs",
     [
-        (IFRU, {"hops": -1}),
-        (IFRU, {"keep": 0.0}),
-        (IFRU, {"keep": 1.5}),
-        (SCIF, {"neighbors": -2}),
-        (InfluenceFunction, {"hessian_data": "all"}),
-        (InfluenceFunction, {"curvature": "identity"}),
-        (SCIF, {"damping": 0.0}),
-        (IFRU, {"cg_steps": 0}),
-        (SCIF, {"hops": 1}),  # not one of its settings
+        ("ifru", {"ifru_hops": -1}),
+        ("ifru", {"ifru_keep": 0.0}),
+        ("ifru", {"ifru_keep": 1.5}),
+        ("scif", {"neighbors": -2}),
+        ("if", {"hessian_data": "all"}),
+        ("if", {"curvature": "identity"}),
+        ("scif", {"damping": 0.0}),
+        ("ifru", {"cg_steps": 0}),
+        ("scif", {"hops": 1}),  # not one of its settings
+        ("user_refit", {"refit_negatives": 0}),
+        ("user_refit", {"cg_steps": 5}),  # not one of its settings
+        ("scif+calib", {"utility_guard": 1.5}),
     ],
 )
-def test_bad_settings_are_refused(cls, kwargs):
+def test_bad_settings_are_refused(name, kwargs):
     with pytest.raises(UnrankError):
-        cls(**kwargs)
+        METHODS[name](**kwargs)
 
 
 def test_settings_come_from_the_config(runs):
     config = runs("WMF").config
-    for name in BASELINES:
+    for name in BASELINES + ["if+calib", "ifru+calib", "scif+calib"]:
         cls = METHODS[name]
         values = pipeline.method_settings(config, cls)
-        assert all(v is not None for v in values.values()), (
-            f"{name}: a key is missing from unrank.yaml"
-        )
+        assert all(v is not None for v in values.values()), f"{name}: a key is missing from unrank.yaml"
         cls(**values)
     assert config["unrank_ifru_hops"] == 1 and config["unrank_scif_neighbors"] == 1
     assert config["unrank_if_hessian_data"] == "retained"
-    assert config["unrank_baseline_curvature"] == "hessian"
+    assert config["unrank_baseline_curvature"] == "gauss_newton"
+    assert config["unrank_baseline_loss"] == "training"
 
 
 class PlainBPR(BPR):
@@ -382,29 +485,30 @@ def test_generic_adapter_fallback(runs):
     model = PlainBPR(run.config, run.data.train_ds)
     model.eval()
     assert isinstance(get_adapter(model), GenericAdapter)
-    for name in BASELINES:
-        task = run._task(model)
-        result = METHODS[name](cg_steps=5)(task)
+    with pytest.raises(UnrankError, match="surrogate"):  # its training loss is unknown: refused
+        METHODS["if"]()(run._task(model))
+    for name in ("if", "ifru", "scif"):
+        result = METHODS[name](loss="surrogate", cg_steps=50)(run._task(model))
         assert _finite(result.model)
         if name == "scif":
             changes = _changes(model, result.model)
             assert changes["user_embedding"] <= set(run.request.users.tolist())
             assert not changes["item_embedding"]
+    with pytest.raises(UnrankError, match="blocks"):
+        METHODS["user_refit"]()(run._task(model))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("model_name", MODELS)
 def test_baselines_on_cuda(runs, model_name):
     run = runs(model_name)
-    for name in BASELINES:
+    for name in BASELINES + ["scif+calib"]:
         task = run._task(copy.deepcopy(run.original).cuda())
         task.device = torch.device("cuda")
-        result = METHODS[name](curvature="gauss_newton", cg_steps=5)(task)
+        result = METHODS[name](cg_steps=50)(task) if name != "user_refit" else METHODS[name]()(task)
         assert all(p.is_cuda for p in result.model.parameters())
         assert _finite(result.model)
-        cpu = METHODS[name](curvature="gauss_newton", cg_steps=5)(run._task()).model
-        for a, b in zip(result.model.parameters(), cpu.parameters()):
-            torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
 
 
 def test_scif_neighbours_matter_only_through_propagation(runs):
@@ -413,15 +517,11 @@ def test_scif_neighbours_matter_only_through_propagation(runs):
 
     def step(model_name, neighbors):
         run = runs(model_name)
-        result = SCIF(neighbors=neighbors, curvature="gauss_newton", cg_steps=10)(run._task())
-        return (
-            result,
-            result.model.user_embedding.weight.detach()
-            - run.original.user_embedding.weight.detach(),
-        )
+        result = METHODS["scif"](neighbors=neighbors)(run._task())
+        return result, result.model.user_embedding.weight.detach() - run.original.user_embedding.weight.detach()
 
     (r0, d0), (r1, d1) = step("LightGCN", 0), step("LightGCN", 1)
-    assert r1.info["neighbor_users"] > 0 and r1.info["hessian_pairs"] > r0.info["hessian_pairs"]
+    assert r1.info["curvature_rows"] > r0.info["curvature_rows"]
     assert not torch.allclose(d0, d1)
     (_, w0), (_, w1) = step("WMF", 0), step("WMF", 1)
     assert torch.equal(w0, w1)

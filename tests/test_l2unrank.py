@@ -1,5 +1,7 @@
 """L2UnRank on real RecBole models (tiny data): adapters against autograd, the update's
-contract (only request users move, no NaN, caches cleared), demotion, presets, ablations."""
+contract (only request users move, no NaN, caches cleared), every ablation switch acts, inert
+settings are refused, the guard keeps its documented word (one user included), and a request
+whose items already rank low is still forgotten."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from recbole_unrank.adapters import LightGCNAdapter, get_adapter
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS
+from recbole_unrank.methods.l2unrank import VARIANTS
 from recbole_unrank.metrics import pair_ranks
 
 MODELS = ["WMF", "NeuMF", "LightGCN"]
@@ -33,6 +36,17 @@ def prepared(tmp_path_factory):
     return out
 
 
+def _settings(run, name, **over):
+    cls = METHODS[name]
+    s = pipeline.method_settings(run.config, cls)
+    s.update(over)
+    return cls(**s)
+
+
+def _unlearn(run, name, task=None, **over):
+    return _settings(run, name, **over)(task or run._task())
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_l2unrank_demotes_the_request_and_keeps_the_contract(prepared, model):
     run = prepared[model]
@@ -47,7 +61,7 @@ def test_l2unrank_demotes_the_request_and_keeps_the_contract(prepared, model):
     orig_row = run.rows[0]
     assert row["forget"]["mean_rank"] > orig_row["forget"]["mean_rank"]
     assert row["forget"]["forget_hit@10"] <= orig_row["forget"]["forget_hit@10"]
-    assert row["forget"]["rdr"] > 0
+    assert row["steps"]["params"] == "blocks" and row["solve"]["converged"]
     # Only the request users' parameter rows moved (user-block path).
     req_users = torch.as_tensor(np.unique(run.request.users))
     changed_rows = set()
@@ -59,10 +73,8 @@ def test_l2unrank_demotes_the_request_and_keeps_the_contract(prepared, model):
             changed_rows |= set(torch.nonzero(diff.sum(1) > 0).view(-1).tolist())
         else:
             assert diff.max() == 0, f"{name} changed outside the request users' blocks"
-    assert changed_rows <= set(req_users.tolist())
-    # LightGCN: no stale cache, and the retained graph is in place.
-    if model == "LightGCN":
-        # Evaluation refilled the cache: it must be that of the updated parameters.
+    assert changed_rows and changed_rows <= set(req_users.tolist())
+    if model == "LightGCN":  # no stale cache, and the retained graph is in place
         fresh_u, fresh_i = get_adapter(unlearned).final_embeddings()
         if unlearned.restore_user_e is not None:
             assert torch.allclose(unlearned.restore_user_e, fresh_u, atol=1e-6)
@@ -72,45 +84,217 @@ def test_l2unrank_demotes_the_request_and_keeps_the_contract(prepared, model):
         assert live_edges(unlearned.norm_adj_matrix) == 2 * len(run.retain_ds.inter_feat)
 
 
-def test_calibration_meets_the_viewing_threshold_where_the_guard_allows(prepared):
+def test_view_target_without_a_guard_meets_the_viewing_threshold(prepared):
     run = prepared["WMF"]
-    row = run.run_method("l2unrank", save=False, evaluate_test=False, overrides={"unrank_utility_guard": 0.0})
+    row = run.run_method("l2unrank_view", save=False, evaluate_test=False, overrides={"unrank_utility_guard": 0.0})
     # Without a guard every user's forgotten items leave the top 10 (the grid reaches far enough).
-    assert row["users_meeting_view"] == 1.0
+    assert row["calibration"]["users_meeting_target"] == 1.0
     assert row["forget"]["forget_hit@10"] == 0.0
 
 
+def _delta(run, result):
+    before = dict(run.original.named_parameters())
+    return torch.cat([(p.detach() - before[n].detach()).reshape(-1) for n, p in result.model.named_parameters()])
+
+
 @pytest.mark.parametrize("model", MODELS)
-def test_paper_preset_and_ablations_run(prepared, model):
+def test_every_ablation_switch_changes_the_update(prepared, model):
+    """Each variant switches one step of l2unrank: its update differs from the default's."""
     run = prepared[model]
-    for name in ["l2unrank_paper", "l2unrank_noscope", "l2unrank_noweights", "l2unrank_nocurv",
-                 "l2unrank_context", "l2unrank_nosem", "l2unrank_nostruct", "l2unrank_nocalib"]:
-        row = run.run_method(name, save=False, evaluate_test=False)
-        assert all(torch.isfinite(p).all() for p in row["_model"].parameters()), name
-        assert np.isfinite(row["forget"]["mean_rank"]), name
+    result = _unlearn(run, "l2unrank")
+    base = _delta(run, result)
+    assert base.abs().max() > 0
+    for name in VARIANTS:
+        if name == "l2unrank":
+            continue
+        d = _delta(run, _unlearn(run, name))
+        cal = result.info["calibration"]
+        if name == "l2unrank_nocalib" and cal["step_min"] == cal["step_median"] == 1.0 and cal["step_cap"] is None:
+            # Every user met the target at the floor (scale 1): the calibration left the step as it
+            # is, so it must equal the uncalibrated one; where the target is not met it acts:
+            assert torch.allclose(d, base)
+            d = _delta(run, _unlearn(run, name))
+            base_strict = _delta(run, _unlearn(run, "l2unrank", calib_target="view", step_floor=0.0))
+            assert not torch.allclose(d, base_strict, rtol=1e-5, atol=1e-7)
+            continue
+        assert torch.isfinite(d).all(), name
+        assert not torch.allclose(d, base, rtol=1e-5, atol=1e-7), f"{name} gave l2unrank's update"
+    # hops act through the weights (1 vs 2 hops) and through the rows (0 vs 1 without weights)
+    h1 = _delta(run, _unlearn(run, "l2unrank", hops=1))
+    h2 = _delta(run, _unlearn(run, "l2unrank", hops=2))
+    assert torch.equal(h1, base) and not torch.allclose(h1, h2, rtol=1e-5, atol=1e-7)
+    n0 = _delta(run, _unlearn(run, "l2unrank_noweights", hops=0))
+    n1 = _delta(run, _unlearn(run, "l2unrank_noweights", hops=1))
+    assert not torch.allclose(n0, n1, rtol=1e-5, atol=1e-7)
+
+
+def test_inert_settings_are_refused():
+    cls = METHODS["l2unrank"]
+    with pytest.raises(UnrankError, match="unrank_cg_steps=30 has no effect"):
+        cls(cg_steps=30)
+    with pytest.raises(UnrankError, match="unrank_cg_tol"):
+        cls(cg_tol=1e-3)
+    with pytest.raises(UnrankError, match="acts like 1"):
+        METHODS["l2unrank_noweights"](hops=2)
+    with pytest.raises(UnrankError, match="no p-hop scope"):
+        METHODS["l2unrank_noscope"](hops=1)
+    with pytest.raises(UnrankError, match="nothing to act on"):
+        cls(hops=0)
+    with pytest.raises(UnrankError, match="context term off"):
+        cls(weights_at="gradient")
+    with pytest.raises(UnrankError, match="hessian with exact user blocks"):
+        cls(curvature="hessian")
+    with pytest.raises(UnrankError, match="runs its T steps"):
+        METHODS["l2unrank_paper"](cg_tol=1e-3)
+    cls(update="all", cg_steps=50)  # the full-parameter path runs CG: accepted
+    with pytest.raises(UnrankError, match="negative"):
+        cls(hops=-1)
+    with pytest.raises(UnrankError, match="> 0"):
+        cls(damping=0)
+
+
+def test_paper_preset_declares_the_paper(prepared):
+    run = prepared["LightGCN"]
+    result = _unlearn(run, "l2unrank_paper")
+    st = result.info["steps"]
+    assert st == {"rows": "request+context", "scope": "hops", "weights": "structural+semantic",
+                  "weights_at": "gradient", "params": "all", "loss": "surrogate", "curvature": "hessian",
+                  "solve": "cg_fixed", "step": "one", "graph": "scope", "spillover": False}
+    assert result.info["hops"] == 1 and result.info["solve"]["iters"] <= 30
+    assert _unlearn(prepared["WMF"], "l2unrank_paper").info["hops"] == 0
 
 
 def test_nan_update_is_refused_and_nothing_saved(prepared, tmp_path, monkeypatch):
     run = prepared["WMF"]
     run_dir_before = run.run_dir
     run.run_dir = str(tmp_path)
-    from recbole_unrank.methods import l2unrank as mod
+    from recbole_unrank.methods import pipeline as mod
 
     original = mod.batched_block_solve
     monkeypatch.setattr(mod, "batched_block_solve", lambda A, b, d: original(A, b, d) * float("nan"))
     try:
         with pytest.raises(UnrankError, match="NaN/Inf"):
-            run.run_method("l2unrank", overrides={"unrank_calibrate": False})
+            run.run_method("l2unrank_nocalib")
     finally:
         run.run_dir = run_dir_before
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_settings_are_refused():
-    with pytest.raises(UnrankError, match="negative"):
-        METHODS["l2unrank"](hops=-1)
-    with pytest.raises(UnrankError, match="> 0"):
-        METHODS["l2unrank"](damping=0)
+# ---------------------------------------------------------------------- the guard's word
+def _valid_ndcg_sum(run, model, users: torch.Tensor) -> float:
+    """The request users' validation NDCG@10 (retained history masked), computed here from the
+    model's own full-sort scores: independent of the calibration's incremental scoring."""
+    feat = run.data.train_ds.inter_feat
+    tu, ti = feat[run.data.train_ds.uid_field], feat[run.data.train_ds.iid_field]
+    keep = torch.ones(tu.numel(), dtype=torch.bool)
+    keep[torch.as_tensor(run.request.index)] = False
+    row_of = torch.full((model.n_users,), -1, dtype=torch.long)
+    row_of[users] = torch.arange(users.numel())
+    hist = keep & (row_of[tu] >= 0)
+    vu = run.data.valid_ds.inter_feat[run.data.valid_ds.uid_field]
+    vi = run.data.valid_ds.inter_feat[run.data.valid_ds.iid_field]
+    mine = row_of[vu] >= 0
+    empty = torch.zeros(0, dtype=torch.long)
+    probe = RankProbe(users.numel(), row_of[tu[hist]], ti[hist], empty, empty, row_of[vu[mine]], vi[mine])
+    model = model.eval()
+    get_adapter(model).invalidate()
+    with torch.no_grad():
+        return float(probe.valid_ndcg(get_adapter(model).user_scores(users), 10).sum())
+
+
+def _retained_graph_original(run, index=None):
+    """The guard's starting model: the original (serving the retained graph, for graph models)."""
+    model = copy.deepcopy(run.original)
+    a = get_adapter(model)
+    if a.is_graph:
+        feat = run.data.train_ds.inter_feat
+        keep = torch.ones(len(feat), dtype=torch.bool)
+        keep[torch.as_tensor(run.request.index if index is None else index)] = False
+        a.set_graph(feat[run.data.train_ds.uid_field][keep], feat[run.data.train_ds.iid_field][keep])
+    return model
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("guard", [0.999, 0.9])
+def test_guard_keeps_the_request_users_validation_ndcg(prepared, model, guard):
+    run = prepared[model]
+    result = _unlearn(run, "l2unrank", utility_guard=guard)
+    users = torch.as_tensor(np.unique(run.request.users))
+    start = _valid_ndcg_sum(run, _retained_graph_original(run), users)
+    after = _valid_ndcg_sum(run, result.model, users)
+    assert start > 0
+    g = result.info["guard"]
+    assert after / start >= guard - 1e-6
+    assert g["request_users_valid_ndcg_ratio"] == pytest.approx(after / start, rel=1e-4, abs=1e-6)
+    assert g["met"]
+    if model == "LightGCN":  # the step moves other users: their sampled ratio is reported and held
+        assert g["others_valid_ndcg_ratio"] is not None and g["others_valid_ndcg_ratio"] >= guard - 1e-6
+    else:
+        assert g["others_valid_ndcg_ratio"] is None
+
+
+@pytest.mark.parametrize("model", ["WMF", "LightGCN"])
+def test_guard_binds_for_a_single_user_request(prepared, model):
+    """One request user: the guard is that user's own validation NDCG@10, and it holds."""
+    run = prepared[model]
+    vu = run.data.valid_ds.inter_feat[run.data.valid_ds.uid_field].numpy()
+    users = run.request.users
+    user = next(int(u) for u in np.unique(users) if (vu == u).any())
+    task = run._task()
+    task.request_index = run.request.index[users == user]
+    free = _unlearn(run, "l2unrank", task=task, utility_guard=0.0)
+    task = run._task()
+    task.request_index = run.request.index[users == user]
+    guarded = _unlearn(run, "l2unrank", task=task, utility_guard=1.0)
+    assert guarded.info["guard"]["request_users_valid_ndcg_ratio"] >= 1.0 - 1e-9
+    assert guarded.info["guard"]["met"]
+    # ... and binds where the free step loses utility
+    if free.info["guard"]["request_users_valid_ndcg_ratio"] < 1.0:
+        assert guarded.info["calibration"]["step_median"] < free.info["calibration"]["step_median"]
+
+
+# ---------------------------------------------------------------------- forgetting, not only unranking
+@pytest.mark.parametrize("model", MODELS)
+def test_a_request_already_below_the_threshold_is_still_forgotten(prepared, model):
+    """Pairs that rank outside the top 10 before the request: the model still changes (their
+    influence is removed: the influence step is the floor) and none of them enters the top 10."""
+    run = prepared[model]
+    ranks = run.rows[0]["ranks"]
+    n_items = run.original.n_items
+    low = set(int(k) for k, r in zip(ranks["keys"], ranks["ranks"]) if r > 10)
+    assert low
+    feat = run.data.train_ds.inter_feat
+    key = (feat[run.data.train_ds.uid_field] * n_items + feat[run.data.train_ds.iid_field]).numpy()
+    index = np.array([k for k in run.request.index if int(key[k]) in low], dtype=np.int64)
+    assert index.size > 0
+    task = run._task()
+    task.request_index = index
+    result = _unlearn(run, "l2unrank", task=task)
+    assert _delta(run, result).abs().max() > 0
+    assert result.info["calibration"]["users_with_new_entrants"] == 0
+    users = torch.as_tensor(feat[run.data.train_ds.uid_field][index])
+    items = torch.as_tensor(feat[run.data.train_ds.iid_field][index])
+    keep = torch.ones(len(feat), dtype=torch.bool)
+    keep[torch.as_tensor(index)] = False
+    uniq, rows = torch.unique(users, return_inverse=True)
+    row_of = torch.full((run.original.n_users,), -1, dtype=torch.long)
+    row_of[uniq] = torch.arange(uniq.numel())
+    hist = keep & (row_of[feat[run.data.train_ds.uid_field]] >= 0)
+
+    def ranks(model):  # ranks with this request's retained history masked
+        a = get_adapter(model.eval())
+        a.invalidate()
+        with torch.no_grad():
+            scores = a.user_scores(uniq).clone()
+        scores[:, 0] = -torch.inf
+        scores[row_of[feat[run.data.train_ds.uid_field][hist]], feat[run.data.train_ds.iid_field][hist]] = -torch.inf
+        return pair_ranks(scores, rows, items)
+
+    before, after = ranks(_retained_graph_original(run, index)), ranks(result.model)
+    outside = ranks(copy.deepcopy(run.original)) > 10
+    assert outside.any()
+    assert bool((after[outside] > 10).all())
+    assert float(after.float().mean()) >= float(before.float().mean())
 
 
 # ---------------------------------------------------------------------- adapters vs autograd
@@ -126,9 +310,9 @@ def test_user_block_jacobian_equals_autograd(prepared, model):
     jac = adapter.user_block_jacobian(users, items)
     for b in range(users.numel()):
         u = int(users[b])
-        tables = ([net.user_embedding] if model != "NeuMF" else [net.user_mf_embedding, net.user_mlp_embedding])
+        tables = adapter.user_tables()
         y = adapter.pair_scores(users[b : b + 1], items[b : b + 1]).sum()
-        gs = torch.autograd.grad(y, [t.weight for t in tables])
+        gs = torch.autograd.grad(y, tables)
         grads = torch.cat([g[u] for g in gs])
         assert torch.allclose(jac[b].double(), grads, atol=1e-8), (model, b)
 
@@ -165,9 +349,19 @@ def test_rank_probe_agrees_with_pair_ranks():
     assert nd[1] == pytest.approx(1 / np.log2(r + 1) if r <= 10 else 0.0)
 
 
+def test_row_median_by_hand():
+    from recbole_unrank.methods.calibration import row_median
+
+    rows = torch.tensor([0, 2, 0, 0, 2, 2, 2])
+    vals = torch.tensor([5.0, 1.0, 3.0, 9.0, 4.0, 2.0, 8.0])
+    out = row_median(rows, vals, 4)
+    assert out[0] == 5.0 and out[2] == 2.0  # lower median of {1, 2, 4, 8}
+    assert torch.isnan(out[1]) and torch.isnan(out[3])
+
+
 def test_retrain_demotes_the_request_on_a_small_dataset(prepared):
-    """Issue 3: the retrained model's forget_hit@10 is at most the original's, and the
-    request sinks on average (the model never saw it)."""
+    """The retrained model's forget_hit@10 is at most the original's, and the request sinks
+    on average (the model never saw it)."""
     run = prepared["WMF"]
     row = run.run_method("retrain", save=False)
     orig = run.rows[0]
@@ -176,7 +370,7 @@ def test_retrain_demotes_the_request_on_a_small_dataset(prepared):
 
 
 def test_per_row_gram_equals_summed_outer_products():
-    from recbole_unrank.methods.l2unrank import per_row_gram
+    from recbole_unrank.methods.objective import per_row_gram
 
     g = torch.Generator().manual_seed(3)
     rows = torch.tensor([2, 0, 2, 2, 1, 0])
@@ -204,6 +398,6 @@ def test_context_term_with_an_empty_context_is_a_no_op(prepared):
     """Regression (found by the tuner): LightGCN, 0 hops and the context term on raised an
     IndexError, because 0 hops leaves no context pair."""
     run = prepared["LightGCN"]
-    row = run.run_method("l2unrank", save=False, evaluate_test=False,
+    row = run.run_method("l2unrank_noweights", save=False, evaluate_test=False,
                          overrides={"unrank_hops": 0, "unrank_use_context": True})
     assert np.isfinite(row["forget"]["mean_rank"])

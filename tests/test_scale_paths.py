@@ -92,7 +92,7 @@ def test_single_user_request_on_user_blocks_without_dense_users_x_items(original
     with ShapeLog() as log:
         result = method(task)
 
-    assert result.info["users_meeting_view"] is not None  # the user-block path's calibration ran
+    assert result.info["calibration"]["users_meeting_target"] is not None  # the user-block path's calibration ran
     assert not log.forbidden(n_users, n_items, n_params), log.forbidden(n_users, n_items, n_params)[:5]
     # the calibration scores only the request user's row: [1, n_items]
     assert any(s[-2:] == (1, n_items) for _, s in log.shapes if len(s) >= 2)

@@ -72,7 +72,7 @@ if str(REPO_ROOT) not in sys.path:
 @pytest.fixture(scope="module")
 def ray_job(tmp_path_factory, py_async):
     """The Ray Tune search in a fresh process, started when the module starts (it overlaps
-    the in-process tests): exhaustive over hops [0, 1] -> 2 trials on a local Ray instance."""
+    the in-process tests): exhaustive over hops [1, 2] -> 2 trials on a local Ray instance."""
     try:
         import pyarrow  # noqa: F401
         import ray  # noqa: F401
@@ -80,7 +80,7 @@ def ray_job(tmp_path_factory, py_async):
     except Exception as exc:  # noqa: BLE001
         return None, f"ray / ray.tune / pyarrow cannot be imported: {exc}"
     work = tmp_path_factory.mktemp("ray")
-    space = _params(work, "unrank_hops choice [0,1]\n")
+    space = _params(work, "unrank_hops choice [1,2]\n")
     argv = [sys.executable, HYPER, "-m", MODEL, "-d", DATASET, "--config_files", _cpu_yaml(work),
             "--params_file", space, "--algo", "exhaustive", "--tool", "ray", "--unrank_tune_utility_floor=1e-6"]
     return (work, py_async.argv(argv, work)), None
@@ -97,10 +97,10 @@ def _start_ray_early(request):
 # ------------------------------------------------------------------------------ one search
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):
-    """``run_unrank_hyper.py -m LightGCN -d tiny --params_file <hops [0,1]> --algo exhaustive``
+    """``run_unrank_hyper.py -m LightGCN -d tiny --params_file <hops [1,2]> --algo exhaustive``
     in this process, counting the original's trainings."""
     work = tmp_path_factory.mktemp("hyper")
-    space = _params(work, "# two values of one key\nunrank_hops choice [0,1]\n")
+    space = _params(work, "# two values of one key\nunrank_hops choice [1,2]\n")
     mp = pytest.MonkeyPatch()
     calls = []
     real_train = pipeline.train_model
@@ -135,7 +135,7 @@ def test_exhaustive_two_trials_one_original(search):
     assert search["train_calls"] == ["original"], "the original must be trained once, not per trial"
     trials = _trials(run_dir)
     assert [t["trial"] for t in trials] == ["1", "2"]
-    assert sorted(t["unrank_hops"] for t in trials) == ["0", "1"]
+    assert sorted(t["unrank_hops"] for t in trials) == ["1", "2"]
     assert all(t["status"] == "ok" for t in trials)
     for name in ("trials.csv", "trials.md", "best.yaml", "best.json", "trials.png", "request.inter",
                  "original.pth", "hyper.result", "run.log", f"{MODEL}-best.pth"):
@@ -194,15 +194,15 @@ def test_infeasible_trial_is_never_best(search, tmp_path, monkeypatch, capsys):
     the other is chosen. A floor above every trial: no best, no best.yaml. Both runs reuse the
     first search's original (--checkpoint): no training at all."""
     first = {int(t["unrank_hops"]): t for t in _trials(search["run_dir"])}
-    r0, r1 = float(first[0]["valid_ratio"]), float(first[1]["valid_ratio"])
+    r0, r1 = float(first[2]["valid_ratio"]), float(first[1]["valid_ratio"])
     assert r1 > 0
     floor = 0.999 * r1  # hops=1 meets it (same original, same request, same numbers)
     real = pipeline.Run.run_method
 
     def rigged(self, name, overrides=None, save=True, evaluate_test=True, label=None):
         row = real(self, name, overrides=overrides, save=save, evaluate_test=evaluate_test, label=label)
-        if (label or "").startswith("trial") and (overrides or {}).get("unrank_hops") == 0:
-            # hops=0 forgets perfectly but keeps half the utility the floor asks for
+        if (label or "").startswith("trial") and (overrides or {}).get("unrank_hops") == 2:
+            # hops=2 forgets perfectly but keeps half the utility the floor asks for
             row["forget"]["forget_hit@10"] = 0.0
             row["valid"]["ndcg@10"] = row["valid"]["ndcg@10"] * 0.5 * floor / r0 if r0 > 0 else 0.0
         return row
@@ -217,9 +217,9 @@ def test_infeasible_trial_is_never_best(search, tmp_path, monkeypatch, capsys):
     _main_hyper(common + [f"--unrank_tune_utility_floor={floor!r}"])
     run_dir = _run_dir(capsys)
     trials = {int(t["unrank_hops"]): t for t in _trials(run_dir)}
-    assert trials[0]["feasible"] == "False" and trials[1]["feasible"] == "True"
-    assert float(trials[0]["forget_hit@10"]) == 0.0 <= float(trials[1]["forget_hit@10"])
-    assert float(trials[0]["loss"]) >= tuning.INFEASIBLE_LOSS > float(trials[1]["loss"])
+    assert trials[2]["feasible"] == "False" and trials[1]["feasible"] == "True"
+    assert float(trials[2]["forget_hit@10"]) == 0.0 <= float(trials[1]["forget_hit@10"])
+    assert float(trials[2]["loss"]) >= tuning.INFEASIBLE_LOSS > float(trials[1]["loss"])
     record = json.loads((run_dir / "best.json").read_text(encoding="utf-8"))
     assert record["best"]["params"] == {"unrank_hops": 1}
     assert yaml.safe_load((run_dir / "best.yaml").read_text())["unrank_hops"] == 1
@@ -295,7 +295,7 @@ def test_malformed_params_file_exit_2(case, tmp_path, monkeypatch, capsys):
 ])
 def test_bad_objective_or_file_exit_2(argv, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    space = _params(tmp_path, "unrank_hops choice [0,1]\n")
+    space = _params(tmp_path, "unrank_hops choice [1,2]\n")
     base = ["-m", MODEL, "-d", DATASET, "--config_files", _cpu_yaml(tmp_path)]
     if "--params_file" not in argv:
         base += ["--params_file", space]
@@ -315,8 +315,8 @@ def test_shipped_params_files_parse():
         path = REPO_ROOT / "config" / "hyper" / f"{name}.hyper"
         specs = {s.name: s for s in tuning.read_params_file(str(path))}
         assert set(HyperTuning._build_space_from_file(str(path))) == set(specs)
-        assert specs["unrank_hops"].values == [0, 1, 2, 3, 4]
-        assert specs["unrank_cg_steps"].probe_values() == [10, 50]
+        assert specs["unrank_hops"].values == [1, 2, 3, 4]  # 0 leaves the weights nothing to act on
+        assert specs["unrank_step_floor"].values == [0.0, 1.0]
         lo, hi = specs["unrank_damping"].probe_values()
         assert lo < 1e-2 < hi
         assert {"unrank_update", "unrank_view_k", "unrank_utility_guard", "unrank_curvature"} <= set(specs)
@@ -335,7 +335,7 @@ def test_ray_tune_two_trials(ray_job):
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = Path(res.stdout.strip().splitlines()[-1])
     trials = _trials(run_dir)
-    assert len(trials) == 2 and sorted(t["unrank_hops"] for t in trials) == ["0", "1"]
+    assert len(trials) == 2 and sorted(t["unrank_hops"] for t in trials) == ["1", "2"]
     assert all(t["status"] == "ok" for t in trials)
     record = json.loads((run_dir / "best.json").read_text(encoding="utf-8"))
     assert record["search"]["tool"] == "ray" and record["best"] is not None

@@ -14,11 +14,41 @@ Every tensor stays on the model's device.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["ModelAdapter", "AdapterError"]
+__all__ = ["ModelAdapter", "AdapterError", "TrainingLoss"]
+
+
+@dataclass(frozen=True)
+class TrainingLoss:
+    """The loss a model was trained with, in summed form over train rows (what an influence
+    step differentiates when it follows the model's own training; see methods/objective.py).
+
+    Attributes:
+        row: per-row loss of the output ``z``: ``"logsig"`` (``-log sigmoid(z)``: BCE with label
+            1, or BPR on ``z = y_ui - y_uj``) or ``"wmf"`` (``(1 + alpha)(1 - z)^2 - w0 z^2``,
+            WMF's observed entry minus its share of the all-entries term).
+        pairwise: ``z = y_ui - y_uj`` with a sampled negative ``j`` (BPR).
+        negatives: a sampled negative ``j`` per row enters as BCE with label 0,
+            ``-log sigmoid(-y_uj)`` (NeuMF's pointwise training with one negative).
+        alpha, w0: WMF's confidence boost and unobserved weight; ``w0 > 0`` adds the all-entries
+            term ``w0 sum_u sum_i y_ui^2`` over the users of a row set.
+        reg_user, reg_item: L2 weight per row occurrence on the user's / item's (and the
+            negative's) base embedding row (``reg * ||e||^2``).
+        note: how the summed form relates to the model's ``calculate_loss``.
+    """
+
+    row: str
+    pairwise: bool = False
+    negatives: bool = False
+    alpha: float = 0.0
+    w0: float = 0.0
+    reg_user: float = 0.0
+    reg_item: float = 0.0
+    note: str = ""
 
 
 class AdapterError(ValueError):
@@ -62,7 +92,33 @@ class ModelAdapter:
         """Scores of ``users`` over all items, [U, n_items] (item 0 is RecBole's padding)."""
         raise NotImplementedError
 
+    def training_loss(self, users: torch.Tensor, items: torch.Tensor, batch_size: int) -> TrainingLoss:
+        """The model's own training loss (summed over rows; ``users``/``items``: the train rows,
+        ``batch_size``: the training batch size, for losses defined per batch)."""
+        raise AdapterError(
+            f"{type(self.model).__name__}: its training loss is not known to the adapter; use the "
+            "surrogate loss (unrank_baseline_loss: surrogate)"
+        )
+
+    def reg_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (user, item) base embedding tables the training loss's L2 term acts on."""
+        return None
+
+    def gram(self) -> torch.Tensor:
+        """``Q^T Q`` over all item rows (WMF's all-entries term), differentiable."""
+        raise AdapterError(f"{type(self.model).__name__} has no all-entries term")
+
     # ---- user blocks ---------------------------------------------------------------------
+    def user_tables(self) -> list[torch.Tensor]:
+        """The tables whose rows make a user's block, in block order (``theta_u`` is the
+        concatenation of row ``u`` of each)."""
+        raise AdapterError(f"{type(self.model).__name__} has no per-user parameter block")
+
+    @torch.no_grad()
+    def user_block(self, users: torch.Tensor) -> torch.Tensor:
+        """``theta_u`` of ``users``, [U, user_dim]."""
+        return torch.cat([t[users] for t in self.user_tables()], -1).detach()
+
     def user_dim(self) -> int:
         raise AdapterError(f"{type(self.model).__name__} has no per-user parameter block")
 

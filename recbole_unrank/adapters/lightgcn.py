@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recbole_unrank.adapters.base import AdapterError, ModelAdapter
+from recbole_unrank.adapters.base import AdapterError, ModelAdapter, TrainingLoss
 
 __all__ = ["LightGCNAdapter", "LocalGraph", "drop_edges", "live_edges", "normalized_adjacency"]
 
@@ -487,6 +487,35 @@ class LightGCNAdapter(ModelAdapter):
     # ---- user blocks ---------------------------------------------------------------------
     def user_dim(self) -> int:
         return self.model.user_embedding.weight.shape[1]
+
+    def user_tables(self):
+        return [self.model.user_embedding.weight]
+
+    def reg_tables(self):
+        return self.model.user_embedding.weight, self.model.item_embedding.weight
+
+    @torch.no_grad()
+    def training_loss(self, users, items, batch_size):
+        """BPR + ``reg_weight * EmbLoss`` on the base rows of (u, i, j), per batch of ``B``.
+        With ``require_pow`` the L2 term is ``sum ||e||^2 / (2B)``: per row ``reg/2``. Without
+        it (RecBole's default) it is ``(||E_u||_F + ||E_i||_F + ||E_j||_F) / B`` of the batch
+        matrices, not a sum over rows; the stated surrogate is ``lam ||e||^2`` per row with
+        ``lam = reg / (2 sqrt(B m))``, ``m`` the mean squared row norm of that table over the
+        train rows: its gradient equals the batch term's at the trained point when a batch's
+        Frobenius norm is ``sqrt(B m)`` (its expectation to first order)."""
+        m = self.model
+        reg = float(m.reg_weight)
+        if getattr(m, "require_pow", False):
+            return TrainingLoss("logsig", pairwise=True, reg_user=reg / 2, reg_item=reg / 2,
+                                note="BPR + L2 (require_pow), summed")
+        U, I = m.user_embedding.weight, m.item_embedding.weight
+        mu = float(U[users].pow(2).sum(1).mean()) if users.numel() else 1.0
+        mi = float(I[items].pow(2).sum(1).mean()) if items.numel() else 1.0
+        b = max(1, int(batch_size))
+        return TrainingLoss("logsig", pairwise=True,
+                            reg_user=reg / (2 * max(b * mu, 1e-12) ** 0.5),
+                            reg_item=reg / (2 * max(b * mi, 1e-12) ** 0.5),
+                            note="BPR + L2 surrogate of EmbLoss (per-row squared norm, gradient-matched), summed")
 
     @torch.no_grad()
     def _columns(self, uniq: torch.Tensor) -> torch.Tensor:

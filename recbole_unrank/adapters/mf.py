@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_unrank.adapters.base import AdapterError, ModelAdapter
+from recbole_unrank.adapters.base import AdapterError, ModelAdapter, TrainingLoss
 from recbole_unrank.models.neumf_scoring import neumf_logits_all_items
 
 __all__ = ["DotProductAdapter", "NeuMFAdapter"]
@@ -38,6 +38,27 @@ class DotProductAdapter(ModelAdapter):
 
     def user_dim(self) -> int:
         return self.P.shape[1]
+
+    def user_tables(self):
+        return [self.P]
+
+    def reg_tables(self):
+        return self.P, self.Q
+
+    def gram(self):
+        return self.Q.T @ self.Q
+
+    def training_loss(self, users, items, batch_size):
+        m = self.model
+        if type(m).__name__ == "WMF":
+            # WMF.calculate_loss is the whole-data loss with reg_weight * (|p_u|^2 + |q_i|^2) per
+            # row, divided by the batch size: summed over an epoch it is exactly this.
+            return TrainingLoss("wmf", alpha=float(m.alpha), w0=float(m.negative_weight),
+                                reg_user=float(m.reg_weight), reg_item=float(m.reg_weight),
+                                note="WMF whole-data squared loss + L2 per row, summed")
+        if type(m).__name__ == "BPR":  # RecBole's BPR: BPRLoss only, no L2 term
+            return TrainingLoss("logsig", pairwise=True, note="BPR loss, summed")
+        return super().training_loss(users, items, batch_size)
 
     @torch.no_grad()
     def user_block_jacobian(self, users, items):
@@ -93,6 +114,16 @@ class NeuMFAdapter(ModelAdapter):
 
     def user_dim(self) -> int:
         return self.d_mf + self.d_mlp
+
+    def user_tables(self):
+        m = self.model
+        return [m.user_mf_embedding.weight, m.user_mlp_embedding.weight]
+
+    def training_loss(self, users, items, batch_size):
+        # RecBole's NeuMF: BCEWithLogits on each positive (label 1) and its sampled negative
+        # (label 0), mean over the batch; no L2 term (weight_decay is an optimizer setting).
+        return TrainingLoss("logsig", negatives=True,
+                            note="NeuMF BCE with one sampled negative per row, summed")
 
     def user_block_jacobian(self, users, items):
         # Each pair gets its own leaf copy of theta_u, so one backward gives per-pair gradients.

@@ -41,6 +41,8 @@ class UnlearnTask:
         valid_ndcg_sum: the original's validation NDCG@10 summed over the validation users.
         make_train_loader: ``make_train_loader(ds)`` a RecBole training loader over ``ds`` (with
             the run's negative sampling and batch size), for methods that train.
+        train_batch_size: the run's training batch size (a loss defined per batch, such as
+            LightGCN's L2 term, depends on it).
     """
 
     model: nn.Module
@@ -57,6 +59,7 @@ class UnlearnTask:
     valid_ds: Any = None
     valid_ndcg_sum: float | None = None
     make_train_loader: Callable[[Any], Any] | None = None
+    train_batch_size: int = 2048
 
 
 @dataclass

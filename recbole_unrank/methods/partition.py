@@ -284,17 +284,17 @@ class PartitionMethod(UnlearningMethod):
 
 
 class SISA(PartitionMethod):
-    """SISA: a seeded random user partition. ``aggregate="mean"`` averages the sub-models'
-    scores (``a_{u,k} = 1/K``); ``"own"`` scores each user with the sub-model of the shard
-    that holds the user (the others never saw them), falling back to the mean for users
-    without train data left."""
+    """SISA: a seeded random user partition. ``aggregate="own"`` (the default, as RecEraser's
+    paper sets it for user partitions) scores each user with the sub-model of the shard that
+    holds the user (the others never saw them), falling back to the mean for users without
+    train data left; ``"mean"`` averages the sub-models' scores (``a_{u,k} = 1/K``)."""
 
     name = "sisa"
     settings = {"shards": "unrank_shards", "aggregate_by": "unrank_sisa_aggregate"}
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.aggregate_by = kwargs.get("aggregate_by") or "mean"
+        self.aggregate_by = kwargs.get("aggregate_by") or "own"
         if self.aggregate_by not in ("mean", "own"):
             raise UnrankError(f"unrank_sisa_aggregate={self.aggregate_by!r}: choose mean or own")
         self.user_shard: np.ndarray | None = None

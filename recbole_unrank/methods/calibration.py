@@ -1,0 +1,285 @@
+"""Step calibration and the utility guard, shared by every calibrated influence method.
+
+A step direction ``Delta`` (from any solve) is scaled before it is applied: per request user
+(``scale_u``, when the update lives in the request users' own blocks) or by one scale for the
+whole update. Everything is measured on the request users' scores over all items with their
+retained train items masked, never on the test split.
+
+**Target** (``calib_target``):
+
+* ``valid_rank`` (default): after retraining, a forgotten item ranks like the same user's
+  held-out relevant items. So a user's step is the smallest on the grid at which the median
+  rank of the user's forgotten items reaches the median rank of the user's own validation
+  items (both under the stepped model). A user without validation items falls back to the
+  viewing threshold.
+* ``view``: the smallest step at which at most ``view_share`` of the user's forgotten items
+  stay inside the top ``view_k``.
+
+**Floor** (``step_floor``, default 1): the influence step itself (scale 1) is the model's
+estimate of the removal; the calibration only enlarges it where it falls short of the target,
+so a request whose items already rank low still has its influence removed (the model is not
+left unchanged).
+
+**Constraint**: no forgotten item may end inside the top ``view_k`` when it was outside it
+before the request; the step is raised until none does (where the grid allows; what is left is
+reported as ``new_entrants``).
+
+**Guard** (``utility_guard``): the request users' own validation NDCG@10 (summed over them,
+retained history masked) keeps at least ``utility_guard`` of its starting value, the model's
+before the step (the original; for graph models the original serving the retained graph,
+which the request imposes whatever the step; the ratio against the original itself is
+reported beside it); when the step moves other users (graph models, full-parameter updates) a
+seeded sample of ``guard_sample`` other validation users must keep it too. A common cap on
+the scales, the largest on the grid that holds both, is found by bisection over measured
+caps (cap 0 is the unchanged model), so what is applied was measured to hold, for any
+request size, one user included. ``info["guard"]`` reports both ratios as applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recbole_unrank.influence.probe import RankProbe
+
+__all__ = ["StepCalibration", "row_median"]
+
+logger = logging.getLogger("recbole_unrank")
+
+
+def row_median(rows: Tensor, values: Tensor, n_rows: int) -> Tensor:
+    """Lower median of ``values`` per row (``rows`` in ``0..n_rows-1``); NaN for empty rows."""
+    out = torch.full((n_rows,), float("nan"), dtype=torch.float64, device=values.device)
+    if rows.numel() == 0:
+        return out
+    v = values.to(torch.float64)
+    order = torch.argsort(v, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    r, v = rows[order], v[order]
+    counts = torch.bincount(r, minlength=n_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    has = counts > 0
+    mid = starts + (counts - 1).clamp(min=0) // 2
+    out[has] = v[mid[has]]
+    return out
+
+
+class StepCalibration:
+    """Measures of a candidate step on the request users (and a sample of the others).
+
+    Build it before the model changes (its starting values are the original's).
+
+    Args:
+        settings: ``calib_target``, ``step_floor``, ``view_k``, ``view_share``,
+            ``utility_guard``, ``step_grid``, ``guard_sample``.
+        adapter: the model's adapter (scores before any change are read here).
+        users, items, keep: the train rows and the retained mask.
+        req_users: the request users (sorted), row ``r`` of every [U, ...] tensor.
+        t_users, t_items: the request's pairs.
+        valid_users, valid_items: the validation split.
+        watch_others: the step moves other users' scores too: guard a sample of them.
+        seed: seed of the sample.
+    """
+
+    def __init__(self, settings: dict, adapter, users, items, keep, req_users, t_users, t_items,
+                 valid_users, valid_items, watch_others: bool, seed: int):
+        self.s = settings
+        self.adapter = adapter
+        device = users.device
+        self.req_users = req_users
+        U = req_users.numel()
+        self.U = U
+        row_of = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
+        row_of[req_users] = torch.arange(U, device=device)
+        hist = keep & (row_of[users] >= 0)
+        v_mine = row_of[valid_users] >= 0
+        self.probe = RankProbe(U, row_of[users[hist]], items[hist], row_of[t_users], t_items,
+                               row_of[valid_users[v_mine]], valid_items[v_mine])
+        self.others = None
+        self.other_probe = None
+        if watch_others:
+            cand = torch.unique(valid_users)
+            cand = cand[~torch.isin(cand, req_users)]
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            n = int(settings["guard_sample"])
+            pick = cand[torch.randperm(cand.numel(), generator=gen)[:n].to(device)].sort().values
+            o_row = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
+            o_row[pick] = torch.arange(pick.numel(), device=device)
+            o_hist = keep & (o_row[users] >= 0)
+            o_mine = o_row[valid_users] >= 0
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            self.others = pick
+            self.other_probe = RankProbe(pick.numel(), o_row[users[o_hist]], items[o_hist], empty, empty,
+                                         o_row[valid_users[o_mine]], valid_items[o_mine])
+        k = int(settings["view_k"])
+        with torch.no_grad():
+            start = self.probe.mask(adapter.user_scores(req_users))
+            self.start_ranks = self.probe.forget_ranks(start, masked=True)
+            self.start_ndcg = float(self.probe.valid_ndcg(start, 10, masked=True).sum())
+            self.start_other = None
+            if self.other_probe is not None:
+                self.start_other = float(self.other_probe.valid_ndcg(adapter.user_scores(pick), 10).sum())
+        self.outside = self.start_ranks > k  # forget pairs outside the viewing threshold before
+        lo, hi, n = settings["step_grid"]
+        grid = np.concatenate(([0.0], np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(n))))
+        floor = float(settings["step_floor"])
+        if floor > 0:
+            grid = np.unique(np.concatenate((grid, [floor])))
+        self.grid = torch.as_tensor(grid, device=device, dtype=torch.float64)
+        self.floor_index = int(np.searchsorted(grid, floor)) if floor > 0 else 0
+
+    # ---- measures --------------------------------------------------------------------------
+    def _user_ok(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per request user: target met, no new entrant, and NDCG@10 [U] (masked scores)."""
+        s, p, U = self.s, self.probe, self.U
+        k = int(s["view_k"])
+        ranks = p.forget_ranks(scores, masked=True)
+        share = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
+            0, p.f_rows, (ranks <= k).to(torch.float64)) / p.f_count.to(torch.float64)
+        view_ok = share <= float(s["view_share"]) + 1e-9
+        if s["calib_target"] == "valid_rank":
+            med_f = row_median(p.f_rows, ranks, U)
+            v_ranks = 1 + (scores[p.v_rows] > scores[p.v_rows, p.v_items][:, None]).sum(1)
+            med_v = row_median(p.v_rows, v_ranks, U)
+            target = torch.where(torch.isnan(med_v), view_ok, med_f >= med_v)
+        else:
+            target = view_ok
+        entered = (self.outside & (ranks <= k)).to(torch.float64)
+        new = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(0, p.f_rows, entered)
+        return target, new == 0, p.valid_ndcg(scores, 10, masked=True)
+
+    def _set_reference(self, ndcg: Tensor, other: float | None) -> None:
+        """The guard's starting value: the model before the step (for graph models the original
+        serving the retained graph, which the request imposes whatever the step)."""
+        self.ref_ndcg, self.ref_other = float(ndcg.sum()), other
+
+    def _guard(self, ndcg_sum: float, other_sum: float | None) -> tuple[bool, float, float | None]:
+        g = float(self.s["utility_guard"])
+        r = ndcg_sum / self.ref_ndcg if self.ref_ndcg > 0 else 1.0
+        o = None
+        if other_sum is not None:
+            o = other_sum / self.ref_other if self.ref_other and self.ref_other > 0 else 1.0
+        ok = r >= g - 1e-12 and (o is None or o >= g - 1e-12)
+        return ok, r, o
+
+    # ---- per-user scales -------------------------------------------------------------------
+    @torch.no_grad()
+    def per_user(self, delta: Tensor, info: dict) -> Tensor:
+        """Per-user scales [U] for a block step ``delta`` [U, d] (request users' blocks)."""
+        a, U = self.adapter, self.U
+        prepared = a.prepare_user_delta(self.req_users, delta, self.others)
+        grid = self.grid.to(delta.dtype)
+
+        def measure(scale):
+            scores = self.probe.mask(a.scores_with_delta(self.req_users, prepared, scale))
+            target, clean, ndcg = self._user_ok(scores)
+            other = None
+            if self.other_probe is not None:
+                other = float(self.other_probe.valid_ndcg(a.other_scores_with_delta(prepared, scale), 10).sum())
+            return target & clean, ndcg, other, target, clean
+
+        _, nd0, ot0, _, _ = measure(torch.zeros(U, dtype=delta.dtype, device=delta.device))
+        self._set_reference(nd0, ot0)
+        G = grid.numel()
+        lo = torch.full((U,), self.floor_index, dtype=torch.long, device=delta.device)
+        hi = torch.full((U,), G - 1, dtype=torch.long, device=delta.device)
+        while bool((lo < hi).any()):  # smallest grid index >= the floor meeting target and constraint
+            mid = (lo + hi) // 2
+            ok = measure(grid[mid])[0]
+            active = lo < hi
+            hi = torch.where(active & ok, mid, hi)
+            lo = torch.where(active & ~ok, mid + 1, lo)
+        chosen = grid[hi]
+        chosen, cap = self._cap(lambda sc: measure(sc), chosen, grid)
+        ok, ndcg, other, target, clean = measure(chosen)
+        self._report(info, chosen, cap, ndcg, other, target, clean)
+        return chosen
+
+    def _cap(self, measure, chosen: Tensor, grid: Tensor):
+        """The largest common cap on the grid under which the guard holds (bisection over
+        measured caps; cap 0 leaves the model as it stands, so the result always holds)."""
+        _, ndcg, other, _, _ = measure(chosen)
+        if self._guard(float(ndcg.sum()), other)[0]:
+            return chosen, None
+        # Caps at or above the floor first (users at the floor keep the influence step); below
+        # it only when the floor itself breaks the guard.
+        c_lo, c_hi = 0, grid.numel() - 1
+        if self.floor_index > 0:
+            _, nd, ot, _, _ = measure(chosen.clamp(max=float(grid[self.floor_index])))
+            if self._guard(float(nd.sum()), ot)[0]:
+                c_lo = self.floor_index
+            else:
+                c_hi = self.floor_index
+        while c_lo < c_hi:
+            c_mid = (c_lo + c_hi + 1) // 2
+            _, nd, ot, _, _ = measure(chosen.clamp(max=float(grid[c_mid])))
+            if self._guard(float(nd.sum()), ot)[0]:
+                c_lo = c_mid
+            else:
+                c_hi = c_mid - 1
+        cap = float(grid[c_lo])
+        return chosen.clamp(max=cap), cap
+
+    def _report(self, info, chosen, cap, ndcg, other, target, clean):
+        met, r, o = self._guard(float(ndcg.sum()), other)
+        info["calibration"] = {
+            "target": self.s["calib_target"],
+            "step_floor": float(self.s["step_floor"]),
+            "step_median": float(chosen.median()),
+            "step_min": float(chosen.min()),
+            "step_cap": cap,
+            "users_meeting_target": float(target.to(torch.float64).mean()),
+            "users_with_new_entrants": int((~clean).sum()),
+        }
+        info["guard"] = {
+            "utility_guard": float(self.s["utility_guard"]),
+            "request_users_valid_ndcg_ratio": r,
+            "others_valid_ndcg_ratio": o,
+            "met": bool(met),
+            # against the original model itself (differs from the above for graph models only)
+            "request_users_valid_ndcg_ratio_vs_original":
+                float(ndcg.sum()) / self.start_ndcg if self.start_ndcg > 0 else 1.0,
+        }
+        logger.info("[calibration] %s: step median %.3g (cap %s), %.0f%% of users meet it; request users' "
+                    "valid NDCG x%.3f, others x%s", self.s["calib_target"], info["calibration"]["step_median"],
+                    cap, 100 * info["calibration"]["users_meeting_target"], r,
+                    "-" if o is None else f"{o:.3f}")
+
+    # ---- one scale -------------------------------------------------------------------------
+    @torch.no_grad()
+    def global_scale(self, apply: Callable[[float], None], info: dict) -> float:
+        """One scale for the whole update. ``apply(s)`` sets the model to ``theta_0 + s Delta``."""
+        a, U = self.adapter, self.U
+        grid = self.grid
+
+        def measure(scale):
+            value = float(scale.reshape(-1)[0]) if torch.is_tensor(scale) else float(scale)
+            apply(value)
+            scores = self.probe.mask(a.user_scores(self.req_users))
+            target, clean, ndcg = self._user_ok(scores)
+            other = None
+            if self.other_probe is not None:
+                other = float(self.other_probe.valid_ndcg(a.user_scores(self.others), 10).sum())
+            ok = float((target & clean).to(torch.float64).mean()) >= 0.5
+            full = torch.full((U,), value, dtype=torch.float64, device=grid.device)
+            return torch.full((U,), ok, dtype=torch.bool, device=grid.device), ndcg, other, target, clean, full
+
+        _, nd0, ot0, _, _, _ = measure(0.0)
+        self._set_reference(nd0, ot0)
+        lo, hi = self.floor_index, grid.numel() - 1
+        while lo < hi:  # smallest scale >= the floor at which half the users meet the target
+            mid = (lo + hi) // 2
+            if bool(measure(grid[mid])[0][0]):
+                hi = mid
+            else:
+                lo = mid + 1
+        chosen = grid[hi:hi + 1].expand(U).clone()
+        chosen, cap = self._cap(lambda sc: measure(sc)[:5], chosen, grid)
+        _, ndcg, other, target, clean, _ = measure(chosen)
+        self._report(info, chosen, cap, ndcg, other, target, clean)
+        apply(0.0)
+        return float(chosen[0])

@@ -1,0 +1,646 @@
+"""One influence pipeline with named steps; every influence method is a declaration of steps.
+
+    rows -> scope -> weights -> curvature -> solve -> step size
+
+=============  ==============================================================================
+step           choices
+=============  ==============================================================================
+``rows``       the gradient ``g``: ``request`` (``grad L(D_t)``), ``request+context`` (the
+               paper: ``grad [L(D_t) + sum_{D_inf \\ D_t} w_ui l]``), ``retained`` (``-grad
+               L_r``: a Newton step on the retained loss of the request users, ``user_refit``)
+``scope``      the rows the curvature is taken over: ``hops`` (the paper's p-hop ``D_inf``),
+               ``all`` (``D``), ``retained`` (``D \\ D_t``), ``collaborative`` (SCIF: retained
+               rows of the request users and their co-interacting neighbours)
+``weights``    the paper's entity influence (structural, semantic, both, none) per scope row,
+               entering the gradient's context rows (``at = gradient``, the paper) or the
+               curvature (``at = curvature``)
+``params``     what moves: ``all`` parameters, ``blocks`` (each request user's own block
+               ``theta_u``), ``user_rows`` (the request users' rows of every user table,
+               SCIF), ``khop_rows`` (IFRU's importance-pruned rows within k hops)
+``loss``       ``training`` (the model's own training loss with its L2 term) or
+               ``surrogate`` (the paper's log-sigmoid / BPR, no L2)
+``curvature``  ``gauss_newton`` (PSD), ``hessian`` (exact), ``identity`` (a gradient step)
+``solve``      ``block`` (exact ``d x d`` solves per user), ``cg`` (conjugate gradient to
+               convergence, PD operator, residual reported), ``cg_fixed`` (the paper's T plain
+               CG steps, through negative curvature)
+``step``       ``one`` (``theta += Delta``), ``calibrated`` (:mod:`.calibration`),
+               ``newton`` (repeat the step with a line search until the gradient vanishes)
+``graph``      graph models during the update: ``retained`` graph, ``original`` train graph,
+               or the ``scope`` subgraph (the paper)
+=============  ==============================================================================
+
+A setting that the declared steps make inert is refused (:class:`~recbole_unrank.errors.
+UnrankError`, one line), never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.influence import (
+    batched_block_solve,
+    conjugate_gradient,
+    flat,
+    influence_scope,
+    influence_weights,
+    unflat,
+)
+from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.methods.calibration import StepCalibration
+from recbole_unrank.methods.objective import Objective
+
+__all__ = ["Steps", "InfluencePipeline", "declare", "collaborative_users", "khop_importance",
+           "row_tables", "CALIBRATION_SETTINGS"]
+
+logger = logging.getLogger("recbole_unrank")
+
+ROWS = ("request", "request+context", "retained")
+SCOPES = ("hops", "all", "retained", "collaborative")
+WEIGHTS = ("structural", "semantic")
+PARAMS = ("all", "blocks", "user_rows", "khop_rows")
+LOSSES = ("training", "surrogate")
+CURVATURES = ("gauss_newton", "hessian", "identity")
+SOLVES = ("block", "cg", "cg_fixed")
+STEP_SIZES = ("one", "calibrated", "newton")
+GRAPHS = ("retained", "original", "scope")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The declared steps of one influence method (see the module docstring)."""
+
+    rows: str = "request"
+    scope: str = "retained"
+    weights: tuple = ()
+    weights_at: str = "gradient"
+    params: str = "all"
+    loss: str = "training"
+    curvature: str = "gauss_newton"
+    solve: str = "cg"
+    step: str = "one"
+    graph: str = "original"
+    spillover: bool = False  # IFRU: add the gradient of the graph change (graph models)
+
+    def check(self) -> "Steps":
+        for name, allowed in (("rows", ROWS), ("scope", SCOPES), ("params", PARAMS), ("loss", LOSSES),
+                              ("curvature", CURVATURES), ("solve", SOLVES), ("step", STEP_SIZES),
+                              ("graph", GRAPHS), ("weights_at", ("gradient", "curvature"))):
+            if getattr(self, name) not in allowed:
+                raise UnrankError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if (self.solve == "block") != (self.params == "blocks"):
+            raise UnrankError("exact block solves go with the request users' blocks (unrank_update: users), "
+                              "conjugate gradient with the other parameter sets")
+        if self.solve == "block" and self.curvature == "hessian":
+            raise UnrankError("unrank_curvature=hessian with exact user blocks: use gauss_newton (exact for "
+                              "dot-product blocks) or unrank_update: all")
+        if self.weights and self.weights_at == "gradient" and self.rows != "request+context":
+            raise UnrankError("the influence weights enter the gradient through its context rows: with the "
+                              "context term off (unrank_use_context: False) they would change nothing; turn "
+                              "the weights off (unrank_use_weights: False) or set unrank_weights_at: curvature")
+        if self.weights and self.scope not in ("hops", "all"):
+            raise UnrankError("the influence weights are defined over the scope D_inf: they need scope hops or all")
+        if self.step == "newton" and (self.rows != "retained" or self.params != "blocks"):
+            raise UnrankError("Newton refits work on the request users' blocks and their retained loss")
+        return self
+
+    def describe(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["weights"] = "+".join(self.weights) or "none"
+        return d
+
+
+CALIBRATION_SETTINGS = {
+    "calib_target": "unrank_calib_target",
+    "step_floor": "unrank_step_floor",
+    "view_k": "unrank_view_k",
+    "view_share": "unrank_view_share",
+    "utility_guard": "unrank_utility_guard",
+    "step_grid": "unrank_step_grid",
+    "guard_sample": "unrank_guard_sample",
+}
+CALIBRATION_DEFAULTS = {
+    "calib_target": "valid_rank",
+    "step_floor": 1.0,
+    "view_k": 10,
+    "view_share": 0.0,
+    "utility_guard": 0.98,
+    "step_grid": [1e-4, 1000.0, 57],
+    "guard_sample": 500,
+}
+
+
+# --------------------------------------------------------------------------- scope helpers
+def row_tables(model, params, n_users: int, n_items: int) -> list[tuple[int, str]]:
+    """The embedding tables among ``params`` whose rows are users or items: ``(index into
+    params, "user" | "item")`` for each ``nn.Embedding`` with ``n_users`` or ``n_items`` rows
+    (when ``n_users == n_items`` the module name decides)."""
+    from torch import nn
+
+    where = {id(p): k for k, p in enumerate(params)}
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Embedding) or id(module.weight) not in where:
+            continue
+        rows, lname = module.num_embeddings, name.lower()
+        if rows == n_users and rows != n_items:
+            kind = "user"
+        elif rows == n_items and rows != n_users:
+            kind = "item"
+        elif rows == n_users == n_items and ("user" in lname) != ("item" in lname):
+            kind = "user" if "user" in lname else "item"
+        else:
+            continue
+        found.append((where[id(module.weight)], kind))
+    return found
+
+
+def khop_importance(users, items, n_users: int, n_items: int, t_users, t_items, hops: int):
+    """IFRU's node importance after ``hops`` propagation steps over a bipartite graph.
+
+    Nodes are users ``0..n_users-1`` then items. With a self-loop on every node and
+    ``deg(v) = 1 + #edges(v)``, the request's nodes start at ``s_0(v) = c_t(v) / deg(v)``
+    (``c_t``: how many request pairs touch ``v``) and each hop spreads them:
+    ``s_{h+1}(w) = (s_h(w) + sum_{v ~ w} s_h(v)) / deg(w)``. The nodes with ``s_hops > 0`` are
+    exactly those within ``hops`` hops of the request. Returns (user scores, item scores), float64.
+    """
+    n = n_users + n_items
+    device = users.device
+    src = torch.cat((users, items + n_users))
+    dst = torch.cat((items + n_users, users))
+    deg = torch.bincount(src, minlength=n).to(torch.float64) + 1.0
+    s = torch.zeros(n, dtype=torch.float64, device=device)
+    s.index_add_(0, torch.cat((t_users, t_items + n_users)),
+                 torch.ones(2 * t_users.numel(), dtype=torch.float64, device=device))
+    s = s / deg
+    for _ in range(hops):
+        s = (s + torch.zeros_like(s).index_add_(0, dst, s[src])) / deg
+    return s[:n_users], s[n_users:]
+
+
+def collaborative_users(users, items, n_users: int, n_items: int, seeds, hops: int):
+    """Users reached from ``seeds`` by ``hops`` user -> item -> user steps (hop 1: the users
+    who share an item with a seed). Bool mask [n_users]; the seeds are included."""
+    reached = torch.zeros(n_users, dtype=torch.bool, device=users.device)
+    reached[seeds] = True
+    for _ in range(hops):
+        item_hit = torch.zeros(n_items, dtype=torch.bool, device=users.device)
+        item_hit[items[reached[users]]] = True
+        grown = reached.clone()
+        grown[users[item_hit[items]]] = True
+        if bool((grown == reached).all()):
+            break
+        reached = grown
+    return reached
+
+
+# --------------------------------------------------------------------------- the pipeline
+class InfluencePipeline(UnlearningMethod):
+    """Runs the declared :class:`Steps`. Subclasses come from :func:`declare`.
+
+    Class attributes: ``steps`` (the declaration), ``settings`` (keyword -> ``unrank_*`` key),
+    ``defaults`` (numeric settings), ``switches`` (keywords that change steps, see
+    :meth:`_switch`), ``fixed`` (keywords a variant pins)."""
+
+    name = "influence"
+    steps: ClassVar[Steps] = Steps()
+    settings: ClassVar[dict] = {}
+    defaults: ClassVar[dict] = {}
+    fixed: ClassVar[dict] = {}
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        # A variant's pinned switches are what the variant is: they win over the configuration.
+        s = {**self.defaults, **given, **self.fixed}
+        self.given = set(given) | set(self.fixed)
+        self.plan = self._switch(self.steps, s).check()
+        self.s = self._check(s)
+
+    # ---- settings -> steps -----------------------------------------------------------------
+    def _switch(self, steps: Steps, s: dict) -> Steps:
+        """Keywords that select steps (the L2UnRank family's ``unrank_update``, ``unrank_use_*``...)."""
+        ch: dict = {}
+        if "update" in s:
+            if s["update"] not in ("users", "all"):
+                raise UnrankError(f"unrank_update={s['update']!r}: use users or all")
+            ch.update(params="blocks", solve="block") if s["update"] == "users" else ch.update(
+                params="all", solve=steps.solve if steps.solve != "block" else "cg")
+        if "curvature" in s:
+            ch["curvature"] = s["curvature"]
+        if "loss" in s:
+            ch["loss"] = s["loss"]
+        if s.get("use_scope") is False:
+            ch["scope"] = "all"
+        if "use_context" in s:
+            ch["rows"] = "request+context" if s["use_context"] else "request"
+        if "use_structural" in s or "use_semantic" in s or "use_weights" in s:
+            w = tuple(n for n, key in (("structural", "use_structural"), ("semantic", "use_semantic"))
+                      if s.get(key, True))
+            ch["weights"] = w if s.get("use_weights", True) else ()
+        if s.get("weights_at") is not None:
+            ch["weights_at"] = s["weights_at"]
+        if "hessian_data" in s:
+            if s["hessian_data"] not in ("retained", "train"):
+                raise UnrankError(f"unrank_if_hessian_data={s['hessian_data']!r}: use retained or train")
+            ch["scope"] = "retained" if s["hessian_data"] == "retained" else "all"
+        if "calibrate" in s:
+            ch["step"] = "calibrated" if s["calibrate"] else "one"
+        return dataclasses.replace(steps, **ch)
+
+    def _check(self, s: dict) -> dict:
+        p, name = self.plan, self.name
+
+        def inert(key, why):
+            if key in self.given and s.get(key) is not None:
+                raise UnrankError(f"{self.settings.get(key, key)}={s[key]} has no effect in {name}: {why}; unset it")
+
+        if self.settings.get("curvature") == "unrank_baseline_curvature" and s.get("curvature") not in (
+                "hessian", "gauss_newton"):
+            raise UnrankError(f"unrank_baseline_curvature={s.get('curvature')!r}: use gauss_newton or hessian")
+        if "damping" in s and not float(s["damping"]) > 0:
+            raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+        if p.solve == "block":
+            inert("cg_steps", "exact block solves (unrank_update: users) run no conjugate gradient")
+            inert("cg_tol", "exact block solves (unrank_update: users) run no conjugate gradient")
+        if p.curvature == "identity":
+            inert("cg_steps", "no curvature (identity) means no linear solve")
+            inert("cg_tol", "no curvature (identity) means no linear solve")
+        if p.solve == "cg_fixed":
+            inert("cg_tol", "the paper's solver runs its T steps")
+        if p.scope != "hops":
+            inert("hops", "there is no p-hop scope (unrank_use_scope: False)")
+            inert("scope_cap", "there is no p-hop scope (unrank_use_scope: False)")
+        if p.scope == "hops" and s.get("hops") is not None:
+            if int(s["hops"]) < 0:
+                raise UnrankError(f"unrank_hops={s['hops']} is negative: use 0 (the request only) or more")
+            if int(s["hops"]) == 0 and p.weights and p.params == "blocks":
+                raise UnrankError(
+                    f"unrank_hops=0 leaves the influence weights nothing to act on in {name}: the scope is "
+                    "the request alone, whose rows weigh 1; use 1 or more, or unrank_use_weights: False")
+            if p.params == "blocks" and not p.weights and int(s["hops"]) > 1:
+                raise UnrankError(
+                    f"unrank_hops={s['hops']} acts like 1 in {name}: without influence weights the user-block "
+                    "update reads only the request users' own rows, which 1 hop already holds; use 0 or 1")
+        if s.get("scope_cap") is not None and int(s["scope_cap"]) < 0:
+            raise UnrankError(f"unrank_scope_cap={s['scope_cap']} must be >= 0")
+        if "cg_steps" in s and s["cg_steps"] is not None and int(s["cg_steps"]) < 1:
+            raise UnrankError(f"{self.settings.get('cg_steps')}={s['cg_steps']} must be at least 1")
+        if "cg_tol" in s and s["cg_tol"] is not None and not float(s["cg_tol"]) > 0:
+            raise UnrankError(f"{self.settings.get('cg_tol')}={s['cg_tol']} must be > 0")
+        if p.step == "calibrated":
+            for k, v in CALIBRATION_DEFAULTS.items():
+                if s.get(k) is None:
+                    s[k] = v
+            if s["calib_target"] not in ("valid_rank", "view"):
+                raise UnrankError(f"unrank_calib_target={s['calib_target']!r}: use valid_rank or view")
+            if not 0.0 <= float(s["view_share"]) < 1.0:
+                raise UnrankError(f"unrank_view_share={s['view_share']} must lie in [0, 1)")
+            if not 0.0 <= float(s["utility_guard"]) <= 1.0:
+                raise UnrankError(f"unrank_utility_guard={s['utility_guard']} must lie in [0, 1]")
+            if int(s["view_k"]) < 1:
+                raise UnrankError(f"unrank_view_k={s['view_k']} must be at least 1")
+            if float(s["step_floor"]) < 0:
+                raise UnrankError(f"unrank_step_floor={s['step_floor']} must be >= 0 (0: no floor)")
+            if int(s["guard_sample"]) < 1:
+                raise UnrankError(f"unrank_guard_sample={s['guard_sample']} must be at least 1")
+        if s.get("ifru_keep") is not None and not 0.0 < float(s["ifru_keep"]) <= 1.0:
+            raise UnrankError(f"unrank_ifru_keep={s['ifru_keep']} must lie in (0, 1] (1 keeps every node within the hops)")
+        if s.get("ifru_hops") is not None and int(s["ifru_hops"]) < 0:
+            raise UnrankError(f"unrank_ifru_hops={s['ifru_hops']} is negative: use 0 (the request's own users and items) or more")
+        if s.get("neighbors") is not None and int(s["neighbors"]) < 0:
+            raise UnrankError(f"unrank_scif_neighbors={s['neighbors']} is negative: use 0 (the request users only) or more")
+        if s.get("refit_negatives") is not None and int(s["refit_negatives"]) < 1:
+            raise UnrankError(f"unrank_refit_negatives={s['refit_negatives']} must be at least 1")
+        return s
+
+    # ---- the run ---------------------------------------------------------------------------
+    def unlearn(self, task: UnlearnTask) -> UnlearnResult:
+        p, s = self.plan, self.s
+        try:
+            adapter = get_adapter(task.model)
+        except AdapterError as exc:
+            raise UnrankError(f"{task.model_name} cannot be unlearned by {self.name}: {exc}") from None
+        if p.params == "blocks" and not adapter.supports_user_blocks:
+            raise UnrankError(f"{task.model_name} has no per-user parameter blocks: {self.name} needs them "
+                              "(use unrank_update: all, or another method)")
+        device = adapter.device
+        stages: dict[str, float] = {}
+        info: dict = {"steps": p.describe()}
+        t0 = time.perf_counter()
+        feat = task.train_ds.inter_feat
+        users = feat[task.train_ds.uid_field].to(device)
+        items = feat[task.train_ds.iid_field].to(device)
+        target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
+        keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
+        keep[target] = False
+        req_users = torch.unique(users[target])
+        row_of = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
+        row_of[req_users] = torch.arange(req_users.numel(), device=device)
+
+        calib = None
+        if p.step == "calibrated":  # starting values: the original model, before anything changes
+            vu = task.valid_ds.inter_feat[task.valid_ds.uid_field].to(device)
+            vi = task.valid_ds.inter_feat[task.valid_ds.iid_field].to(device)
+            watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
+            calib = StepCalibration(s, adapter, users, items, keep, req_users, users[target], items[target],
+                                    vu, vi, watch, task.seed)
+
+        # Retained graph first: a graph model is served (and saved) without D_t's edges.
+        if adapter.is_graph and not adapter.remove_edges(users[target], items[target], users.numel()):
+            adapter.set_graph(users[keep], items[keep])
+
+        n_neg = int(s.get("refit_negatives") or 1) if p.step == "newton" else 1
+        gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
+        neg = torch.randint(1, adapter.n_items, (users.numel(), n_neg), generator=gen).to(device)
+        obj = Objective(adapter, users, items, neg, p.loss, int(task.train_batch_size))
+        info["loss"] = obj.spec.note
+
+        # scope ------------------------------------------------------------------------------
+        scope_index, hops = self._scope(p, s, adapter, users, items, target, keep, req_users)
+        stages["scope_s"] = time.perf_counter() - t0
+        info.update(scope_size=int(scope_index.numel()), train_size=int(users.numel()))
+        if hops is not None:
+            info["hops"] = hops
+
+        # weights ----------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        weights = None
+        if p.weights:
+            user_e = item_e = None
+            if "semantic" in p.weights:
+                user_e, item_e = adapter.final_embeddings()
+            weights = influence_weights(users, items, target, scope_index, user_e, item_e,
+                                        "structural" in p.weights, "semantic" in p.weights)
+            info["weight_mean"] = float(weights.mean())
+        stages["weights_s"] = time.perf_counter() - t0
+
+        # rows of the gradient and of the curvature ------------------------------------------
+        in_t = ~keep[scope_index]
+        if p.rows == "retained":
+            g_index, g_w, g_sign = scope_index, None, -1.0
+        elif p.rows == "request":
+            g_index, g_w, g_sign = target, None, 1.0
+        else:  # request + weighted context (the paper)
+            ctx_w = torch.ones(scope_index.numel(), device=device) if weights is None else weights.to(torch.float32)
+            g_index, g_w, g_sign = scope_index, torch.where(in_t, torch.ones_like(ctx_w), ctx_w), 1.0
+        h_index = scope_index
+        h_w = weights.to(torch.float32) if (weights is not None and p.weights_at == "curvature") else None
+        gram = True  # the curvature's loss keeps WMF's all-entries term (it is part of every user's loss)
+        if p.params == "blocks":
+            mine_g = row_of[users[g_index]] >= 0
+            g_index = g_index[mine_g]
+            g_w = None if g_w is None else g_w[mine_g]
+            mine_h = row_of[users[h_index]] >= 0
+            h_index = h_index[mine_h]
+            h_w = None if h_w is None else h_w[mine_h]
+        info["gradient_rows"] = int(g_index.numel())
+        info["curvature_rows"] = int(h_index.numel())
+
+        # solve and step ---------------------------------------------------------------------
+        t0 = time.perf_counter()
+        if p.params == "blocks":
+            self._blocks(p, s, adapter, obj, g_index, g_w, g_sign, h_index, h_w, gram, req_users, row_of,
+                         calib, info)
+        else:
+            self._parameters(p, s, adapter, obj, users, items, target, keep, scope_index, g_index, g_w, h_index,
+                             h_w, gram, req_users, calib, info)
+        adapter.invalidate()
+        stages["solve_s"] = time.perf_counter() - t0
+        return UnlearnResult(task.model, stages=stages, info=info)
+
+    # ---- scope ---------------------------------------------------------------------------------
+    def _scope(self, p, s, adapter, users, items, target, keep, req_users):
+        device = users.device
+        if p.scope == "all":
+            return torch.arange(users.numel(), device=device), None
+        if p.scope == "retained":
+            return keep.nonzero().squeeze(1), None
+        if p.scope == "collaborative":
+            index = keep.nonzero().squeeze(1)
+            group = collaborative_users(users[index], items[index], adapter.n_users, adapter.n_items,
+                                        req_users, int(s.get("neighbors") or 0))
+            if not adapter.is_graph:  # a neighbour's loss has no curvature in another user's rows
+                group = torch.zeros_like(group)
+                group[req_users] = True
+            return index[group[users[index]]], None
+        hops = s.get("hops")
+        if hops is None:  # the paper's default; the user-block update reads the users' own rows
+            hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
+        scope = influence_scope(users, items, target, int(hops), s.get("scope_cap"))
+        return scope.scope_index, int(hops)
+
+    # ---- user blocks ---------------------------------------------------------------------------
+    def _blocks(self, p, s, adapter, obj, g_index, g_w, g_sign, h_index, h_w, gram, req_users, row_of, calib, info):
+        U, damping = req_users.numel(), float(s["damping"])
+        if p.step == "newton":
+            return self._newton(s, adapter, obj, h_index, req_users, row_of, info)
+        g, _ = obj.blocks(g_index, g_w, False, row_of, U, hessian=False)
+        g = g_sign * g
+        if p.curvature == "identity":
+            delta = g / damping
+            info["solve"] = {"method": "identity", "iters": 0, "rel_residual": 0.0, "converged": True}
+        else:
+            _, H = obj.blocks(h_index, h_w, gram, row_of, U)
+            delta = batched_block_solve(H, g, damping)
+            eye = torch.eye(H.shape[1], dtype=H.dtype, device=H.device)
+            res = ((H + damping * eye) @ delta.unsqueeze(-1)).squeeze(-1) - g
+            rel = float(res.norm() / g.norm().clamp(min=1e-30))
+            info["solve"] = {"method": "block", "iters": 1, "rel_residual": rel, "converged": rel < 1e-3}
+        info["grad_norm"] = float(g.norm())
+        scale = torch.ones(U, device=delta.device, dtype=delta.dtype)
+        if calib is not None:
+            scale = calib.per_user(delta, info).to(delta.dtype)
+        adapter.apply_user_delta(req_users, scale[:, None] * delta)
+        info["step_norm"] = float((scale[:, None] * delta).norm())
+
+    @torch.no_grad()
+    def _newton(self, s, adapter, obj, index, req_users, row_of, info):
+        """Re-fit the request users' blocks to their retained training loss: Gauss-Newton steps
+        with a per-user backtracking line search until each user's gradient has fallen below
+        ``refit_tol`` of its starting norm (one exact step for WMF: its loss is quadratic in p_u)."""
+        U, damping = req_users.numel(), float(s["damping"])
+        tol, max_iter = float(s.get("refit_tol") or 1e-4), int(s.get("refit_steps") or 20)
+        g0 = None
+        iters = 0
+        for iters in range(1, max_iter + 1):
+            grad, H = obj.blocks(index, None, True, row_of, U)
+            norms = grad.norm(dim=1)
+            if g0 is None:
+                g0 = norms.clamp(min=1e-30)
+            if bool((norms <= tol * g0).all()):
+                iters -= 1
+                break
+            delta = batched_block_solve(H, -grad, damping)
+            before = obj.per_user_loss(index, True, row_of, U)
+            slope = (grad * delta).sum(1)  # < 0: a descent direction
+            t = torch.ones(U, dtype=delta.dtype, device=delta.device)
+            applied = torch.zeros_like(t)
+            for _ in range(30):
+                adapter.apply_user_delta(req_users, (t - applied)[:, None] * delta)
+                applied = t.clone()
+                after = obj.per_user_loss(index, True, row_of, U)
+                bad = after > before + 1e-4 * t * slope + 1e-12 * before.abs()
+                if not bool(bad.any()):
+                    break
+                t = torch.where(bad, t / 2, t)
+            else:
+                adapter.apply_user_delta(req_users, (-applied * bad)[:, None] * delta)  # no decrease found
+        grad, _ = obj.blocks(index, None, True, row_of, U, hessian=False)
+        ratio = float((grad.norm(dim=1) / g0).max()) if g0 is not None else 0.0
+        info["solve"] = {"method": "newton", "iters": iters, "rel_residual": ratio, "converged": ratio <= tol}
+
+    # ---- full parameters (or masked rows) -----------------------------------------------------
+    def _parameters(self, p, s, adapter, obj, users, items, target, keep, scope_index, g_index, g_w, h_index, h_w,
+                    gram, req_users, calib, info):
+        all_params = adapter.params()
+        params, masks = all_params, None
+        if p.params in ("user_rows", "khop_rows"):
+            sub = self._rows_subspace(p, s, adapter, all_params, users, items, target, keep, req_users, info)
+            if sub is not None:
+                params, masks = sub
+                if p.params == "khop_rows" and not adapter.is_graph:  # other rows: no curvature there (exact)
+                    user_rows, item_rows = self._rows
+                    touch = user_rows[users[h_index]] | item_rows[items[h_index]]
+                    h_index = h_index[touch]
+                    h_w = None if h_w is None else h_w[touch]
+        info["curvature_rows"] = int(h_index.numel())
+        mask = None if masks is None else flat(masks)
+
+        def restrict(v):
+            return v if mask is None else torch.where(mask, v, torch.zeros_like(v))
+
+        if p.graph == "scope":
+            graph = adapter.propagate_over(users[scope_index], items[scope_index])
+        elif p.graph == "original":
+            graph = adapter.propagate_over(users, items)
+        else:
+            graph = adapter.propagate_over(users[keep], items[keep])
+        damping = float(s["damping"])
+        with graph:
+            grads = torch.autograd.grad(obj.loss(g_index, g_w), params, allow_unused=True)
+            g = flat([torch.zeros_like(q) if gr is None else gr for q, gr in zip(params, grads)]).detach()
+            if p.spillover and adapter.is_graph:
+                extra = self._spillover(obj, adapter, params, users, items, keep)
+                info["graph_term_norm"] = float(restrict(extra).norm())
+                g = g + extra
+            g = restrict(g)
+            info["grad_norm"] = float(g.norm())
+            if p.curvature == "identity":
+                x = g / damping
+                info["solve"] = {"method": "identity", "iters": 0, "rel_residual": 0.0, "converged": True}
+            else:
+                op = (obj.hessian if p.curvature == "hessian" else obj.gauss_newton)(h_index, h_w, gram, params)
+                fixed = p.solve == "cg_fixed"
+                steps = int(s.get("cg_steps") or (30 if fixed else 500))
+                tol = 1e-10 if fixed else float(s.get("cg_tol") or 1e-4)
+                res = conjugate_gradient(lambda v: restrict(op(restrict(v))), g, damping, steps, tol,
+                                         stop_on_negative_curvature=not fixed)
+                x = restrict(res.x)
+                rel = res.residual_norms[-1] / max(res.residual_norms[0], 1e-30)
+                info["solve"] = {"method": p.solve, "iters": res.iterations, "rel_residual": rel,
+                                 "converged": res.converged, "stop": res.stop_reason}
+                logger.info("[%s] CG: %d iterations, %s, relative residual %.3g", self.name, res.iterations,
+                            res.stop_reason, rel)
+                if not fixed and (res.stop_reason in ("negative_curvature", "non_finite") or rel >= 1.0):
+                    raise UnrankError(
+                        f"{self.name}: the conjugate-gradient solve failed ({res.stop_reason}, relative residual "
+                        f"{rel:.3g}); the step is refused: raise unrank_damping or use unrank_baseline_curvature: "
+                        "gauss_newton")
+                if fixed and rel >= 1.0:
+                    info["solve"]["diverged"] = True
+        delta = unflat(x, params)
+        info["step_norm"] = float(x.norm())
+        if calib is not None and p.params == "user_rows" and adapter.supports_user_blocks:
+            # The update lives in the request users' own rows: calibrate it per user, as on blocks.
+            where = {id(q): k for k, q in enumerate(params)}
+            block = torch.cat([delta[where[id(t)]][req_users] for t in adapter.user_tables()], -1)
+            scale = calib.per_user(block, info).to(block.dtype)
+            adapter.apply_user_delta(req_users, scale[:, None] * block)
+            return
+        scale = 1.0
+        if calib is not None:
+            saved = [q.detach().clone() for q in params]
+
+            def apply(value):
+                with torch.no_grad():
+                    for q, q0, dq in zip(params, saved, delta):
+                        q.copy_(q0 + value * dq)
+                adapter.invalidate()
+
+            scale = calib.global_scale(apply, info)
+        with torch.no_grad():
+            for q, dq in zip(params, delta):
+                q.add_(scale * dq.to(q.dtype))
+        adapter.invalidate()
+
+    def _rows_subspace(self, p, s, adapter, params, users, items, target, keep, req_users, info):
+        a = adapter
+        if p.params == "user_rows":
+            user_rows = torch.zeros(a.n_users, dtype=torch.bool, device=users.device)
+            user_rows[req_users] = True
+            item_rows = None
+        else:
+            ku, ki = users[keep], items[keep]
+            tu, ti = users[target], items[target]
+            su, si = khop_importance(ku, ki, a.n_users, a.n_items, tu, ti, int(s.get("ifru_hops") or 0))
+            score = torch.cat((su, si))
+            reached = score > 0
+            n_reached = int(reached.sum())
+            n_keep = min(n_reached, math.ceil(float(s.get("ifru_keep") or 1.0) * n_reached))
+            chosen = torch.zeros_like(reached)
+            if n_keep > 0:
+                chosen[torch.topk(score, n_keep).indices] = True
+            chosen &= reached
+            chosen[tu] = True  # the request's own nodes always move
+            chosen[ti + a.n_users] = True
+            info["khop_nodes"] = n_reached
+            user_rows, item_rows = chosen[: a.n_users], chosen[a.n_users:]
+        tables = row_tables(a.model, params, a.n_users, a.n_items)
+        chosen_p, masks = [], []
+        for k, kind in tables:
+            rows = user_rows if kind == "user" else item_rows
+            if rows is None or not bool(rows.any()):
+                continue
+            chosen_p.append(params[k])
+            masks.append(rows.view(-1, *([1] * (params[k].dim() - 1))).expand_as(params[k]))
+        info.update(rows_users=int(user_rows.sum()), rows_items=0 if item_rows is None else int(item_rows.sum()))
+        if not chosen_p:
+            logger.warning("[%s] %s has no user/item embedding tables to restrict the update to: updating every "
+                           "parameter", self.name, type(a.model).__name__)
+            info["fallback"] = "all_parameters"
+            return None
+        self._rows = (user_rows, item_rows if item_rows is not None else torch.zeros(a.n_items, dtype=torch.bool,
+                                                                                    device=users.device))
+        return chosen_p, masks
+
+    def _spillover(self, obj, adapter, params, users, items, keep):
+        """IFRU's graph-change term ``grad L_r(G) - grad L_r(G \\ D_t)`` (called on the original graph)."""
+        index = keep.nonzero().squeeze(1)
+
+        def grad_of():
+            grads = torch.autograd.grad(obj.loss(index), params, allow_unused=True)
+            return flat([torch.zeros_like(q) if gr is None else gr for q, gr in zip(params, grads)]).detach()
+
+        on_original = grad_of()
+        with adapter.propagate_over(users[keep], items[keep]):
+            on_retained = grad_of()
+        return on_original - on_retained
+
+
+def declare(name: str, steps: Steps, settings: dict, defaults: dict | None = None, fixed: dict | None = None,
+            doc: str = "") -> type[InfluencePipeline]:
+    """A registered influence method: its steps, the ``unrank_*`` keys it reads, its defaults."""
+    steps.check()
+    return type(f"Influence_{name.replace('+', '_')}", (InfluencePipeline,), {
+        "name": name, "steps": steps, "settings": dict(settings), "defaults": dict(defaults or {}),
+        "fixed": dict(fixed or {}), "__doc__": doc or f"{name}: {steps.describe()}",
+    })

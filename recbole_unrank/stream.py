@@ -268,8 +268,9 @@ class RequestStream:
         self.applied.append(rows)
         record = {"request": k, "user": int(u[rows[0]]), "pairs": int(rows.size),
                   "time_s": float(result.info.get("time_s", 0.0)), "snapshot_s": snapshot_s,
-                  "step_median": result.info.get("step_median"),
-                  "users_meeting_view": result.info.get("users_meeting_view"), "event": None}
+                  "step_median": result.info.get("calibration", {}).get("step_median"),
+                  "users_meeting_view": result.info.get("calibration", {}).get("users_meeting_target"),
+                  "event": None}
         if self.settings.guard > 0:
             t0 = time.perf_counter()
             v = self.valid_ndcg()

@@ -248,7 +248,7 @@ def test_lightgcn_request_local_equals_rebuilt_graph_and_needs_no_full_propagati
         m.setattr(LightGCNAdapter, "remove_edges", lambda self, *a: False)  # caller rebuilds
         _, _, task_ref, method_ref = _single_user_request(config, data, reference)
         full = method_ref(task_ref)
-    assert local.info["step_median"] == pytest.approx(full.info["step_median"], rel=1e-9)
+    assert local.info["calibration"]["step_median"] == pytest.approx(full.info["calibration"]["step_median"], rel=1e-9)
     for (name, a), b in zip(local.model.state_dict().items(), full.model.state_dict().values()):
         assert float((a - b).abs().max()) < 1e-10, name
     fa, fb = get_adapter(local.model).final_embeddings(), get_adapter(full.model).final_embeddings()

@@ -424,10 +424,10 @@ def check_provenance(config, ckpt: dict, path: str = "checkpoint") -> None:
     old_path = _old_config_get(old, "data_path")
     where = ""
     if old_path and os.path.realpath(str(old_path)) != os.path.realpath(config["data_path"]):
-        where = f"; it was trained on data in '{old_path}', this run reads '{config['data_path']}'"
+        where = f" (it was trained on data in '{old_path}', this run reads '{config['data_path']}')"
     logger.warning(
         "checkpoint '%s' carries no fingerprint of its training data (RecBole does not write one): "
-        "dataset name, seed and eval_args are checked, the content of %s cannot be%s",
+        "dataset name, seed and eval_args are checked; the content of %s could not be checked%s",
         path, os.path.basename(_inter_file(config)), where,
     )
 

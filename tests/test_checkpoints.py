@@ -165,15 +165,28 @@ def test_model_class_cannot_be_called_nor_patched(tmp_path):
     assert callable(BPR.predict)
 
 
-def test_cli_refuses_crafted_checkpoint_in_one_line(tmp_path, py_async):
-    path, marker = _crafted(tmp_path, "torch_zip")
-    res = py_async.argv([sys.executable, str(REPO_ROOT / "run_unrank.py"), "-m", "WMF", "-d", "tiny",
-                         "--checkpoint", str(path), f"--data_path={REPO_ROOT / 'dataset'}", "--gpu_id=",
-                         f"--unrank_output_dir={tmp_path / 'runs'}"], tmp_path).result()
-    assert res.returncode == 2, res.stderr[-2000:]
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "is refused" in lines[0], res.stderr[-2000:]
-    assert not marker.exists() and not (tmp_path / "runs").exists()
+def test_cli_refuses_crafted_and_nan_checkpoints_in_one_line(tmp_path, py_async, our_ckpts):
+    """Through the command line: exit 2, one stderr line, no payload run, nothing written."""
+    evil, marker = _crafted(tmp_path, "torch_zip")
+    ckpt = C.read_checkpoint(our_ckpts["WMF"][1])
+    ckpt["state_dict"]["item_embedding.weight"][0, 0] = float("nan")
+    nan = tmp_path / "nan.pth"
+    torch.save(ckpt, str(nan))
+    started = {}
+    for name, path in (("evil", evil), ("nan", nan)):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        started[name] = (cwd, py_async.argv(
+            [sys.executable, str(REPO_ROOT / "run_unrank.py"), "-m", "WMF", "-d", "tiny", "--checkpoint", str(path),
+             f"--data_path={REPO_ROOT / 'dataset'}", "--gpu_id=", f"--unrank_output_dir={cwd / 'runs'}"], cwd))
+    for name, expected in (("evil", "is refused: loading it needs io.open"),
+                           ("nan", "NaN/Inf in state_dict 'item_embedding.weight'")):
+        cwd, pending = started[name]
+        res = pending.result()
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and expected in lines[0], res.stderr[-2000:]
+        assert list(cwd.iterdir()) == []  # nothing written in the working directory
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------ NaN / Inf
@@ -243,7 +256,7 @@ def test_recbole_checkpoint_without_fingerprint_warns_what_is_unchecked(recbole_
     with caplog.at_level("WARNING", logger="recbole_unrank"):
         C.check_provenance(config, ckpt, "x.pth")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 1 and "no fingerprint" in warned[0] and "tiny.inter cannot be" in warned[0]
+    assert len(warned) == 1 and "no fingerprint" in warned[0] and "tiny.inter could not be" in warned[0]
     ckpt["config"]["dataset"] = "ml-100k"
     with pytest.raises(UnrankError, match="trained on dataset 'ml-100k'"):
         C.check_provenance(config, ckpt, "x.pth")

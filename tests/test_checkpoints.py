@@ -529,7 +529,7 @@ def test_lightgcn_cpu_checkpoint_runs_on_cuda(unlearned_run):
 def test_second_request_on_unlearned_checkpoint_keeps_the_first_forgotten(unlearned_run, tmp_path):
     """An unlearned checkpoint as --checkpoint: the pairs it forgot stay out of the train split
     (not retrained on, not counted as history), and the new checkpoint carries both requests."""
-    from recbole_unrank.pipeline import build_config, run_unrank
+    from recbole_unrank.pipeline import build_config, run_pipeline
 
     work, model, rows, _ = unlearned_run
     first = rows["l2unrank"]["checkpoint"]
@@ -538,7 +538,7 @@ def test_second_request_on_unlearned_checkpoint_keeps_the_first_forgotten(unlear
         cfg.pop(key)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        run = run_unrank(build_config(model, "tiny", config_dict=cfg), checkpoint=first)
+        run = run_pipeline(build_config(model, "tiny", config_dict=cfg), checkpoint=first)
         second = json.loads((Path(run.run_dir) / "results.json").read_text(encoding="utf-8"))["rows"][-1]
         done1 = C.read_checkpoint(first)["unrank"]["request"]
         done2 = C.read_checkpoint(second["checkpoint"])["unrank"]["request"]

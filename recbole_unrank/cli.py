@@ -174,9 +174,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argpar
     tokens = _normalise(parser, argv)
     # RecBole's Config raises a bare SyntaxError (a traceback) on a key given twice with
     # different values: refuse it here, as bad input.
+    repeatable = {name for name, action in parser._option_string_actions.items()  # noqa: SLF001
+                  if isinstance(action, argparse._AppendAction)}  # noqa: SLF001 (--preset)
     seen: dict[str, str] = {}
     for token in tokens:
-        if token.startswith("--") and "=" in token:
+        if token.startswith("--") and "=" in token and token.split("=", 1)[0] not in repeatable:
             key, value = token[2:].split("=", 1)
             if seen.setdefault(key, value) != value:
                 raise UnrankError(f"--{key} is given twice with different values ({seen[key]!r}, {value!r})")

@@ -535,16 +535,17 @@ def test_both_argument_forms_give_the_same_settings():
     from recbole_unrank.cli import parse_args, unrank_parser
 
     spaced = ["-m", "WMF", "--dataset", "tiny", "--epochs", "5", "--unrank_hops", "2", "--learning_rate", "-1e-3",
-              "--unrank_methods", "[l2unrank,retrain]", "--config_files", "a.yaml b.yaml", "--preset", "ml-100k"]
+              "--unrank_methods", "[l2unrank,retrain]", "--config_files", "a.yaml b.yaml", "--preset", "ml-100k",
+              "--preset", "WMF"]
     joined = ["-m", "WMF", "--dataset=tiny", "--epochs=5", "--unrank_hops=2", "--learning_rate=-1e-3",
-              "--unrank_methods=[l2unrank,retrain]", "--config_files=a.yaml b.yaml", "--preset=ml-100k"]
+              "--unrank_methods=[l2unrank,retrain]", "--config_files=a.yaml b.yaml", "--preset=ml-100k", "--preset=WMF"]
     a_args, a_set = parse_args(unrank_parser(), spaced)
     b_args, b_set = parse_args(unrank_parser(), joined)
     assert vars(a_args) == vars(b_args)
     assert sorted(a_set) == sorted(b_set) == sorted(["--epochs=5", "--learning_rate=-1e-3", "--unrank_hops=2",
                                                      "--unrank_methods=[l2unrank,retrain]"])
     assert a_args.model == "WMF" and a_args.dataset == "tiny" and a_args.config_files == "a.yaml b.yaml"
-    assert a_args.preset == ["ml-100k"]
+    assert a_args.preset == ["ml-100k", "WMF"]  # repeatable, not "given twice"
 
 
 def test_help_lists_every_unrank_key_with_its_documentation(capsys):
@@ -738,3 +739,16 @@ def test_unreadable_request_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", locked_open)
     with pytest.raises(UnrankError, match="cannot be read \\(permission denied\\)"):
         check_request_file(str(path), "user_id", "item_id")
+
+
+def test_params_file_by_name(tmp_path, monkeypatch):
+    from recbole_unrank.api import _params_path
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(_params_path("l2unrank"))
+    assert shipped.is_file() and shipped.parent.name == "hyper"
+    assert shipped.read_text(encoding="utf-8") == (REPO_ROOT / "config" / "hyper" / "l2unrank.hyper").read_text(
+        encoding="utf-8")
+    (tmp_path / "mine.hyper").write_text("unrank_hops choice [0,1]\n", encoding="utf-8")
+    assert _params_path("mine.hyper") == "mine.hyper"  # a path that exists is used as it is
+    assert _params_path("nosuch") == "nosuch"  # tuning's own check names the missing file

@@ -615,7 +615,7 @@ def test_presets_by_name_from_any_directory(tmp_path, monkeypatch):
         encoding="utf-8")
     config = pipeline.build_config("LightGCN", "tiny", [preset_path("LightGCN"), preset_path("l2unrank-paper")],
                                    {"data_path": str(REPO_ROOT / "dataset"), "gpu_id": ""}, argv=[])
-    assert config["unrank_update"] == "all" and config["learning_rate"] == 0.002
+    assert config["unrank_method"] == "l2unrank_paper" and config["learning_rate"] == 0.002
 
 
 def test_console_scripts_and_presets_are_packaged():

@@ -33,8 +33,9 @@ import recbole_unrank  # noqa: E402,F401
 from recbole_unrank import pipeline  # noqa: E402
 from recbole_unrank.report import write_text  # noqa: E402
 
-ABLATIONS = ["l2unrank_noscope", "l2unrank_nostruct", "l2unrank_nosem", "l2unrank_noweights",
-             "l2unrank_context", "l2unrank_nocurv", "l2unrank_nocalib"]
+from recbole_unrank.methods.l2unrank import VARIANTS  # noqa: E402
+
+ABLATIONS = [name for name in VARIANTS if name not in ("l2unrank", "l2unrank_paper")]
 
 
 def run_model(model: str, methods: list[str], overrides: dict, save_original: str | None = None,

@@ -401,3 +401,18 @@ def test_context_term_with_an_empty_context_is_a_no_op(prepared):
     row = run.run_method("l2unrank_noweights", save=False, evaluate_test=False,
                          overrides={"unrank_hops": 0, "unrank_use_context": True})
     assert np.isfinite(row["forget"]["mean_rank"])
+
+
+
+def test_score_medians_decide_rank_medians_exactly():
+    """The calibration compares medians of scores for medians of ranks: the same decision."""
+    from recbole_unrank.methods.calibration import row_median
+
+    g = torch.Generator().manual_seed(4)
+    for _ in range(50):
+        scores = torch.randint(0, 6, (1, 12), generator=g).float()  # many ties
+        f, v = torch.randperm(12, generator=g)[:5], torch.randperm(12, generator=g)[:3]
+        rows_f, rows_v = torch.zeros(5, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+        by_rank = row_median(rows_f, pair_ranks(scores, rows_f, f), 1) >= row_median(rows_v, pair_ranks(scores, rows_v, v), 1)
+        by_score = row_median(rows_f, -scores[0, f], 1) >= row_median(rows_v, -scores[0, v], 1)
+        assert bool(by_rank) == bool(by_score)

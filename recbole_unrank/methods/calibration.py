@@ -124,6 +124,7 @@ class StepCalibration:
             if self.other_probe is not None:
                 self.start_other = float(self.other_probe.valid_ndcg(adapter.user_scores(pick), 10).sum())
         self.outside = self.start_ranks > k  # forget pairs outside the viewing threshold before
+
         lo, hi, n = settings["step_grid"]
         grid = np.concatenate(([0.0], np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(n))))
         floor = float(settings["step_floor"])
@@ -134,21 +135,29 @@ class StepCalibration:
 
     # ---- measures --------------------------------------------------------------------------
     def _user_ok(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per request user: target met, no new entrant, and NDCG@10 [U] (masked scores)."""
+        """Per request user: target met, no new entrant, and NDCG@10 [U] (masked scores).
+
+        No rank is computed: within a row, ``rank(a) >= rank(b)`` exactly when
+        ``s_a <= s_b`` (ranks count strictly higher scores and both are entries of the row),
+        so the median forgotten rank reaches the median validation rank exactly when the
+        forgotten items' median score (ranks' lower median = scores' upper median) is at most
+        the validation items'; ``rank <= k`` exactly when the score reaches the row's k-th
+        largest (ties favour the pair, as the ranks do)."""
         s, p, U = self.s, self.probe, self.U
         k = int(s["view_k"])
-        ranks = p.forget_ranks(scores, masked=True)
+        kth = scores.topk(min(k, scores.shape[1]), dim=1).values[:, -1]
+        fs = scores[p.f_rows, p.f_items]
+        in_top = fs >= kth[p.f_rows]
         share = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
-            0, p.f_rows, (ranks <= k).to(torch.float64)) / p.f_count.to(torch.float64)
+            0, p.f_rows, in_top.to(torch.float64)) / p.f_count.to(torch.float64)
         view_ok = share <= float(s["view_share"]) + 1e-9
         if s["calib_target"] == "valid_rank":
-            med_f = row_median(p.f_rows, ranks, U)
-            v_ranks = 1 + (scores[p.v_rows] > scores[p.v_rows, p.v_items][:, None]).sum(1)
-            med_v = row_median(p.v_rows, v_ranks, U)
+            med_f = row_median(p.f_rows, -fs, U)  # minus the upper median score
+            med_v = row_median(p.v_rows, -scores[p.v_rows, p.v_items], U)
             target = torch.where(torch.isnan(med_v), view_ok, med_f >= med_v)
         else:
             target = view_ok
-        entered = (self.outside & (ranks <= k)).to(torch.float64)
+        entered = (self.outside & in_top).to(torch.float64)
         new = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(0, p.f_rows, entered)
         return target, new == 0, p.valid_ndcg(scores, 10, masked=True)
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import enum
 import hashlib
@@ -132,8 +133,6 @@ def _torch_allowed() -> dict[str, Any]:
 
         return dict(_get_allowed_globals())
     except Exception:  # noqa: BLE001  (a private helper: fall back to what checkpoints use)
-        import collections
-
         return {
             "collections.OrderedDict": collections.OrderedDict,
             "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
@@ -171,6 +170,7 @@ def _static_allow_lists() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 _ALLOW: tuple[dict[str, Any], dict[str, Any]] | None = None
+_DICTS = (dict, collections.OrderedDict, collections.Counter)
 _TRUSTED_PACKAGES = ("recbole", "recbole_unrank")
 
 
@@ -184,7 +184,9 @@ class RestrictedUnpickler(pickle._Unpickler):
     * Calling a global (``REDUCE``) or instantiating one (``NEWOBJ``, ``INST``, ``OBJ``) is
       allowed for the value types only; a ``Config`` may be created empty and filled
       (``NEWOBJ`` + ``BUILD``), model classes and YAML loaders may only be named.
-    * ``BUILD`` never sets attributes on a class, function or module.
+    * ``BUILD`` never sets attributes on a class, function or module, and the opcodes that
+      fill containers (``APPEND(S)``, ``SETITEM(S)``, ``ADDITEMS``) fill builtin lists, dicts
+      and sets only (as torch's weights-only unpickler).
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
@@ -264,6 +266,46 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch[pickle.INST[0]] = _refuse_instantiate
     dispatch[pickle.OBJ[0]] = _refuse_instantiate
+
+    # APPEND(S) / SETITEM(S) / ADDITEMS call methods of the object they fill: only on builtin
+    # containers (an allowed object could otherwise route them to one of its attributes).
+    def _marked(self):
+        """The object that APPENDS / SETITEMS / ADDITEMS will fill (None: no MARK, pickle's error)."""
+        return self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
+
+    def _refuse_fill(self, target, kinds: tuple, opcode: str) -> None:
+        if target is not None and type(target) not in kinds:
+            raise UntrustedGlobal(f"{opcode} on a {type(target).__name__}")
+
+    def load_append(self):
+        self._refuse_fill(self.stack[-2] if len(self.stack) > 1 else None, (list,), "APPEND")
+        super().load_append()
+
+    dispatch[pickle.APPEND[0]] = load_append
+
+    def load_appends(self):
+        self._refuse_fill(self._marked(), (list,), "APPENDS")
+        super().load_appends()
+
+    dispatch[pickle.APPENDS[0]] = load_appends
+
+    def load_setitem(self):
+        self._refuse_fill(self.stack[-3] if len(self.stack) > 2 else None, _DICTS, "SETITEM")
+        super().load_setitem()
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self):
+        self._refuse_fill(self._marked(), _DICTS, "SETITEMS")
+        super().load_setitems()
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_additems(self):
+        self._refuse_fill(self._marked(), (set,), "ADDITEMS")
+        super().load_additems()
+
+    dispatch[pickle.ADDITEMS[0]] = load_additems
 
     def load_build(self):
         inst = self.stack[-2]

@@ -648,3 +648,17 @@ def test_model_class_of_running_program_loads_but_nothing_is_imported(tmp_path, 
     with pytest.raises(UnrankError, match="needs this.CustomBPR"):
         C.read_checkpoint(str(path))
     assert "this" not in sys.modules
+
+
+def test_container_opcodes_fill_builtin_containers_only():
+    """APPENDS / SETITEMS on an allowed non-container object would call its attributes."""
+    import io
+
+    # NEWOBJ an empty Config, then SETITEMS on it (Config.__setitem__) / APPENDS (its .extend)
+    head = b"\x80\x02crecbole.config.configurator\nConfig\n)\x81"
+    for body, opcode in ((b"(U\x01kK\x01u.", "SETITEMS"), (b"(K\x01e.", "APPENDS")):
+        with pytest.raises(pickle.UnpicklingError, match=f"{opcode} on a Config"):
+            C.RestrictedUnpickler(io.BytesIO(head + body)).load()
+    # the same opcodes on builtin containers load
+    assert C.RestrictedUnpickler(io.BytesIO(b"\x80\x02}(U\x01kK\x01u.")).load() == {"k": 1}
+    assert C.RestrictedUnpickler(io.BytesIO(b"\x80\x02](K\x01K\x02e.")).load() == [1, 2]

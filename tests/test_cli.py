@@ -752,3 +752,16 @@ def test_params_file_by_name(tmp_path, monkeypatch):
     (tmp_path / "mine.hyper").write_text("unrank_hops choice [0,1]\n", encoding="utf-8")
     assert _params_path("mine.hyper") == "mine.hyper"  # a path that exists is used as it is
     assert _params_path("nosuch") == "nosuch"  # tuning's own check names the missing file
+
+
+def test_model_and_dataset_come_from_the_settings_when_not_given(tmp_path, monkeypatch):
+    from recbole_unrank.api import make_config
+
+    monkeypatch.chdir(tmp_path)
+    base = {"data_path": str(REPO_ROOT / "dataset"), "gpu_id": ""}
+    config, ckpt = make_config(dataset="tiny", preset=["WMF"], config_dict=base, argv=[])
+    assert config["model"] == "WMF" and ckpt is None  # config/WMF.yaml says model: WMF
+    config, _ = make_config(preset=["WMF"], config_dict={**base, "dataset": "tiny"}, argv=["--model=NeuMF"])
+    assert config["model"] == "NeuMF" and config["dataset"] == "tiny"  # the command line wins
+    config, _ = make_config(config_dict={**base, "dataset": "tiny"}, argv=[], default_model="BPR")
+    assert config["model"] == "BPR"

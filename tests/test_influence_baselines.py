@@ -524,3 +524,19 @@ def test_scif_neighbours_matter_only_through_propagation(runs):
     assert not torch.allclose(d0, d1)
     (_, w0), (_, w1) = step("WMF", 0), step("WMF", 1)
     assert torch.equal(w0, w1)
+
+
+@pytest.mark.parametrize("model_name", ["WMF", "LightGCN"])
+def test_a_user_request_leaves_no_retained_row_and_still_runs(runs, model_name):
+    """Every train row of two users forgotten (the user task): their retained loss has no row
+    left; every influence method still runs (the curvature of no rows is zero, plus damping)."""
+    run = runs(model_name)
+    users, _, _ = _pairs(run)
+    chosen = np.unique(run.request.users)[:2]
+    index = np.flatnonzero(np.isin(users, chosen)).astype(np.int64)
+    for name in BASELINES + ["scif+calib", "l2unrank"]:
+        task = run._task()
+        task.request_index = index
+        cls = METHODS[name]
+        result = cls(**pipeline.method_settings(run.config, cls))(task)
+        assert _finite(result.model), name

@@ -170,7 +170,7 @@ def gauss_newton_operator(
     z = output_fn(params)
     c = curvature(z.detach()) if callable(curvature) else curvature
     c = torch.as_tensor(c, dtype=z.dtype, device=z.device)
-    if not z.requires_grad:  # outputs do not depend on params: J = 0
+    if not z.requires_grad or z.numel() == 0:  # no outputs, or none depends on params: J = 0
         return torch.zeros_like
     # g(u) = J^T u for a dummy u; linear in u, so d(g(u) . v)/du = J v for any u.
     u = torch.zeros_like(z, requires_grad=True)

@@ -238,6 +238,8 @@ class Objective:
         H = None
         for p in self._pieces(index, w):
             mine = row_of[p.users] >= 0
+            if not bool(mine.any()):  # e.g. a user request: no retained row is left to these users
+                continue
             u, i, wk = p.users[mine], p.items[mine], p.w[mine]
             jac = a.user_block_jacobian(u, i)
             z = a.pair_scores(u, i)
@@ -279,6 +281,8 @@ class Objective:
         out = None
         for p in self._pieces(index, None):
             mine = row_of[p.users] >= 0
+            if not bool(mine.any()):
+                continue
             sub = _Piece(p.users[mine], p.items[mine], None if p.minus is None else p.minus[mine], p.kind, p.w[mine])
             val = sub.w * row_loss(p.kind, self._z(sub), s.alpha, s.w0)
             if out is None:

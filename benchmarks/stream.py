@@ -17,8 +17,10 @@ Recall@10 of the whole test split (RecBole's evaluator, retained history masked)
 users' own test NDCG@10 (every user of a request so far) against the original's on the same
 users; for every earlier request's pairs, the share ranked within the top 10 now
 (forget_hit@10) and the share that came back there after leaving it with its own request; a
-plain score AUC of the forgotten pairs against the same users' test pairs (named
-``score_auc``: the learned MIA audit of DESIGN.md section 4 is not used here); time per request.
+plain score AUC of the forgotten pairs against the same users' test pairs (``score_auc``);
+time per request. At the retraining points, the MIA audit of DESIGN.md section 4
+(``recbole_unrank.measures``, attack fitted on that retraining) for the stream's model, the
+original and the retraining.
 At three points (a third, two thirds, the end) one retraining without all requests so far
 (same config, seed and epoch budget) gives the same measures. Rerunning the same command skips
 every finished record: the stream resumes from the last saved state (in ``--work``).
@@ -135,6 +137,27 @@ def _measures(stream, model, data, config, original=None) -> dict:
     return out
 
 
+def _audit(stream, data, models: dict, retrained, seed: int) -> dict:
+    """The MIA audit of DESIGN.md section 4 (``recbole_unrank.measures``): an attack fitted on
+    ``retrained`` (members: retained train pairs, non-members: test pairs, of users outside the
+    requests), its AUC on every forgotten pair against as many of the same users' test pairs,
+    under each model of ``models``; with the plain score AUC on the same pairs."""
+    import torch
+
+    from recbole_unrank import measures
+    from recbole_unrank.pipeline import score_users
+
+    train = data.train_ds
+    forget_ds = train.copy(train.inter_feat[torch.as_tensor(stream.forgotten_rows())])
+    auditor = measures.Auditor(stream.retained_ds(), forget_ds, data.test_ds, score_users, seed=seed)
+    ref = auditor.probe(retrained, with_attack_data=True)
+    attack = measures.fit_attack(ref.members, ref.non_members, seed=seed)
+    out = {"retrain": measures.Auditor.measures(ref, attack)}
+    for name, model in models.items():
+        out[name] = measures.Auditor.measures(auditor.probe(model), attack)
+    return out
+
+
 def _state_path(args, model: str, k: int) -> str:
     return os.path.join(args.work, "state", f"{model}-seed{args.request_seed}-guard{args.guard}-{args.policy}",
                         f"after-{k:05d}.pth")
@@ -188,6 +211,21 @@ def run_model(model_name: str, args, out_dir: str) -> None:
     from recbole_unrank.adapters import get_adapter
     from recbole_unrank.stream import pair_ranks
 
+    for k in sorted(done):  # records written before the audit was measured: add it
+        path = os.path.join(folder, f"point-{k:05d}.json")
+        with open(path, encoding="utf-8") as f:
+            point = json.load(f)
+        if "retrain" not in point or "audit" in point or not os.path.isfile(_state_path(args, model_name, k)):
+            continue
+        saved = torch.load(_state_path(args, model_name, k), map_location="cpu", weights_only=False)
+        past = RequestStream(config, data, saved["model"], method, StreamSettings(0.0), kept=saved["kept"],
+                             applied=saved["applied"], records=saved["records"], valid_reference=1.0)
+        retrained, _ = train_fresh(past.retained_ds())  # same config and seed: the same retraining
+        point["audit"] = _audit(past, data, {"unlearned": past.model, "original": original}, retrained,
+                                args.request_seed)
+        _atomic_json(point, path)
+        print(f"[stream] {model_name}: audit added to the record after {k}", flush=True)
+
     t_run = time.perf_counter()
     for k in range(start + 1, args.requests + 1):
         rows = requests[k - 1]
@@ -228,6 +266,8 @@ def run_model(model_name: str, args, out_dir: str) -> None:
             r.pop("_ranks")
             point["retrain"] = {**r, "time_s": info["time_s"], "epochs": info["epochs"]}
             point["ndcg_gap"] = m["test"]["ndcg@10"] / max(r["test"]["ndcg@10"], 1e-12) - 1.0
+            point["audit"] = _audit(stream, data, {"unlearned": stream.model, "original": original}, retrained,
+                                    args.request_seed)
             del retrained
         _atomic_torch({"model": stream.model, "kept": stream.kept, "applied": stream.applied,
                        "records": stream.records, "valid_reference": stream.valid_reference},
@@ -303,8 +343,9 @@ def write_report(out_dir: str, argv: str) -> str:
         L += [f"## {name}", "",
               "| after | test NDCG@10 | original | retrain | request users' NDCG@10 (users) | original on them | "
               "forget_hit@10 (all earlier) | came back to top 10 | score AUC (forget vs same users' test) | "
-              "retrain AUC | request s: median (max) | valid NDCG@10 / original's | events so far |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "retrain AUC | MIA audit: unlearned / original / retrain | request s: median (max) | "
+              "valid NDCG@10 / original's | events so far |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in pts:
             m, o, r = p["unlearned"], p["original"], p.get("retrain")
             L.append(f"| {p['after']} | {m['test']['ndcg@10']:.4f} | {o['test']['ndcg@10']:.4f} | "
@@ -317,6 +358,9 @@ def write_report(out_dir: str, argv: str) -> str:
                       f"{m['request_users']['ndcg@10']:.4f} ({m['request_users']['users']}) | "
                       f"{o['request_users']['ndcg@10']:.4f} | {m['forget']['forget_hit@10']:.4f} | "
                       f"{p['came_back']['share_back_in_top10']:.4f} | {m['forget']['score_auc']:.3f} | - | ")
+            a = p.get("audit")
+            L[-1] += ((f"{a['unlearned']['mia_auc']:.3f} / {a['original']['mia_auc']:.3f} / "
+                       f"{a['retrain']['mia_auc']:.3f} | ") if a else "- | ")
             L[-1] += (f"{p['time_s']['median']:.3f} ({p['time_s']['max']:.3f}) | {p['valid_ratio']:.4f} | "
                       f"{len(p['events'])} |")
         L.append("")
@@ -343,7 +387,10 @@ def write_report(out_dir: str, argv: str) -> str:
           "with only retained history masked; `came back` is the share of the pairs that had left the top 10 "
           "right after their own request and are back in it now. `score AUC` is P(score of a forgotten pair > "
           "score of a test pair of the same users) under the model: retraining's value is the reference (a plain "
-          "score test, not the learned membership-inference audit). Request users' NDCG@10 is over the test "
+          "score test). `MIA audit` (at the retraining points): the membership-inference audit of DESIGN.md "
+          "section 4 (`recbole_unrank.measures`: a logistic attack fitted on the retrained model, its AUC on "
+          "the forgotten pairs against as many of the same users' test pairs; about 0.5 for retraining, above "
+          "for a model that still holds the data, below for over-unlearning). Request users' NDCG@10 is over the test "
           "items of every user with a request so far (train and valid history masked).", ""]
     text = "\n".join(L)
     path = os.path.join(out_dir, "stream.md")

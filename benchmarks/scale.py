@@ -281,7 +281,7 @@ def _original(config, data, spec, out: dict):
         model = _fresh_model(config, data.train_ds)
         out["model_init_s"] = time.perf_counter() - t0
         times = _time_epochs(config, model, train, spec["synth_epochs"])
-        out["epoch_s"] = times[0]
+        out["epoch_s"] = times[0] if times else None  # --synth-epochs 0: an untrained model
         out["original"] = {"epochs": len(times), "epoch_times_s": times}
     model.eval()
     del train
@@ -810,7 +810,7 @@ def _plots(results: dict, out_dir: str) -> list[str]:
             hi = [o["single_summary"]["time_s"]["p90"] for o in rs]
             line = axes[0].plot(xs, med, "o-", label=f"{model}: L2UnRank, 1 user (slope {fitted_slope(results, model):.2f})")[0]
             axes[0].fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-            axes[0].plot(xs, [o["epoch_s"] for o in rs], "s--", color=line.get_color(), alpha=0.6,
+            axes[0].plot(xs, [o["epoch_s"] or float("nan") for o in rs], "s--", color=line.get_color(), alpha=0.6,
                          label=f"{model}: one training epoch")
             axes[1].plot(xs, [_gib(o["single_summary"]["peak_bytes"]["max"]) for o in rs], "o-",
                          color=line.get_color(), label=f"{model}: process peak during request")
@@ -878,6 +878,12 @@ def write_report(results: dict, out_dir: str) -> str:
              f"load average at start {results['host']['load_start']}, at end {results['host']['load_end']}; "
              f"whole benchmark {results['wall_s'] / 60:.1f} min. **CPU only: no GPU figures were measured** "
              "(no GPU on this machine; `tests/test_scale_paths.py` runs the CUDA path where one exists).")
+    for name, res in results["datasets"].items():
+        if "merged_from" in res:
+            m = res["merged_from"]
+            L.append(f"{name} comes from a separate run, `python benchmarks/scale.py {m['argv']}` on {m['when']} "
+                     f"(load average at start {m['load'][0]}, at end {m['load'][1]}; package commit "
+                     f"`{(m.get('code') or {}).get('commit', '?')}`), merged with `--report-only --merge`.")
     L.append("")
     cs = results.get("code_start", {"commit": "?", "dirty": []})
     ce = results.get("code_end", cs)
@@ -927,7 +933,8 @@ def write_report(results: dict, out_dir: str) -> str:
             f"{_fmt_s(t['p90'])}) [{_fmt_s(t['max'])}] | {_fmt_s(st['scope_s']['median'])} | "
             f"{_fmt_s(st['weights_s']['median'])} | {_fmt_s(st['solve_s']['median'])} | "
             f"{_fmt_s(s['lookup_s']['median'])} | {s['scope_size']['median']:,.0f} | {_fmt_s(out['epoch_s'])} "
-            f"({out['train_batch_size']}) | {out['epoch_s'] / t['median']:,.0f}x | "
+            f"({out['train_batch_size']}) | "
+            f"{'-' if not out['epoch_s'] else format(out['epoch_s'] / t['median'], ',.0f') + 'x'} | "
             f"{_gib(s['peak_bytes']['max']):.2f} ({_gib(s['peak_delta_bytes']['max']):.3f}) |")
     L.append("")
     L.append("Peak RSS is the whole process's high-water mark during the request (data, model, its copy and "
@@ -1250,6 +1257,8 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     p.add_argument("--report-only", action="store_true", help="rebuild scale.md and the plots from scale.json")
     p.add_argument("--rerun", action="store_true", help="run every worker again (default: reuse finished ones)")
+    p.add_argument("--merge", action="append", default=[],
+                   help="with --report-only: add the datasets of another run's scale.json (e.g. a 20M point)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1263,6 +1272,17 @@ def main(argv=None) -> None:
     if args.report_only:
         with open(os.path.join(args.out, "scale.json"), encoding="utf-8") as f:
             results = json.load(f)
+        for extra in args.merge:  # datasets of another run (e.g. the 20M point, run last and apart)
+            with open(extra, encoding="utf-8") as f:
+                other = json.load(f)
+            for name, res in other["datasets"].items():
+                if name not in results["datasets"]:
+                    res["merged_from"] = {"argv": other["args"]["argv"], "when": other["host"]["when"],
+                                          "load": [other["host"]["load_start"], other["host"].get("load_end")],
+                                          "code": other.get("code_start")}
+                    results["datasets"][name] = res
+            results["args"]["sizes"] = sorted(set(results["args"]["sizes"]) | set(other["args"]["sizes"]))
+            results.setdefault("merged", []).append(other["args"]["argv"])
         results["checks"] = check_targets(results)
         results["package_changes"] = PACKAGE_CHANGES
         if "code_end" in results and "code_changed_files" not in results:
@@ -1335,7 +1355,7 @@ def main(argv=None) -> None:
             s = out.get("single_summary")
             if s:
                 print(f"[scale]   {model}: request median {s['time_s']['median']:.3f}s (max {s['time_s']['max']:.3f}s), "
-                      f"epoch {out['epoch_s']:.1f}s, peak {_gib(s['peak_bytes']['max']):.2f} GiB", flush=True)
+                      f"epoch {_fmt_s(out['epoch_s'])}s, peak {_gib(s['peak_bytes']['max']):.2f} GiB", flush=True)
             if out.get("successive"):
                 print(f"[scale]   {model}: after {args.steps} requests NDCG@10 {100 * out['successive']['ndcg_gap']:+.2f}% "
                       "vs retrain", flush=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_config
+from test_scale_paths import _trained
 from recbole_unrank import metrics, pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.errors import UnrankError
@@ -31,14 +31,6 @@ from recbole_unrank.stream import (
 
 
 TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}  # the tiny file has timestamps
-
-
-def _trained(workdir, model: str, **overrides):
-    config = make_tiny_config(workdir, model, **overrides)
-    data = pipeline.load_data(config)
-    train, valid, _ = pipeline.make_loaders(config, data)
-    trained, _ = pipeline.train_model(config, train, valid, None, tag="original")
-    return config, data, trained
 
 
 @pytest.fixture(scope="module")

@@ -307,8 +307,14 @@ def write_report(out_dir: str, argv: str) -> str:
 
     data = load_points(out_dir)
     L = ["# A day of requests: many single-user requests in a row (issue 15)", ""]
-    L.append(f"Produced by `python benchmarks/stream.py{' ' + argv if argv else ''}` (records in "
-             "`benchmarks/results/stream/`; `--report-only` rebuilds this file from them). ml-100k, "
+    cmds = []
+    for name, pts in data.items():
+        p0 = pts[-1]
+        seed = "" if p0["request_seed"] == 1001 else f" --request-seed {p0['request_seed']}"
+        cmds.append(f"{name}: `python benchmarks/stream.py --models {p0['model']} --requests {p0['after']}{seed}"
+                    f" --guard {p0['guard']:g} --policy {p0['policy']}`")
+    L.append("Produced by " + "; ".join(cmds) + " (records in `benchmarks/results/stream/`; "
+             "`--report-only` rebuilds this file from them). ml-100k, "
              f"each request one user's {PER_REQUEST} most recent retained train interactions, L2UnRank with "
              "the project defaults, requests applied one after another to one model. CPU, one thread, shared "
              "machine: times are noisy; compare them within one run.")
@@ -334,9 +340,13 @@ def write_report(out_dir: str, argv: str) -> str:
         slope = _slope(xs, med)
         first, lastm = med[0], med[-1]
         s.update(stay_below=stay, time_first=first, time_last=lastm, time_slope=slope)
+        growth = slope * (xs[-1] - xs[0]) / max(float(np.median(med)), 1e-9)  # fitted change over the stream
+        s["time_fitted_growth"] = growth
         L.append(f"| {name} | time per request does not grow along the stream | median {first:.3f} s in the first "
-                 f"window, {lastm:.3f} s in the last (x{lastm / max(first, 1e-9):.2f}); fitted slope "
-                 f"{1000 * slope:+.4f} ms per request | {'yes' if lastm <= 1.5 * first else '**no**'} |")
+                 f"window, {lastm:.3f} s in the last; a line fitted to every window's median: "
+                 f"{1000 * slope:+.4f} ms per request, {100 * growth:+.0f}% over the stream (the load average "
+                 f"moved between {min(p['host_load'][0] for p in pts if 'host_load' in p):.1f} and "
+                 f"{max(p['host_load'][0] for p in pts if 'host_load' in p):.1f}) | {'yes' if growth < 0.5 else '**no**'} |")
         summary[name] = s
     L.append("")
     for name, pts in data.items():

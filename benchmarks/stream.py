@@ -189,7 +189,7 @@ def run_model(model_name: str, args, out_dir: str) -> None:
     if not points or points[-1] != args.requests:
         points.append(args.requests)
     thirds = sorted({min(points, key=lambda p: abs(p - args.requests * f)) for f in (1 / 3, 2 / 3, 1.0)})
-    folder = os.path.join(out_dir, "stream", f"{model_name}-seed{args.request_seed}")
+    folder = os.path.join(out_dir, "stream", f"{model_name}-seed{args.request_seed}-guard{args.guard:g}-{args.policy}")
     done = {int(os.path.basename(p)[6:11]) for p in glob.glob(os.path.join(folder, "point-*.json"))}
     # resume from the last point with both its record and its saved state
     start = 0
@@ -288,7 +288,8 @@ def load_points(out_dir: str) -> dict:
     for path in sorted(glob.glob(os.path.join(out_dir, "stream", "*", "point-*.json"))):
         with open(path, encoding="utf-8") as f:
             p = json.load(f)
-        by_model.setdefault(f"{p['model']} (request seed {p['request_seed']})", []).append(p)
+        by_model.setdefault(f"{p['model']} (request seed {p['request_seed']}, budget {p['guard']:g} "
+                            f"{p['policy']})", []).append(p)
     for pts in by_model.values():
         pts.sort(key=lambda p: p["after"])
     return by_model

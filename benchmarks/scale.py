@@ -879,6 +879,9 @@ def write_report(results: dict, out_dir: str) -> str:
              f"whole benchmark {results['wall_s'] / 60:.1f} min. **CPU only: no GPU figures were measured** "
              "(no GPU on this machine; `tests/test_scale_paths.py` runs the CUDA path where one exists).")
     for name, res in results["datasets"].items():
+        if "reused_from" in res:
+            L.append(f"{name}: the worker's result was reused from an earlier run of the same settings "
+                     f"(`--reuse {os.path.basename(res['reused_from'])}`; worker wall {res['worker_wall_s']:.0f} s).")
         if "merged_from" in res:
             m = res["merged_from"]
             L.append(f"{name} comes from a separate run, `python benchmarks/scale.py {m['argv']}` on {m['when']} "
@@ -1257,6 +1260,8 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     p.add_argument("--report-only", action="store_true", help="rebuild scale.md and the plots from scale.json")
     p.add_argument("--rerun", action="store_true", help="run every worker again (default: reuse finished ones)")
+    p.add_argument("--reuse", action="append", default=[],
+                   help="a finished worker's result file (work/results/<dataset>-<key>.json) to use for its dataset")
     p.add_argument("--merge", action="append", default=[],
                    help="with --report-only: add the datasets of another run's scale.json (e.g. a 20M point)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -1317,6 +1322,11 @@ def main(argv=None) -> None:
                  "when": time.strftime("%Y-%m-%d %H:%M")},
         "datasets": {}, "generated": {}, "code_start": code_state(),
     }
+    reuse, reuse_paths = {}, {}
+    for path in args.reuse:
+        with open(path, encoding="utf-8") as f:
+            res = json.load(f)
+        reuse[res["dataset"]], reuse_paths[res["dataset"]] = res, path
     jobs = []
     if not args.no_ml100k and parts & {"latency", "successive"}:
         jobs.append("ml-100k")
@@ -1339,7 +1349,11 @@ def main(argv=None) -> None:
 
         key = hashlib.sha1(json.dumps({**spec, "code": results["code_start"]}, sort_keys=True).encode()).hexdigest()[:12]
         cached = os.path.join(args.work, "results", f"{ds}-{key}.json")
-        if os.path.isfile(cached) and not args.rerun:
+        if ds in reuse:  # --reuse: a finished worker's result given by path
+            res = reuse[ds]
+            res["reused_from"] = reuse_paths[ds]
+            print(f"[scale] worker {ds}: reusing {reuse_paths[ds]}", flush=True)
+        elif os.path.isfile(cached) and not args.rerun:
             with open(cached, encoding="utf-8") as f:
                 res = json.load(f)
             print(f"[scale] worker {ds}: finished before, reusing {cached}", flush=True)

@@ -875,7 +875,7 @@ def _plots(results: dict, out_dir: str) -> list[str]:
 
 def write_report(results: dict, out_dir: str) -> str:
     a = results["args"]
-    L = ["# Real-time forget requests at scale (issue 7)", ""]
+    L = ["# Real-time forget requests at scale (issues 7 and 15)", ""]
     L.append(f"Produced by `python benchmarks/scale.py{' ' + a['argv'] if a['argv'] else ''}` on {results['host']['when']}: "
              f"{results['host']['cpus']} CPU cores (torch threads: {results['host']['torch_threads']}), "
              f"load average at start {results['host']['load_start']}, at end {results['host']['load_end']}; "
@@ -907,7 +907,12 @@ def write_report(results: dict, out_dir: str) -> str:
              "original model is trained once and held in memory; every request runs on a private copy "
              "(the copy is not timed) and the method is called directly on an `UnlearnTask`: the time is "
              "scope + weights + solve + step calibration + cache refresh, without any evaluation. "
-             "`lookup` is `request_from_pairs` (tokens/pairs to train rows), reported apart.")
+             "`lookup` is `request_from_pairs` (tokens/pairs to train rows), reported apart. LightGCN: the "
+             "model as RecBole built it is prepared once (adjacency coalesced, per-layer embeddings kept: "
+             "`graph prep`), as a process that serves requests holds it; the first request on an unprepared "
+             "model (a one-request command-line run) is timed apart (`cold request`), and the same requests "
+             "on the path before local updates (retained graph rebuilt, full propagation) are timed in the "
+             "same worker.")
     L.append("")
 
     # ---- targets

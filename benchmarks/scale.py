@@ -584,7 +584,8 @@ def worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     dataset = spec["dataset"]
-    res = {"dataset": dataset, "threads": torch.get_num_threads(), "models": {}}
+    res = {"dataset": dataset, "threads": torch.get_num_threads(), "models": {},
+           "load_start": [round(x, 2) for x in os.getloadavg()]}
     first = _config(spec["models"][0], dataset, spec)
     with PeakMeter() as mem:
         t0 = time.perf_counter()
@@ -615,6 +616,7 @@ def worker(spec: dict) -> dict:
         del model
         gc.collect()
     res["process_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res["load_end"] = [round(x, 2) for x in os.getloadavg()]
     return res
 
 
@@ -884,7 +886,9 @@ def write_report(results: dict, out_dir: str) -> str:
     for name, res in results["datasets"].items():
         if "reused_from" in res:
             L.append(f"{name}: the worker's result was reused from an earlier run of the same settings "
-                     f"(`--reuse {os.path.basename(res['reused_from'])}`; worker wall {res['worker_wall_s']:.0f} s).")
+                     f"(`--reuse {os.path.basename(res['reused_from'])}`; worker wall {res['worker_wall_s']:.0f} s"
+                     + (f", load average {res['load_start'][0]} at its start, {res['load_end'][0]} at its end"
+                        if "load_start" in res else "") + ").")
         if "merged_from" in res:
             m = res["merged_from"]
             L.append(f"{name} comes from a separate run, `python benchmarks/scale.py {m['argv']}` on {m['when']} "

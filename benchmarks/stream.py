@@ -343,6 +343,11 @@ def write_report(out_dir: str, argv: str) -> str:
         s.update(stay_below=stay, time_first=first, time_last=lastm, time_slope=slope)
         growth = slope * (xs[-1] - xs[0]) / max(float(np.median(med)), 1e-9)  # fitted change over the stream
         s["time_fitted_growth"] = growth
+        if len(xs) < 2:
+            L.append(f"| {name} | time per request does not grow along the stream | one window only "
+                     f"(median {first:.3f} s) | - |")
+            summary[name] = s
+            continue
         L.append(f"| {name} | time per request does not grow along the stream | median {first:.3f} s in the first "
                  f"window, {lastm:.3f} s in the last; a line fitted to every window's median: "
                  f"{1000 * slope:+.4f} ms per request, {100 * growth:+.0f}% over the stream (the load average "
@@ -387,9 +392,11 @@ def write_report(out_dir: str, argv: str) -> str:
         if guard:
             L.append(f"Cumulative budget: validation NDCG@10 of the whole split >= {guard:g} x the original's, "
                      f"policy `{pts[-1]['policy']}`. "
-                     + (f"It broke {len(ev)} time(s): " + "; ".join(
+                     + (f"It broke {len(ev)} time(s), costing {sum(e['time_s'] for e in ev):.0f} s of "
+                        f"{ev[0]['policy']} in all; the first: " + "; ".join(
                          f"request {e['request']} (valid x{e['valid_before']:.4f} -> x{e['valid_after']:.4f}, "
-                         f"{e['policy']} {e['time_s']:.1f} s)" for e in ev) + "." if ev else "It never broke."))
+                         f"{e['policy']} {e['time_s']:.1f} s)" for e in ev[:5])
+                        + ("; ..." if len(ev) > 5 else "") + "." if ev else "It never broke."))
         else:
             L.append("No cumulative budget in this run (`--guard 0`).")
         L.append("")

@@ -426,7 +426,7 @@ def _plot(data: dict, out_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
     for name, pts in data.items():
         xs = [p["after"] for p in pts]
         line = axes[0].plot(xs, [p["unlearned"]["test"]["ndcg@10"] for p in pts], "o-", ms=3, label=f"{name}")[0]
@@ -444,7 +444,7 @@ def _plot(data: dict, out_dir: str) -> None:
     for ax in axes:
         ax.set_xlabel("requests applied")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     path = os.path.join(out_dir, "stream.png")
     fig.savefig(path + ".tmp.png", dpi=110, bbox_inches="tight")
     plt.close(fig)

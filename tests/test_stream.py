@@ -111,7 +111,7 @@ def test_recent_requests_take_the_newest_retained_interactions(wmf):
 def test_stream_settings_are_checked_and_read_from_the_config(wmf):
     config, _, _ = wmf
     s = StreamSettings.from_config(config)
-    assert (s.guard, s.policy) == (0.95, "finetune")  # the documented defaults
+    assert (s.guard, s.policy) == (0.95, "retrain")  # the documented defaults
     with pytest.raises(UnrankError, match="unrank_stream_policy"):
         StreamSettings(0.9, "ignore")
     with pytest.raises(UnrankError, match="unrank_stream_guard"):

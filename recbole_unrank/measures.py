@@ -35,6 +35,7 @@ __all__ = [
     "fit_attack",
     "mia_audit",
     "equal_sample",
+    "align_ranks",
     "Auditor",
     "AuditProbe",
     "ACTIVE_SHARE",
@@ -188,6 +189,13 @@ def equal_sample(n_a: int, n_b: int, rng: np.random.Generator) -> tuple[np.ndarr
     return a, b
 
 
+def align_ranks(keys: np.ndarray, ranks: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """``ranks`` (one per pair ``keys``) reordered to follow the pair keys ``want`` (the same
+    pairs, another order)."""
+    order = np.argsort(keys, kind="stable")
+    return np.asarray(ranks)[order][np.searchsorted(np.asarray(keys)[order], want)]
+
+
 # --------------------------------------------------------------------------- from a model
 @dataclass
 class AuditProbe:
@@ -222,6 +230,7 @@ class Auditor:
         rng = np.random.default_rng(seed)
         self.n_items = int(retain_ds.item_num)
         self.score_users = score_users
+        self._histories: dict = {}
         ru, ri = _pairs_of(retain_ds)
         fu, fi = _pairs_of(forget_ds)
         tu, ti = _pairs_of(test_ds)
@@ -240,16 +249,24 @@ class Auditor:
         self.member_pairs = (ru[m], ri[m])
         self.non_member_pairs = (tu[n], ti[n])
 
+    def _history(self, users: np.ndarray) -> np.ndarray:
+        """users x items mask of the users' retained train items (and the padding item),
+        built once per set of users: every model is probed on the same pairs."""
+        key = (users.size, users.tobytes())
+        if key not in self._histories:
+            ru, ri = self.retained
+            keep = np.isin(ru, users)
+            history = np.zeros((users.size, self.n_items), dtype=bool)
+            history[np.searchsorted(users, ru[keep]), ri[keep]] = True
+            history[:, 0] = True  # the padding item never competes
+            self._histories[key] = history
+        return self._histories[key]
+
     def _features(self, model, pair_sets):
         users = np.unique(np.concatenate([p[0] for p in pair_sets]))
         if users.size == 0:
             return [np.zeros((0, 3)) for _ in pair_sets]
-        index = {int(u): k for k, u in enumerate(users)}
-        ru, ri = self.retained
-        keep = np.isin(ru, users)
-        history = np.zeros((users.size, self.n_items), dtype=bool)
-        history[[index[int(u)] for u in ru[keep]], ri[keep]] = True
-        history[:, 0] = True  # the padding item never competes
+        history = self._history(users)
         out = [[] for _ in pair_sets]
         block = max(1, (1 << 22) // max(1, self.n_items))
         for start in range(0, users.size, block):

@@ -356,9 +356,10 @@ class Run:
         o_users, o_ndcg = self._user_ndcg_original
         if not np.array_equal(o_users, users):
             raise RuntimeError("test users differ between evaluations of the same split")
-        train_users = self.data.train_ds.inter_feat[self.data.train_ds.uid_field].numpy()
-        active = measures.active_users(train_users)
-        is_active = np.isin(users, active)
+        if getattr(self, "_active_users", None) is None:
+            train_users = self.data.train_ds.inter_feat[self.data.train_ds.uid_field].numpy()
+            self._active_users = measures.active_users(train_users)
+        is_active = np.isin(users, self._active_users)
         delta = ndcg - o_ndcg
         out["fairness"] = {
             "active_ndcg@10_delta": float(delta[is_active].mean()) if is_active.any() else None,
@@ -381,16 +382,15 @@ class Run:
         audit = measures.Auditor.measures(probe, getattr(self, "_attack", None))
         ref = getattr(self, "retrain_ranks", None)
         if ref is not None and "ranks" in row:
-            audit.update(measures.retrain_agreement(_aligned(row["ranks"], ref["keys"]), ref["ranks"]))
+            aligned = measures.align_ranks(row["ranks"]["keys"], row["ranks"]["ranks"], ref["keys"])
+            audit.update(measures.retrain_agreement(aligned, ref["ranks"]))
         row["audit"] = audit
         return row
 
     def finish(self) -> None:
-        """Audit every row (called once all methods have run), then drop the audit features."""
+        """Audit every row (called once all methods have run); audit_row drops the features."""
         for row in self.rows:
             self.audit_row(row)
-        for row in self.rows:
-            row.pop("_probe", None)
 
     def valid_score(self, model) -> float:
         _, valid_loader, _ = self.loaders
@@ -521,13 +521,6 @@ class Run:
         self.rows.append(row)
         _log_row(row)
         return row
-
-
-def _aligned(ranks: dict, keys: np.ndarray) -> np.ndarray:
-    """``ranks['ranks']`` reordered to follow ``keys`` (both hold the same pairs)."""
-    order = np.argsort(ranks["keys"], kind="stable")
-    pos = np.searchsorted(ranks["keys"][order], keys)
-    return ranks["ranks"][order][pos]
 
 
 def score_users(model, users) -> torch.Tensor:

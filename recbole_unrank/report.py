@@ -123,11 +123,9 @@ def ranks_csv(run) -> str:
     ds = run.data.dataset
     u_tok = ds.id2token(ds.uid_field, keys // n_items)
     i_tok = ds.id2token(ds.iid_field, keys % n_items)
-    cols = []
-    for r in rows:
-        order = np.argsort(r["ranks"]["keys"], kind="stable")
-        pos = np.searchsorted(r["ranks"]["keys"][order], keys)
-        cols.append(r["ranks"]["ranks"][order][pos])
+    from recbole_unrank.measures import align_ranks
+
+    cols = [align_ranks(r["ranks"]["keys"], r["ranks"]["ranks"], keys) for r in rows]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow([ds.uid_field, ds.iid_field] + [f"rank_{r['method']}" for r in rows])

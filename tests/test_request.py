@@ -264,9 +264,9 @@ def test_request_seed_is_independent_of_the_training_seed(tmp_path):
     default = request(seed=2020)
     assert not np.array_equal(a.index, b.index)
     assert np.array_equal(default.index, request(seed=2020, unrank_request_seed=2020).index)
-    # another training seed reshuffles the split but not the draw: same users chosen
+    # another training seed reshuffles the split but not the draw: the same users are chosen
     c = request(seed=7, unrank_request_seed=11)
-    assert np.unique(a.users).size == np.unique(c.users).size
+    assert np.array_equal(np.unique(a.users), np.unique(c.users))
 
 
 def test_core_and_edge_users(data):

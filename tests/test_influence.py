@@ -353,6 +353,22 @@ def test_gauss_newton_equals_explicit_jacobian():
     assert torch.linalg.eigvalsh(G).min() > -1e-12
 
 
+def test_gauss_newton_of_no_outputs_is_zero():
+    # a user request leaves its users no retained row: the curvature's row set is empty, yet the
+    # (empty) outputs still carry a graph to the tables; J = 0, so the product is 0, not an error
+    U, V, _, _ = _tiny_mf()
+    params = [U.clone().requires_grad_(), V.clone().requires_grad_()]
+    rows = torch.zeros(0, dtype=torch.long)
+
+    def outputs(p):  # pair scores of the rows and their users' scores over all items
+        return torch.cat([(p[0][rows] * p[1][rows]).sum(1), (p[0][rows] @ p[1].T).reshape(-1)])
+
+    assert outputs(params).requires_grad and outputs(params).numel() == 0
+    matvec = gauss_newton_operator(outputs, params, sigmoid_curvature)
+    v = torch.randn(27, generator=torch.Generator().manual_seed(4), dtype=DT)
+    torch.testing.assert_close(matvec(v), torch.zeros_like(v))
+
+
 def test_gauss_newton_is_exact_hessian_for_linear_outputs():
     # logistic regression: z = X w is linear in w, so J^T diag(f'') J = Hessian exactly
     g = torch.Generator().manual_seed(3)

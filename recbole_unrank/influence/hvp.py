@@ -180,11 +180,7 @@ def gauss_newton_operator(
         dot = _dot(g, unflat(v, params))
         if dot is None:
             return torch.zeros_like(v)
-        # J v, shaped like z; None when no output depends on the parameters v moves (a request
-        # user with no retained rows in a user task): then J v = 0
-        (jv,) = torch.autograd.grad(dot, u, retain_graph=True, allow_unused=True)
-        if jv is None:
-            return torch.zeros_like(v)
+        (jv,) = torch.autograd.grad(dot, u, retain_graph=True)  # J v, shaped like z
         # J^T (f'' * J v): one vector-Jacobian product through the retained forward graph.
         return flat(_grad(z, params, grad_outputs=c * jv, retain_graph=True)).detach()
 

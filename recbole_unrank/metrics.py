@@ -74,21 +74,27 @@ _PAIR_BLOCK_ELEMS = 1 << 24
 
 
 def pair_ranks(
-    scores: torch.Tensor, pos_row: torch.Tensor, pos_col: torch.Tensor
+    scores: torch.Tensor, pos_row: torch.Tensor, pos_col: torch.Tensor, ties: str = "for_pair"
 ) -> torch.Tensor:
     """Rank of each pair ``(pos_row[p], pos_col[p])`` in its row of ``scores``.
 
-    ``r_p = 1 + #{ j : scores[pos_row[p], j] > scores[pos_row[p], pos_col[p]] }``
-
-    Strictly greater, so ties favour the pair; masked entries (history, padding item 0) are
-    ``-inf`` in ``scores`` and never count. The result is an int64 tensor of shape ``[P]`` on
-    the device of ``scores`` (the pair blocks are bounded to about 16M compared elements).
+    ``ties="for_pair"`` (forget pairs): ``r_p = 1 + #{ j : s_j > s_p }``, so a tie puts the
+    pair above the items it ties with (a forgotten item tied with the top counts as still
+    shown). ``ties="against_pair"`` (test pairs, for utility): ``r_p = 1 + #{ j != p : s_j >=
+    s_p }``, so a tie puts it below them. Either way ties never favour the method judged: a
+    model that scores every item alike (e.g. a saturated sigmoid) is neither credited with
+    forgetting nor with utility. Masked entries (history, padding item 0) are ``-inf`` in
+    ``scores`` and never count. The result is an int64 tensor of shape ``[P]`` on the device
+    of ``scores`` (the pair blocks are bounded to about 16M compared elements).
 
     Args:
         scores: ``[B, n_items]`` score matrix, already masked.
         pos_row: ``[P]`` row index (user position inside the batch) of each pair.
         pos_col: ``[P]`` column index (item id) of each pair.
+        ties: ``"for_pair"`` or ``"against_pair"`` (see above).
     """
+    if ties not in ("for_pair", "against_pair"):
+        raise ValueError(f"ties must be 'for_pair' or 'against_pair', got {ties!r}")
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D [B, n_items], got shape {tuple(scores.shape)}")
     pos_row = torch.as_tensor(pos_row, dtype=torch.long, device=scores.device).reshape(-1)
@@ -105,7 +111,10 @@ def pair_ranks(
         cols = pos_col[start : start + block]
         row_scores = scores[rows]  # [b, n_items]
         own = row_scores.gather(1, cols.unsqueeze(1))  # [b, 1]
-        out[start : start + block] = (row_scores > own).sum(dim=1, dtype=torch.int64) + 1
+        if ties == "for_pair":
+            out[start : start + block] = (row_scores > own).sum(dim=1, dtype=torch.int64) + 1
+        else:  # the pair itself is among the >= (its score equals itself): no + 1
+            out[start : start + block] = (row_scores >= own).sum(dim=1, dtype=torch.int64)
     return out
 
 
@@ -356,15 +365,18 @@ class UnrankCollector(Collector):
         reference: optional ``(keys, ranks)`` of a reference model over the same pairs.
         collect_pair_ranks: force (True) or forbid (False) collecting pair ranks; ``None``
             collects them when a configured metric needs them.
+        ties: how pair ranks count items of equal score (:func:`pair_ranks`).
     """
 
     _PER_EVAL_KEYS = (PAIR_RANK, PAIR_KEY)
 
-    def __init__(self, config, reference=None, collect_pair_ranks: bool | None = None):
+    def __init__(self, config, reference=None, collect_pair_ranks: bool | None = None,
+                 ties: str = "for_pair"):
         super().__init__(config)
         if collect_pair_ranks is None:
             collect_pair_ranks = bool(self.register.need(PAIR_RANK))
         self.collect_pair_ranks = collect_pair_ranks
+        self.ties = ties
         self.uid_field = config["USER_ID_FIELD"]
         self.reference = None
         if reference is not None:
@@ -404,7 +416,7 @@ class UnrankCollector(Collector):
         device = scores_tensor.device
         pos_u = torch.as_tensor(positive_u, dtype=torch.long).to(device)
         pos_i = torch.as_tensor(positive_i, dtype=torch.long).to(device)
-        ranks = pair_ranks(scores_tensor, pos_u, pos_i)
+        ranks = pair_ranks(scores_tensor, pos_u, pos_i, self.ties)
         users = interaction[self.uid_field].to(device).long()[pos_u]
         keys = users * scores_tensor.shape[1] + pos_i
         self.data_struct.update_tensor(PAIR_RANK, ranks)
@@ -508,6 +520,7 @@ def evaluate_loader(
     topk: Iterable[int],
     reference=None,
     device=None,
+    ties: str = "for_pair",
 ) -> tuple[dict[str, float], dict]:
     """Full-sort evaluation of ``model`` over a RecBole ``FullSortEvalDataLoader``.
 
@@ -525,6 +538,9 @@ def evaluate_loader(
         reference: ``(keys, ranks)`` (or the dict this function returns) of a reference model
             on the same pairs; needed by ``rdr``, ``urr``, ``rank_decline_ratio``.
         device: where to score; defaults to the model's parameters' device.
+        ties: how a pair's rank counts items of equal score (:func:`pair_ranks`): ``"for_pair"``
+            for forget pairs (the default), ``"against_pair"`` for test pairs. RecBole's own
+            metrics (NDCG, Recall, ...) are computed from its top-k and do not depend on it.
 
     Returns:
         ``(results, pairs)``: ``results`` maps lower-case keys (``ndcg@10``,
@@ -546,7 +562,7 @@ def evaluate_loader(
     device = torch.device(device)
 
     cfg = _eval_config(loader, metrics, topk, device)
-    collector = UnrankCollector(cfg, reference=reference, collect_pair_ranks=True)
+    collector = UnrankCollector(cfg, reference=reference, collect_pair_ranks=True, ties=ties)
     evaluator = Evaluator(cfg)
 
     dataset = loader._dataset

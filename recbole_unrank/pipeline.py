@@ -315,7 +315,9 @@ class Run:
         cfg = self.config
         model.eval()
         _, _, test_loader = self.loaders
-        test, test_pairs = unrank_metrics.evaluate_loader(model, test_loader, cfg["metrics"], cfg["topk"])
+        # test pairs rank below the items they tie with (utility is never credited to ties)
+        test, test_pairs = unrank_metrics.evaluate_loader(model, test_loader, cfg["metrics"], cfg["topk"],
+                                                          ties="against_pair")
         forget, ranks = unrank_metrics.evaluate_loader(
             model,
             self.forget_loader,

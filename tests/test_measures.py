@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from recbole_unrank import measures
@@ -109,7 +110,7 @@ def test_request_users_and_fairness_come_from_the_same_test_ranks(tiny_run):
     _, _, test_loader = run.loaders
     from recbole_unrank import metrics as um
 
-    res, pairs = um.evaluate_loader(run.original, test_loader, ["NDCG", "Recall"], [10])
+    res, pairs = um.evaluate_loader(run.original, test_loader, ["NDCG", "Recall"], [10], ties="against_pair")
     users, ndcg, recall = measures.per_user_ndcg_recall(pairs["keys"], pairs["ranks"],
                                                        run.data.train_ds.item_num, 10)
     # the per-user values average to RecBole's own NDCG@10 / Recall@10 (4 decimals)
@@ -119,6 +120,21 @@ def test_request_users_and_fairness_come_from_the_same_test_ranks(tiny_run):
     req = np.unique(run.request.users)
     assert original["request_users"]["ndcg@10"] == pytest.approx(ndcg[np.isin(users, req)].mean())
     assert original["fairness"] == {"active_ndcg@10_delta": 0.0, "inactive_ndcg@10_delta": 0.0}
+
+
+def test_a_model_scoring_every_item_alike_gets_no_credit(tiny_run):
+    # a collapsed model (every score equal, as a saturated sigmoid gives) ranks every test item
+    # below its ties and every forgotten item above them: neither utility nor forgetting
+    import copy
+
+    model = copy.deepcopy(tiny_run.original)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    row, _ = tiny_run.evaluate(model, "constant", 0.0)
+    assert row["request_users"]["ndcg@10"] == 0.0 and row["request_users"]["recall@10"] == 0.0
+    assert row["fairness"]["active_ndcg@10_delta"] < 0 and row["fairness"]["inactive_ndcg@10_delta"] < 0
+    assert row["forget"]["forget_hit@10"] == 1.0
 
 
 def test_audit_original_above_retrain_and_every_row_audited(tiny_run):

@@ -116,6 +116,25 @@ def test_pair_ranks_hand_made_with_ties():
     assert ranks.tolist() == [1, 2, 2, 4, 1, 4]
 
 
+def test_pair_ranks_ties_against_the_pair():
+    scores = torch.tensor(
+        [
+            [-INF, 3.0, 2.0, 2.0, 1.0],
+            [-INF, 0.5, 0.5, 0.5, -INF],
+        ]
+    )
+    rows = torch.tensor([0, 0, 0, 0, 1])
+    cols = torch.tensor([1, 2, 3, 4, 2])
+    # a tie puts the pair below the items it ties with; without ties both rules agree
+    assert M.pair_ranks(scores, rows, cols, "against_pair").tolist() == [1, 3, 3, 4, 3]
+    assert M.pair_ranks(scores, rows, cols, "for_pair").tolist() == [1, 2, 2, 4, 1]
+    free = torch.tensor([[-INF, 0.1, 0.7, 0.3]])
+    r, c = torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
+    assert M.pair_ranks(free, r, c, "against_pair").tolist() == M.pair_ranks(free, r, c).tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="ties"):
+        M.pair_ranks(scores, rows, cols, "random")
+
+
 def test_pair_ranks_empty_and_blocked(monkeypatch):
     scores = torch.randn(3, 7)
     out = M.pair_ranks(scores, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))

@@ -18,6 +18,7 @@ import yaml
 
 from recbole_unrank.checkpoints import atomic_write
 from recbole_unrank.request import write_request_file
+from recbole_unrank.tables import fmt, md_table  # noqa: F401  (fmt: report.fmt for callers)
 
 __all__ = ["pause_point", "write_all", "results_record", "markdown_table", "flat_rows", "write_text", "ranks_csv",
            "effective_settings"]
@@ -153,24 +154,10 @@ def flat_rows(record: dict) -> list[dict]:
     return out
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
-    return str(value)
-
-
 def markdown_table(record: dict) -> str:
     rows = flat_rows(record)
     cols = [(k, h) for k, h in TABLE_COLUMNS if any(r[k] is not None for r in rows)]
-    lines = ["| method | " + " | ".join(h for _, h in cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(_fmt(r[k]) for k, _ in cols) + " |")
-    return "\n".join(lines)
+    return "\n".join(md_table(["method"] + [h for _, h in cols], ([r["method"]] + [r[k] for k, _ in cols] for r in rows)))
 
 
 def _csv_text(record: dict) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.tables import fmt, md_table
 
 __all__ = ["SuiteSpec", "Cell", "load_spec", "plan", "run_suite", "summarise", "forget_cells", "MEASURES"]
 
@@ -628,11 +629,8 @@ def _pm(row: dict, key: str) -> str:
     m, s = row.get(f"{key}.mean"), row.get(f"{key}.std")
     if m is None:
         return "-"
-    digits = 1 if key in ("forget.mean_rank", "speedup") or abs(m) >= 100 else (2 if key == "time_s" else 4)
-    text = f"{m:.{digits}f}"
-    if s is not None:
-        text += f" ± {s:.{digits}f}"
-    return text
+    digits = 1 if key in ("forget.mean_rank", "speedup") else (2 if key == "time_s" else 4)
+    return fmt(m, digits) + ("" if s is None else f" ± {fmt(s, digits)}")
 
 
 def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
@@ -653,24 +651,20 @@ def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
         lines += [f"# {title}", ""]
         for (model, task, vary, ratio, users), rs in ordered:
             lines += [f"## {model}: {task} task, {vary.replace('unrank_', '')} {ratio:g}, {users} users", ""]
-            lines.append("| method | n | " + " | ".join(t for _, t, _ in cols) + " |")
-            lines.append("|---" * (len(cols) + 2) + "|")
-            for r in rs:
-                lines.append(f"| {r['method']} | {r['n']} | " + " | ".join(_pm(r, k) for k, _, _ in cols) + " |")
+            lines += md_table(["method", "n"] + [t for _, t, _ in cols],
+                              ([r["method"], r["n"]] + [_pm(r, k) for k, _, _ in cols] for r in rs))
             lines.append("")
     if pooled:
         lines += ["## Pooled paired tests against retrain (every evaluation request of the model)", "",
                   "Mean difference (method - retrain) and p-value, over the requests where both finished.", ""]
         keys = [(k, t) for k, t, _ in MEASURES if k not in ("speedup", "audit.mia_gap")]
-        lines.append("| model | method | n | " + " | ".join(t for _, t in keys) + " |")
-        lines.append("|---" * (len(keys) + 3) + "|")
-        for r in pooled:
-            n = max((r.get(f"{k}.n") or 0) for k, _ in keys)
-            cells = []
-            for k, _ in keys:
-                d, p = r.get(f"{k}.diff"), r.get(f"{k}.p")
-                cells.append("-" if d is None else f"{d:+.4g} (p {p:.3g})" if p is not None else f"{d:+.4g}")
-            lines.append(f"| {r['model']} | {r['method']} | {n} | " + " | ".join(cells) + " |")
+        def diff(r: dict, k: str) -> str:
+            d, p = r.get(f"{k}.diff"), r.get(f"{k}.p")
+            return fmt(d, signed=True) + ("" if d is None or p is None else f" (p {fmt(p, 3)})")
+
+        lines += md_table(["model", "method", "n"] + [t for _, t in keys],
+                          ([r["model"], r["method"], max((r.get(f"{k}.n") or 0) for k, _ in keys)]
+                           + [diff(r, k) for k, _ in keys] for r in pooled))
         lines.append("")
     if failed:
         lines += ["## Failed cells", ""]

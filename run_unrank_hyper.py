@@ -7,7 +7,7 @@ run_hyper.py tunes a model (the same command as the installed ``recbole-unrank-h
         --checkpoint saved/WMF.pth --unrank_tune_objective weighted --unrank_tune_weight 2
     python run_unrank_hyper.py -m LightGCN --params_file l2unrank --algo bayes --tool ray
 
-See ``recbole_unrank/cli.py`` and ``recbole_unrank/tuning.py``.
+See ``recbole_unrank/cli.py`` and ``recbole_unrank/tuning/``.
 """
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)

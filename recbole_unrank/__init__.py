@@ -2,7 +2,8 @@
 
 ``recbole_unrank.run_unrank(model=..., dataset=..., config_file_list=..., config_dict=...,
 checkpoint=...)`` runs the whole job the way ``recbole.quick_start.run_recbole`` trains and
-returns results.json's record as a dict; bad input raises :class:`UnrankError`.
+returns results.json's record as a dict (``run_unrank_hyper(..., params_file=...)``: the tuner,
+best.json's record); bad input raises :class:`UnrankError`.
 """
 
 from recbole_unrank import compat  # noqa: F401  (must run before RecBole is imported)
@@ -12,12 +13,13 @@ from recbole_unrank.models import WMF, ShardEnsemble, get_model
 
 __version__ = "0.1.0"
 
-__all__ = ["run_unrank", "load_unlearned", "UnrankError", "WMF", "ShardEnsemble", "get_model", "__version__"]
+__all__ = ["run_unrank", "run_unrank_hyper", "load_unlearned", "UnrankError", "WMF", "ShardEnsemble", "get_model",
+           "__version__"]
 
 
 def __getattr__(name):  # the API pulls in RecBole's data and trainers: load it on first use
-    if name == "run_unrank":
-        from recbole_unrank.api import run_unrank
+    if name in ("run_unrank", "run_unrank_hyper"):
+        from recbole_unrank import api
 
-        return run_unrank
+        return getattr(api, name)
     raise AttributeError(f"module 'recbole_unrank' has no attribute {name!r}")

@@ -22,7 +22,7 @@ import yaml
 
 from recbole_unrank.errors import UnrankError, arg
 
-__all__ = ["run_unrank", "run_job", "tune_job", "make_config"]
+__all__ = ["run_unrank", "run_unrank_hyper", "run_job", "tune_job", "make_config"]
 
 
 def run_unrank(
@@ -50,6 +50,32 @@ def run_unrank(
     """
     run = run_job(model, dataset, config_file_list, config_dict, checkpoint, preset, argv=[])
     return {**run.record, "run_dir": run.run_dir}
+
+
+def run_unrank_hyper(
+    model: str | None = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    preset: str | list[str] | None = None,
+    params_file: str | None = None,
+    algo: str = "exhaustive",
+    max_evals: int = 100,
+    tool: str = "hyperopt",
+    early_stop: int = 10,
+) -> dict:
+    """``recbole-unrank-hyper`` from Python: tune ``unrank_tune_method``'s settings over the
+    space of ``params_file`` (a path, or a shipped one: ``l2unrank``, ``lightgcn``, ...) with
+    ``algo`` (exhaustive, random, bayes) and ``tool`` (hyperopt through RecBole's HyperTuning,
+    or ray). The other arguments are :func:`run_unrank`'s.
+
+    Returns:
+        ``best.json``'s record as a plain dict, plus ``run_dir``.
+    """
+    result = tune_job(model, dataset, config_file_list, config_dict, checkpoint, preset, argv=[],
+                      params_file=params_file, algo=algo, max_evals=max_evals, tool=tool, early_stop=early_stop)
+    return {**result.record, "run_dir": result.run_dir}
 
 
 def run_job(model=None, dataset=None, config_file_list=None, config_dict=None, checkpoint=None, preset=None,

@@ -50,7 +50,7 @@ run_hyper.py tunes a model.
 
 The original model is trained (or loaded from --checkpoint) once and the forget request drawn
 once; each trial unlearns a fresh copy of that original with one sample of the space, and is
-scored on the validation split and the request only (see recbole_unrank/tuning.py). The best
+scored on the validation split and the request only (see recbole_unrank/tuning/). The best
 settings and the defaults are then run once more and evaluated on test. The run folder
 (trials.csv / trials.md / best.yaml / best.json / trials.png) is the last line printed;
 best.yaml feeds recbole-unrank --config_files.

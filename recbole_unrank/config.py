@@ -21,7 +21,7 @@ from recbole.config import Config
 from recbole_unrank.errors import UnrankError, arg, setting
 from recbole_unrank.models import get_model
 
-__all__ = ["UnrankConfig", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings",
+__all__ = ["UnrankConfig", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings", "given_as",
            "preset_names", "preset_path"]
 
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
@@ -127,6 +127,17 @@ def _unknown_key(key: str, source: str) -> UnrankError:
     hint = (f"did you mean {close[0]}?" if close
             else "the unrank_* keys are listed by --help and in recbole_unrank/properties/unrank.yaml")
     return UnrankError(f"unknown setting {where}: {hint}")
+
+
+def given_as(config, key: str, value=None) -> str:
+    """The setting ``key`` of ``config`` named where the user gave it (the command line, the
+    ``config_dict`` or a config file, the one that wins), with ``value`` (default: its value);
+    a setting the user did not give is named the way the caller gives settings."""
+    for source, given in (("cmd", "cmd_config_dict"), ("dict", "variable_config_dict"), ("file", "file_config_dict")):
+        given = getattr(config, given, None) or {}
+        if key in given:
+            return setting(key, given[key] if value is None else value, source)
+    return setting(key, config[key] if value is None else value)
 
 
 def check_settings(config) -> None:

@@ -2,7 +2,7 @@
 
 Messages name an input the way the caller gave it: ``-m/--model`` and ``--unrank_hops=abc`` on
 the command line, ``model=`` and ``config_dict['unrank_hops']`` from Python
-(:func:`recbole_unrank.run_unrank`). :func:`arg` and :func:`setting` write those names;
+(:func:`recbole_unrank.run_unrank`). :func:`arg`, :func:`option` and :func:`setting` write those names;
 the command line switches them with :func:`cli_names`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
-__all__ = ["UnrankError", "arg", "setting", "cli_names"]
+__all__ = ["UnrankError", "arg", "option", "setting", "cli_names"]
 
 _CLI = contextvars.ContextVar("recbole_unrank_cli_names", default=False)
 
@@ -44,8 +44,17 @@ def arg(name: str) -> str:
     return _CLI_OPTIONS.get(name, f"--{name}") if _CLI.get() else f"{name}="
 
 
-def setting(key: str, value=None, source: str = "cmd") -> str:
-    """How to name the setting ``key`` given as ``value`` in ``source`` (cmd, dict or file)."""
+def option(name: str, value) -> str:
+    """The input ``name`` given as ``value``: ``--algo bayes`` on the command line,
+    ``algo='bayes'`` from Python."""
+    return f"{_CLI_OPTIONS.get(name, f'--{name}')} {value}" if _CLI.get() else f"{name}={value!r}"
+
+
+def setting(key: str, value=None, source: str | None = None) -> str:
+    """How to name the setting ``key`` given as ``value`` in ``source`` (cmd, dict or file;
+    None: the way the caller gives settings, ``--key=value`` or ``config_dict['key']=value``)."""
+    if source is None:
+        source = "cmd" if _CLI.get() else "dict"
     if source == "file":
         return f"'{key}: {value}' in {arg('config_file_list').rstrip('=')}"
     if source == "dict":

@@ -66,11 +66,18 @@ MEASURES = [
     ("audit.under_unlearned", "under-unl.", "low"),
     ("fairness.active_ndcg@10_delta", "active dNDCG", "high"),
     ("fairness.inactive_ndcg@10_delta", "inactive dNDCG", "high"),
+    # the method's solve (CG, block or Newton), where it has one: share of the requests whose
+    # solve met its tolerance, and the relative residual it ended with
+    ("solve.converged", "solved", None),
+    ("solve.rel_residual", "solve residual", "low"),
 ]
+
+#: Measures that describe how a method ran, not what it did: no test against retrain.
+_NOT_TESTED = ("speedup", "audit.mia_gap", "solve.converged", "solve.rel_residual")
 
 #: The columns of summary.md's first section (the README's tables come from it).
 HEADLINE = ("time_s", "speedup", "test.ndcg@10", "request_users.ndcg@10", "forget.forget_hit@10",
-            "audit.mia_auc", "audit.mia_gap", "audit.over_unlearned")
+            "audit.mia_auc", "audit.mia_gap", "audit.over_unlearned", "solve.converged")
 
 
 # --------------------------------------------------------------------------- the grid
@@ -575,11 +582,13 @@ def summary_rows(record: dict) -> list[dict]:
                 row[f"{key}.mean"] = float(np.mean(list(vals.values()))) if vals else None
                 row[f"{key}.std"] = float(np.std(list(vals.values()), ddof=1)) if len(vals) > 1 else None
                 p = None
-                if label not in ("retrain", "original") and retrain:
+                if label not in ("retrain", "original") and retrain and key not in _NOT_TESTED:
                     common = sorted(s for s in vals if _get(retrain.get(s, {}).get("row", {}), key) is not None)
                     if common:
                         p = _wilcoxon([vals[s] for s in common], [_get(retrain[s]["row"], key) for s in common])
                 row[f"{key}.p"] = p
+                if key == "solve.converged":
+                    row["solve.n"] = len(vals)
             rows.append(row)
     return rows
 
@@ -602,7 +611,7 @@ def pooled_tests(record: dict) -> list[dict]:
                 continue
             row = {"model": model, "method": label}
             for key, _, better in MEASURES:
-                if key in ("speedup", "audit.mia_gap"):
+                if key in _NOT_TESTED:
                     continue
                 a, b = [], []
                 for (m, lab, rid), c in index.items():
@@ -629,6 +638,9 @@ def _pm(row: dict, key: str) -> str:
     m, s = row.get(f"{key}.mean"), row.get(f"{key}.std")
     if m is None:
         return "-"
+    if key == "solve.converged":  # k of the n requests whose solve met its tolerance
+        n = row.get("solve.n") or row["n"]
+        return f"{round(m * n)}/{n}"
     digits = 1 if key in ("forget.mean_rank", "speedup") else (2 if key == "time_s" else 4)
     return fmt(m, digits) + ("" if s is None else f" ± {fmt(s, digits)}")
 
@@ -657,7 +669,7 @@ def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
     if pooled:
         lines += ["## Pooled paired tests against retrain (every evaluation request of the model)", "",
                   "Mean difference (method - retrain) and p-value, over the requests where both finished.", ""]
-        keys = [(k, t) for k, t, _ in MEASURES if k not in ("speedup", "audit.mia_gap")]
+        keys = [(k, t) for k, t, _ in MEASURES if k not in _NOT_TESTED]
         def diff(r: dict, k: str) -> str:
             d, p = r.get(f"{k}.diff"), r.get(f"{k}.p")
             return fmt(d, signed=True) + ("" if d is None or p is None else f" (p {fmt(p, 3)})")

@@ -122,6 +122,26 @@ def test_serial_suite_records_every_cell_and_summarises(serial_run):
     assert os.path.isfile(os.path.join(spec.output_dir, "plots", "utility-vs-mia.png"))
 
 
+def test_summary_counts_converged_solves(serial_run):
+    # the solve column says how many requests' solves met their tolerance, k/n, from the rows
+    _, _, record = serial_run
+    import copy
+
+    rec = copy.deepcopy(record)
+    l2 = [c for c in rec["cells"] if c["method"] == "l2unrank" and c["request"]["task"] == "interaction"]
+    assert len(l2) == 2 and all("solve" in c["row"] for c in l2)
+    l2[0]["row"]["solve"] = {"converged": False, "rel_residual": 0.8}
+    l2[1]["row"]["solve"] = {"converged": True, "rel_residual": 1e-6}
+    rows = suite.summary_rows(rec)
+    row = next(r for r in rows if r["method"] == "l2unrank" and r["task"] == "interaction")
+    assert suite._pm(row, "solve.converged") == "1/2"
+    assert row["solve.rel_residual.mean"] == pytest.approx((0.8 + 1e-6) / 2)
+    assert row["solve.converged.p"] is None  # how a method ran is not tested against retrain
+    retrain = next(r for r in rows if r["method"] == "retrain" and r["task"] == "interaction")
+    assert suite._pm(retrain, "solve.converged") == "-"
+    assert "| solved |" in suite.summary_markdown(rec, rows, suite.pooled_tests(rec))
+
+
 def test_rerun_skips_finished_cells_and_redo_reruns_one_method(serial_run):
     tmp, spec, _ = serial_run
     cells_dir = os.path.join(spec.output_dir, "cells")

@@ -187,10 +187,25 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
     tasks = raw.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise UnrankError("suite: 'tasks' must list at least one task, e.g. {task: interaction, ratios: [0.2]}")
+    methods = raw.get("methods")
+    if not isinstance(methods, list) or not methods:
+        raise UnrankError("suite: 'methods' must list at least one method (retrain first for the audit)")
+    for m in methods:
+        if m not in METHODS:
+            raise UnrankError(f"suite: unknown method '{m}': choose from {sorted(METHODS)}")
     checked = []
     for t in tasks:
         if not isinstance(t, dict) or t.get("task") not in TASK_KEYS:
             raise UnrankError(f"suite: unknown task {t!r}: use interaction, item or user")
+        extra = sorted(set(t) - {"task", "vary", "ratios", "methods"})
+        if extra:
+            raise UnrankError(f"suite: task {t['task']} has unknown key '{extra[0]}': a task takes task, vary, "
+                              "ratios and (optionally) methods")
+        own = t.get("methods", methods)
+        if not isinstance(own, list) or not own or any(m not in METHODS for m in own):
+            bad = next((m for m in own if m not in METHODS), None) if isinstance(own, list) else None
+            raise UnrankError(f"suite: task {t['task']}: 'methods' must list known methods"
+                              + (f" ('{bad}' is not one; choose from {sorted(METHODS)})" if bad else ""))
         vary = t.get("vary", TASK_KEYS[t["task"]][0])
         if vary not in TASK_KEYS[t["task"]]:
             raise UnrankError(f"suite: task {t['task']} varies one of {list(TASK_KEYS[t['task']])}, not '{vary}'")
@@ -204,18 +219,13 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
                 ok = False
             if not ok:
                 raise UnrankError(f"suite: ratio {r!r} of task {t['task']} is outside (0, 1]")
-        checked.append({"task": t["task"], "vary": vary, "ratios": [float(r) for r in ratios]})
+        checked.append({"task": t["task"], "vary": vary, "ratios": [float(r) for r in ratios],
+                        "methods": list(dict.fromkeys(own))})
     users = raw.get("users", ["random"])
     users = [users] if isinstance(users, str) else list(users or [])
     for u in users:
         if u not in USER_SELECTIONS:
             raise UnrankError(f"suite: unknown user selection '{u}': use {list(USER_SELECTIONS)}")
-    methods = raw.get("methods")
-    if not isinstance(methods, list) or not methods:
-        raise UnrankError("suite: 'methods' must list at least one method (retrain first for the audit)")
-    for m in methods:
-        if m not in METHODS:
-            raise UnrankError(f"suite: unknown method '{m}': choose from {sorted(METHODS)}")
     design = _ints("design_seeds", raw.get("design_seeds", [101, 102, 103]))
     evals = _ints("eval_seeds", raw.get("eval_seeds"))
     both = sorted(set(design) & set(evals))
@@ -265,7 +275,7 @@ def plan(spec: SuiteSpec) -> list[tuple[Request, list[Cell]]]:
                     for model in spec.models:
                         for tseed in spec.train_seeds:
                             req = Request(model, tseed, t["task"], t["vary"], ratio, users, seed, split)
-                            methods = sorted(spec.methods, key=lambda m: m != "retrain")
+                            methods = sorted(t.get("methods") or spec.methods, key=lambda m: m != "retrain")
                             cells = [Cell(req, m, m) for m in methods]
                             sw = spec.hop_sweep
                             if sw and t["task"] in sw.get("tasks", [t["task"]]) and \

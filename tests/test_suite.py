@@ -61,6 +61,15 @@ def test_plan_orders_retrain_first_and_sweeps(tmp_path):
     assert {r.seed for r, _ in suite.plan(suite.load_spec(_spec_file(tmp_path, seeds="design")))} == {101}
 
 
+def test_a_task_can_run_its_own_methods(tmp_path):
+    # the ablations on the headline task only: a task's own 'methods' replace the suite's there
+    tasks = [{"task": "interaction", "ratios": [0.2]},
+             {"task": "user", "ratios": [0.1], "methods": ["l2unrank", "retrain"]}]
+    spec = suite.load_spec(_spec_file(tmp_path, tasks=tasks))
+    by_task = {req.task: [c.method for c in cells] for req, cells in suite.plan(spec)}
+    assert by_task == {"interaction": ["retrain", "l2unrank", "finetune"], "user": ["retrain", "l2unrank"]}
+
+
 @pytest.mark.parametrize("over, message", [
     ({"models": ["NoSuchModel"]}, "NoSuchModel"),
     ({"tasks": [{"task": "items", "ratios": [0.1]}]}, "unknown task"),
@@ -73,6 +82,9 @@ def test_plan_orders_retrain_first_and_sweeps(tmp_path):
     ({"eval_seeds": []}, "eval_seeds"),
     ({"users": ["middle"]}, "unknown user selection"),
     ({"tasks": [{"task": "user", "vary": "unrank_item_ratio", "ratios": [0.1]}]}, "varies one of"),
+    ({"tasks": [{"task": "user", "ratios": [0.1], "methods": ["retrain", "magic"]}]}, "'magic' is not one"),
+    ({"tasks": [{"task": "user", "ratios": [0.1], "methods": []}]}, "'methods' must list known methods"),
+    ({"tasks": [{"task": "user", "ratio": [0.1]}]}, "unknown key 'ratio'"),
 ])
 def test_bad_suite_is_refused_in_one_line(tmp_path, over, message):
     path = _spec_file(tmp_path, **over)

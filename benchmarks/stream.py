@@ -3,6 +3,7 @@
     python benchmarks/stream.py                                  # WMF and LightGCN, 1000 requests each
     python benchmarks/stream.py --models WMF --requests 200      # a shorter stream
     python benchmarks/stream.py --report-only                    # rebuild stream.md from the records
+    python benchmarks/stream.py --quick --out /tmp/stream        # a few requests on the tiny dataset (a test runs it)
 
 Each request is one real user's 10 most recent train interactions still retained (ml-100k's
 timestamps; users in an order drawn from ``--request-seed``, 1001 by default: a held-out
@@ -26,7 +27,8 @@ At three points (a third, two thirds, the end) one retraining without all reques
 every finished record: the stream resumes from the last saved state (in ``--work``).
 
 Writes ``benchmarks/results/stream.md``, ``stream.json``, ``stream.png`` and one folder of
-records per model under ``benchmarks/results/stream/``.
+records per model under ``benchmarks/results/stream/``: :func:`run_model` measures and writes
+the records, :func:`write_report` reads only them.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ import copy
 import glob
 import hashlib
 import json
-import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,25 +49,28 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from recbole_unrank.tables import fmt, md_table  # noqa: E402  (no RecBole import: --report-only stays light)
+
 PER_REQUEST = 10
 TARGETS = {"ndcg_gap": 0.02, "stay_below": 0.99}
+# --quick: a few requests on the tiny dataset, one retraining point (checks the benchmark runs)
+QUICK = {"dataset": "tiny", "models": "WMF", "requests": 4, "every": 2, "epochs": 2}
 
 
-def _atomic_json(obj, path: str) -> None:
+def _write_json(obj, path: str) -> None:
+    from recbole_unrank.report import write_text
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, default=float))
 
 
-def _atomic_torch(obj, path: str) -> None:
+def _write_torch(obj, path: str) -> None:
     import torch
 
+    from recbole_unrank.checkpoints import atomic_write
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp, pickle_protocol=4)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp, pickle_protocol=4))
 
 
 def _silence():
@@ -77,36 +82,43 @@ def _silence():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# ------------------------------------------------------------------------------ measures
+def _config_files(model: str, dataset: str) -> list[str]:
+    names = (["ml-100k.yaml"] if dataset == "ml-100k" else []) + [f"{model}.yaml"]
+    return [os.path.join(ROOT, "config", n) for n in names]
+
+
 def _config(model: str, args, extra: dict | None = None):
     from recbole_unrank import pipeline
 
-    files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", f"{model}.yaml")]
     overrides = {"data_path": os.path.join(ROOT, "dataset"), "checkpoint_dir": os.path.join(args.work, "saved"),
                  "gpu_id": "", "show_progress": False, "seed": args.seed, "epochs": args.epochs,
                  "eval_batch_size": 409600,
                  # the timestamps, for "the user's most recent interactions" (the split is unchanged)
                  "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
-    overrides.update(extra or {})
-    return pipeline.build_config(model, "ml-100k", files, overrides)
+    return pipeline.build_config(model, args.dataset, _config_files(model, args.dataset), {**overrides, **(extra or {})})
 
 
 def _original(config, data, args):
     """The original model: trained once with the project config, cached in the work folder."""
     from recbole_unrank import pipeline
 
-    recipe = "".join(open(os.path.join(ROOT, "config", f), encoding="utf-8").read()
-                     for f in ("ml-100k.yaml", f"{config['model']}.yaml")) + f"{args.epochs}/{args.seed}"
+    files = _config_files(config["model"], args.dataset)
+    recipe = "".join(open(f, encoding="utf-8").read() for f in files) + f"{args.epochs}/{args.seed}"
     tag = hashlib.sha1(recipe.encode()).hexdigest()[:10]
-    path = os.path.join(args.work, "ckpt", f"{config['model']}-ml-100k-{tag}.pth")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = os.path.join(args.work, "ckpt", f"{config['model']}-{args.dataset}-{tag}.pth")
     if os.path.isfile(path):
         return pipeline.load_checkpoint(config, pipeline.read_checkpoint(path), data.train_ds, path), {"cached": path}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     train, valid, _ = pipeline.make_loaders(config, data)
-    model, info = pipeline.train_model(config, train, valid, path, tag="original")
-    return model, info
+    return pipeline.train_model(config, train, valid, path, tag="original")
 
 
-def _measures(stream, model, data, config, original=None) -> dict:
+def _pairs(ds):
+    return ds.inter_feat[ds.uid_field].numpy(), ds.inter_feat[ds.iid_field].numpy()
+
+
+def _measures(stream, model, data, config) -> dict:
     """Utility and forgetting of ``model`` after the requests applied to ``stream`` so far."""
     import numpy as np
 
@@ -114,27 +126,24 @@ def _measures(stream, model, data, config, original=None) -> dict:
     from recbole_unrank.adapters import get_adapter
     from recbole_unrank.stream import pair_ranks, score_auc, user_ndcg
 
-    retained = stream.retained_ds()
-    _, _, test = pipeline.make_loaders(config, data, retained)
+    _, _, test = pipeline.make_loaders(config, data, stream.retained_ds())
     res, _ = metrics.evaluate_loader(model, test, ["NDCG", "Recall"], [10])
     adapter = get_adapter(model)
-    tu, ti = data.test_ds.inter_feat[data.test_ds.uid_field].numpy(), data.test_ds.inter_feat[data.test_ds.iid_field].numpy()
+    tu, ti = _pairs(data.test_ds)
+    u, i = _pairs(data.train_ds)
     forgotten = stream.forgotten_rows()
-    u, i = data.train_ds.inter_feat[data.train_ds.uid_field].numpy(), data.train_ds.inter_feat[data.train_ds.iid_field].numpy()
     fu, fi = u[forgotten], i[forgotten]
     req_users = np.unique(fu)
     req_users = req_users[np.isin(req_users, tu)]
-    hist_test = stream.history(with_valid=True)
-    out = {"test": {k: float(v) for k, v in res.items()}}
-    out["request_users"] = {"users": int(req_users.size),
-                            "ndcg@10": float(user_ndcg(adapter, req_users, hist_test, (tu, ti)).mean())}
     ranks, scores = pair_ranks(adapter, (fu, fi), stream.history())
     mine = np.isin(tu, np.unique(fu))
     _, test_scores = pair_ranks(adapter, (tu[mine], ti[mine]), stream.history())
-    out["forget"] = {"pairs": int(fu.size), "forget_hit@10": float((ranks <= 10).mean()),
-                     "mean_rank": float(ranks.mean()), "score_auc": score_auc(scores, test_scores)}
-    out["_ranks"] = ranks
-    return out
+    return {"test": {k: float(v) for k, v in res.items()},
+            "request_users": {"users": int(req_users.size), "ndcg@10": float(
+                user_ndcg(adapter, req_users, stream.history(with_valid=True), (tu, ti)).mean())},
+            "forget": {"pairs": int(fu.size), "forget_hit@10": float((ranks <= 10).mean()),
+                       "mean_rank": float(ranks.mean()), "score_auc": score_auc(scores, test_scores)},
+            "_ranks": ranks}
 
 
 def _audit(stream, data, models: dict, retrained, seed: int) -> dict:
@@ -158,128 +167,159 @@ def _audit(stream, data, models: dict, retrained, seed: int) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------ the stream
 def _state_path(args, model: str, k: int) -> str:
     return os.path.join(args.work, "state", f"{model}-seed{args.request_seed}-guard{args.guard}-{args.policy}",
                         f"after-{k:05d}.pth")
 
 
-def run_model(model_name: str, args, out_dir: str) -> None:
-    import numpy as np
-    import torch
-
-    from recbole_unrank import pipeline
-    from recbole_unrank.methods import METHODS
-    from recbole_unrank.stream import RequestStream, StreamSettings, recent_requests
-
-    config = _config(model_name, args)
-    data = pipeline.load_data(config)
-    original, orig_info = _original(config, data, args)
-    original.eval()
-    requests = recent_requests(data.train_ds, args.requests, PER_REQUEST, args.request_seed,
-                               time_field=config["TIME_FIELD"])
-    cls = METHODS["l2unrank"]
-    method = cls(**pipeline.method_settings(config, cls))
-    settings = StreamSettings(guard=args.guard, policy=args.policy)
-
-    def train_fresh(ds, tag="retrain"):
-        train, valid, _ = pipeline.make_loaders(config, data, ds)
-        return pipeline.train_model(config, train, valid, None, tag=tag)
-
+def _points(args) -> tuple[list[int], list[int]]:
+    """Where records are written (every ``--every`` requests and the last), and where one of
+    them also retrains (the points nearest a third, two thirds and the end)."""
     points = list(range(args.every, args.requests + 1, args.every))
     if not points or points[-1] != args.requests:
         points.append(args.requests)
     thirds = sorted({min(points, key=lambda p: abs(p - args.requests * f)) for f in (1 / 3, 2 / 3, 1.0)})
-    folder = os.path.join(out_dir, "stream", f"{model_name}-seed{args.request_seed}-guard{args.guard:g}-{args.policy}")
-    done = {int(os.path.basename(p)[6:11]) for p in glob.glob(os.path.join(folder, "point-*.json"))}
-    # resume from the last point with both its record and its saved state
-    start = 0
-    for k in sorted(done, reverse=True):
-        if os.path.isfile(_state_path(args, model_name, k)):
-            start = k
-            break
-    if start:
-        saved = torch.load(_state_path(args, model_name, start), map_location="cpu", weights_only=False)
-        stream = RequestStream(config, data, saved["model"], method, settings, train_fresh=train_fresh,
-                               make_train_loader=lambda ds: pipeline.make_train_loader(config, data, ds),
-                               seed=args.request_seed * 10000, kept=saved["kept"], applied=saved["applied"],
-                               records=saved["records"], valid_reference=saved["valid_reference"])
-        print(f"[stream] {model_name}: resuming after request {start}", flush=True)
-    else:
-        stream = RequestStream(config, data, copy.deepcopy(original), method, settings, train_fresh=train_fresh,
-                               make_train_loader=lambda ds: pipeline.make_train_loader(config, data, ds),
-                               seed=args.request_seed * 10000)
-    from recbole_unrank.adapters import get_adapter
-    from recbole_unrank.stream import pair_ranks
+    return points, thirds
 
-    for k in sorted(done):  # records written before the audit was measured: add it
-        path = os.path.join(folder, f"point-{k:05d}.json")
-        with open(path, encoding="utf-8") as f:
-            point = json.load(f)
-        if "retrain" not in point or "audit" in point or not os.path.isfile(_state_path(args, model_name, k)):
-            continue
-        saved = torch.load(_state_path(args, model_name, k), map_location="cpu", weights_only=False)
-        past = RequestStream(config, data, saved["model"], method, StreamSettings(0.0), kept=saved["kept"],
-                             applied=saved["applied"], records=saved["records"], valid_reference=1.0)
-        retrained, _ = train_fresh(past.retained_ds())  # same config and seed: the same retraining
-        point["audit"] = _audit(past, data, {"unlearned": past.model, "original": original}, retrained,
-                                args.request_seed)
-        _atomic_json(point, path)
-        print(f"[stream] {model_name}: audit added to the record after {k}", flush=True)
 
-    t_run = time.perf_counter()
-    for k in range(start + 1, args.requests + 1):
-        rows = requests[k - 1]
-        if not np.isin(rows, stream.kept).all():  # a refused request's rows return in no later request
-            rows = rows[np.isin(rows, stream.kept)]
-        rec = stream.apply(rows)
-        u, i = data.train_ds.inter_feat[data.train_ds.uid_field].numpy(), data.train_ds.inter_feat[data.train_ds.iid_field].numpy()
-        post, _ = pair_ranks(get_adapter(stream.model), (u[rows], i[rows]), stream.history())
-        rec["post_ranks"] = post.tolist()
-        if rec["event"]:
-            print(f"[stream] {model_name}: request {k}: budget broken, {rec['event']['policy']} "
-                  f"({rec['event']['time_s']:.1f}s)", flush=True)
-        if k not in points or k in done:
-            continue
-        point = {"model": model_name, "after": k, "request_seed": args.request_seed, "guard": args.guard,
+class _Job:
+    """One model's stream: its config, data, original, method and the records folder."""
+
+    def __init__(self, model_name: str, args, out_dir: str):
+        from recbole_unrank import pipeline
+        from recbole_unrank.methods import METHODS
+
+        self.args, self.name = args, model_name
+        self.config = config = _config(model_name, args)
+        self.data = data = pipeline.load_data(config)
+        self.original, _ = _original(config, data, args)
+        self.original.eval()
+        cls = METHODS["l2unrank"]
+        self.method = cls(**pipeline.method_settings(config, cls))
+        self.folder = os.path.join(out_dir, "stream",
+                                   f"{model_name}-seed{args.request_seed}-guard{args.guard:g}-{args.policy}")
+        self.done = {int(os.path.basename(p)[6:11]) for p in glob.glob(os.path.join(self.folder, "point-*.json"))}
+
+    def train_fresh(self, ds, tag="retrain"):
+        from recbole_unrank import pipeline
+
+        train, valid, _ = pipeline.make_loaders(self.config, self.data, ds)
+        return pipeline.train_model(self.config, train, valid, None, tag=tag)
+
+    def stream(self, k: int = 0, settings=None):
+        """The stream as it was after request ``k`` (0: the original, untouched)."""
+        import torch
+
+        from recbole_unrank import pipeline
+        from recbole_unrank.stream import RequestStream, StreamSettings
+
+        args, config, data = self.args, self.config, self.data
+        kwargs = dict(train_fresh=self.train_fresh, seed=args.request_seed * 10000,
+                      make_train_loader=lambda ds: pipeline.make_train_loader(config, data, ds))
+        settings = settings or StreamSettings(guard=args.guard, policy=args.policy)
+        if not k:
+            return RequestStream(config, data, copy.deepcopy(self.original), self.method, settings, **kwargs)
+        saved = torch.load(_state_path(args, self.name, k), map_location="cpu", weights_only=False)
+        return RequestStream(config, data, saved["model"], self.method, settings, kept=saved["kept"],
+                             applied=saved["applied"], records=saved["records"],
+                             valid_reference=saved["valid_reference"], **kwargs)
+
+    def audit(self, stream, retrained) -> dict:
+        return _audit(stream, self.data, {"unlearned": stream.model, "original": self.original}, retrained,
+                      self.args.request_seed)
+
+    def backfill_audits(self) -> None:
+        """Records written before the audit was measured, at a retraining point: add it."""
+        from recbole_unrank.stream import StreamSettings
+
+        for k in sorted(self.done):
+            path = os.path.join(self.folder, f"point-{k:05d}.json")
+            with open(path, encoding="utf-8") as f:
+                point = json.load(f)
+            if "retrain" not in point or "audit" in point or not os.path.isfile(_state_path(self.args, self.name, k)):
+                continue
+            past = self.stream(k, StreamSettings(0.0))
+            retrained, _ = self.train_fresh(past.retained_ds())  # same config and seed: the same retraining
+            point["audit"] = self.audit(past, retrained)
+            _write_json(point, path)
+            print(f"[stream] {self.name}: audit added to the record after {k}", flush=True)
+
+    def point(self, stream, k: int, retrain: bool, t_run: float) -> dict:
+        """The record after request ``k``."""
+        import numpy as np
+
+        args = self.args
+        point = {"model": self.name, "dataset": args.dataset, "after": k, "request_seed": args.request_seed, "guard": args.guard,
                  "policy": args.policy, "code": args.code, "host_load": [round(x, 2) for x in os.getloadavg()]}
-        m = _measures(stream, stream.model, data, config)
-        o = _measures(stream, original, data, config)
+        m = _measures(stream, stream.model, self.data, self.config)
+        o = _measures(stream, self.original, self.data, self.config)
         ranks = m.pop("_ranks")
         o.pop("_ranks")
-        post_all = np.concatenate([np.asarray(r["post_ranks"]) for r in stream.records if r["event"] is None
-                                   or not r["event"].get("refused")]) if stream.records else np.zeros(0)
-        left = post_all > 10
-        point["unlearned"] = m
-        point["original"] = o
-        point["came_back"] = {"pairs_that_left": int(left.sum()),
-                              "share_back_in_top10": float((ranks[left] <= 10).mean()) if left.any() else 0.0,
-                              "share_of_all_pairs_in_top10": float((ranks <= 10).mean())}
+        kept = [np.asarray(r["post_ranks"]) for r in stream.records if r["event"] is None or not r["event"].get("refused")]
+        left = (np.concatenate(kept) if kept else np.zeros(0)) > 10
         window = [r for r in stream.records if r["request"] > k - args.every]
-        point["time_s"] = {"median": float(np.median([r["time_s"] for r in window])),
-                           "max": float(np.max([r["time_s"] for r in window])),
-                           "mean": float(np.mean([r["time_s"] for r in window]))}
-        point["events"] = [{"request": r["request"], **r["event"]} for r in stream.records if r["event"]]
-        point["valid_ratio"] = stream.valid_ndcg() / stream.valid_reference
-        if k in thirds:
-            retrained, info = train_fresh(stream.retained_ds())
-            r = _measures(stream, retrained, data, config)
+        times = [r["time_s"] for r in window]
+        point.update(unlearned=m, original=o, valid_ratio=stream.valid_ndcg() / stream.valid_reference,
+                     came_back={"pairs_that_left": int(left.sum()),
+                                "share_back_in_top10": float((ranks[left] <= 10).mean()) if left.any() else 0.0,
+                                "share_of_all_pairs_in_top10": float((ranks <= 10).mean())},
+                     time_s={"median": float(np.median(times)), "max": float(np.max(times)),
+                             "mean": float(np.mean(times))},
+                     events=[{"request": r["request"], **r["event"]} for r in stream.records if r["event"]])
+        if retrain:
+            retrained, info = self.train_fresh(stream.retained_ds())
+            r = _measures(stream, retrained, self.data, self.config)
             r.pop("_ranks")
             point["retrain"] = {**r, "time_s": info["time_s"], "epochs": info["epochs"]}
             point["ndcg_gap"] = m["test"]["ndcg@10"] / max(r["test"]["ndcg@10"], 1e-12) - 1.0
-            point["audit"] = _audit(stream, data, {"unlearned": stream.model, "original": original}, retrained,
-                                    args.request_seed)
-            del retrained
-        _atomic_torch({"model": stream.model, "kept": stream.kept, "applied": stream.applied,
-                       "records": stream.records, "valid_reference": stream.valid_reference},
-                      _state_path(args, model_name, k))
+            point["audit"] = self.audit(stream, retrained)
         point["records"] = window
         point["wall_s"] = time.perf_counter() - t_run
-        _atomic_json(point, os.path.join(folder, f"point-{k:05d}.json"))
-        print(f"[stream] {model_name}: after {k}: test NDCG@10 {m['test']['ndcg@10']:.4f}, forget_hit@10 "
-              f"{m['forget']['forget_hit@10']:.3f}, back {point['came_back']['share_back_in_top10']:.3f}, "
-              f"request median {point['time_s']['median']:.3f}s"
-              + (f", retrain {point['retrain']['test']['ndcg@10']:.4f} (gap {100 * point['ndcg_gap']:+.2f}%)"
-                 if "retrain" in point else ""), flush=True)
+        return point
+
+
+def run_model(model_name: str, args, out_dir: str) -> None:
+    """The stream of ``args.requests`` requests on one model, resumed after the last point with
+    both its record and its saved state; a record (and the state) at every point."""
+    import numpy as np
+
+    from recbole_unrank.adapters import get_adapter
+    from recbole_unrank.stream import pair_ranks, recent_requests
+
+    job = _Job(model_name, args, out_dir)
+    data = job.data
+    requests = recent_requests(data.train_ds, args.requests, PER_REQUEST, args.request_seed,
+                               time_field=job.config["TIME_FIELD"])
+    points, thirds = _points(args)
+    start = next((k for k in sorted(job.done, reverse=True) if os.path.isfile(_state_path(args, model_name, k))), 0)
+    stream = job.stream(start)
+    if start:
+        print(f"[stream] {model_name}: resuming after request {start}", flush=True)
+    job.backfill_audits()
+    u, i = _pairs(data.train_ds)
+    t_run = time.perf_counter()
+    for k in range(start + 1, args.requests + 1):
+        rows = requests[k - 1]
+        rows = rows[np.isin(rows, stream.kept)]  # a refused request's rows return in no later request
+        rec = stream.apply(rows)
+        rec["post_ranks"] = pair_ranks(get_adapter(stream.model), (u[rows], i[rows]), stream.history())[0].tolist()
+        if rec["event"]:
+            print(f"[stream] {model_name}: request {k}: budget broken, {rec['event']['policy']} "
+                  f"({rec['event']['time_s']:.1f}s)", flush=True)
+        if k not in points or k in job.done:
+            continue
+        point = job.point(stream, k, k in thirds, t_run)
+        _write_torch({"model": stream.model, "kept": stream.kept, "applied": stream.applied,
+                      "records": stream.records, "valid_reference": stream.valid_reference},
+                     _state_path(args, model_name, k))
+        _write_json(point, os.path.join(job.folder, f"point-{k:05d}.json"))
+        m = point["unlearned"]
+        print(f"[stream] {model_name}: after {k}: test NDCG@10 {fmt(m['test']['ndcg@10'])}, forget_hit@10 "
+              f"{fmt(m['forget']['forget_hit@10'], 3)}, back {fmt(point['came_back']['share_back_in_top10'], 3)}, "
+              f"request median {fmt(point['time_s']['median'], 3)}s"
+              + (f", retrain {fmt(point['retrain']['test']['ndcg@10'])} "
+                 f"(gap {fmt(100 * point['ndcg_gap'], 2, signed=True)}%)" if "retrain" in point else ""), flush=True)
 
 
 # ------------------------------------------------------------------------------ report
@@ -303,103 +343,102 @@ def _slope(xs, ys) -> float:
     return float(np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)[0])
 
 
-def write_report(out_dir: str, argv: str) -> str:
+def _targets(name: str, pts: list[dict]) -> tuple[list[list[str]], dict]:
+    """The target rows of one stream and its summary."""
     import numpy as np
 
+    last, rows = pts[-1], []
+    s = {"requests": last["after"]}
+    gaps = [p for p in pts if "retrain" in p]
+    if gaps:
+        g = gaps[-1]
+        s["ndcg_gap"] = g["ndcg_gap"]
+        ok = abs(g["ndcg_gap"]) <= TARGETS["ndcg_gap"] or g["ndcg_gap"] > 0
+        rows.append([name, f"test NDCG@10 after {g['after']} requests within 2% of retraining without them",
+                     f"{fmt(100 * g['ndcg_gap'], 2, signed=True)}%", "yes" if ok else "**no**"])
+    stay = 1.0 - last["came_back"]["share_of_all_pairs_in_top10"]
+    rows.append([name, f">= 99% of earlier requests' pairs stay below the viewing threshold (top 10), after "
+                       f"{last['after']}", f"{fmt(100 * stay, 2)}%", "yes" if stay >= TARGETS["stay_below"] else "**no**"])
+    xs = [p["after"] for p in pts]
+    med = [p["time_s"]["median"] for p in pts]
+    slope = _slope(xs, med)
+    s.update(stay_below=stay, time_first=med[0], time_last=med[-1], time_slope=slope,
+             time_fitted_growth=slope * (xs[-1] - xs[0]) / max(float(np.median(med)), 1e-9))
+    target = "time per request does not grow along the stream"
+    if len(xs) < 2:
+        rows.append([name, target, f"one window only (median {fmt(med[0], 3)} s)", "-"])
+        return rows, s
+    loads = [p["host_load"][0] for p in pts if "host_load" in p]
+    growth = s["time_fitted_growth"]
+    rows.append([name, target, f"median {fmt(med[0], 3)} s in the first window, {fmt(med[-1], 3)} s in the last; "
+                 f"a line fitted to every window's median: {fmt(1000 * slope, 4, signed=True)} ms per request, "
+                 f"{fmt(100 * growth, 0, signed=True)}% over the stream (the load average moved between "
+                 f"{fmt(min(loads), 1)} and {fmt(max(loads), 1)})", "yes" if growth < 0.5 else "**no**"])
+    return rows, s
+
+
+def _point_row(p: dict) -> list[str]:
+    m, o, r, a = p["unlearned"], p["original"], p.get("retrain"), p.get("audit")
+    return [p["after"], m["test"]["ndcg@10"], o["test"]["ndcg@10"],
+            f"{fmt(r['test']['ndcg@10'])} ({fmt(100 * p['ndcg_gap'], 2, signed=True)}%)" if r else "-",
+            f"{fmt(m['request_users']['ndcg@10'])} ({m['request_users']['users']})", o["request_users"]["ndcg@10"],
+            m["forget"]["forget_hit@10"], p["came_back"]["share_back_in_top10"], fmt(m["forget"]["score_auc"], 3),
+            fmt(r["forget"]["score_auc"], 3) if r else "-",
+            " / ".join(fmt(a[k]["mia_auc"], 3) for k in ("unlearned", "original", "retrain")) if a else "-",
+            f"{fmt(p['time_s']['median'], 3)} ({fmt(p['time_s']['max'], 3)})", p["valid_ratio"], len(p["events"])]
+
+
+POINT_COLUMNS = ["after", "test NDCG@10", "original", "retrain", "request users' NDCG@10 (users)", "original on them",
+                 "forget_hit@10 (all earlier)", "came back to top 10", "score AUC (forget vs same users' test)",
+                 "retrain AUC", "MIA audit: unlearned / original / retrain", "request s: median (max)",
+                 "valid NDCG@10 / original's", "events so far"]
+
+
+def _budget(pts: list[dict]) -> str:
+    ev, guard = pts[-1]["events"], pts[-1]["guard"]
+    if not guard:
+        return "No cumulative budget in this run (`--guard 0`)."
+    text = (f"Cumulative budget: validation NDCG@10 of the whole split >= {guard:g} x the original's, "
+            f"policy `{pts[-1]['policy']}`. ")
+    if not ev:
+        return text + "It never broke."
+    first = "; ".join(f"request {e['request']} (valid x{fmt(e['valid_before'])} -> x{fmt(e['valid_after'])}, "
+                      f"{e['policy']} {fmt(e['time_s'], 1)} s)" for e in ev[:5])
+    return (text + f"It broke {len(ev)} time(s), costing {sum(e['time_s'] for e in ev):.0f} s of {ev[0]['policy']} "
+            f"in all; the first: {first}" + ("; ..." if len(ev) > 5 else "") + ".")
+
+
+def write_report(out_dir: str) -> str:
     data = load_points(out_dir)
-    L = ["# A day of requests: many single-user requests in a row (issue 15)", ""]
     cmds = []
     for name, pts in data.items():
         p0 = pts[-1]
         seed = "" if p0["request_seed"] == 1001 else f" --request-seed {p0['request_seed']}"
         cmds.append(f"{name}: `python benchmarks/stream.py --models {p0['model']} --requests {p0['after']}{seed}"
                     f" --guard {p0['guard']:g} --policy {p0['policy']}`")
-    L.append("Produced by " + "; ".join(cmds) + " (records in `benchmarks/results/stream/`; "
-             "`--report-only` rebuilds this file from them). ml-100k, "
-             f"each request one user's {PER_REQUEST} most recent retained train interactions, L2UnRank with "
-             "the project defaults, requests applied one after another to one model. CPU, one thread, shared "
-             "machine: times are noisy; compare them within one run.")
     codes = sorted({p.get("code", "?") for pts in data.values() for p in pts})
-    L.append(f"Package code: commit {', '.join(f'`{c}`' for c in codes)}.")
-    L.append("")
-    L += ["## Targets", "", "| model | target | measured | holds |", "|---|---|---|---|"]
-    summary = {}
+    L = ["# A day of requests: many single-user requests in a row (issue 15)", "",
+         "Produced by " + "; ".join(cmds) + " (records in `benchmarks/results/stream/`; "
+         "`--report-only` rebuilds this file from them). "
+         + ", ".join(sorted({p.get("dataset", "ml-100k") for pts in data.values() for p in pts})) + ", "
+         f"each request one user's {PER_REQUEST} most recent retained train interactions, L2UnRank with "
+         "the project defaults, requests applied one after another to one model. CPU, one thread, shared "
+         "machine: times are noisy; compare them within one run.",
+         f"Package code: commit {', '.join(f'`{c}`' for c in codes)}.", "", "## Targets", ""]
+    targets, summary = [], {}
     for name, pts in data.items():
-        last = pts[-1]
-        gaps = [p for p in pts if "retrain" in p]
-        s = {"requests": last["after"]}
-        if gaps:
-            g = gaps[-1]
-            s["ndcg_gap"] = g["ndcg_gap"]
-            L.append(f"| {name} | test NDCG@10 after {g['after']} requests within 2% of retraining without them | "
-                     f"{100 * g['ndcg_gap']:+.2f}% | {'yes' if abs(g['ndcg_gap']) <= TARGETS['ndcg_gap'] or g['ndcg_gap'] > 0 else '**no**'} |")
-        stay = 1.0 - last["came_back"]["share_of_all_pairs_in_top10"]
-        L.append(f"| {name} | >= 99% of earlier requests' pairs stay below the viewing threshold (top 10), after "
-                 f"{last['after']} | {100 * stay:.2f}% | {'yes' if stay >= TARGETS['stay_below'] else '**no**'} |")
-        xs = [p["after"] for p in pts]
-        med = [p["time_s"]["median"] for p in pts]
-        slope = _slope(xs, med)
-        first, lastm = med[0], med[-1]
-        s.update(stay_below=stay, time_first=first, time_last=lastm, time_slope=slope)
-        growth = slope * (xs[-1] - xs[0]) / max(float(np.median(med)), 1e-9)  # fitted change over the stream
-        s["time_fitted_growth"] = growth
-        if len(xs) < 2:
-            L.append(f"| {name} | time per request does not grow along the stream | one window only "
-                     f"(median {first:.3f} s) | - |")
-            summary[name] = s
-            continue
-        L.append(f"| {name} | time per request does not grow along the stream | median {first:.3f} s in the first "
-                 f"window, {lastm:.3f} s in the last; a line fitted to every window's median: "
-                 f"{1000 * slope:+.4f} ms per request, {100 * growth:+.0f}% over the stream (the load average "
-                 f"moved between {min(p['host_load'][0] for p in pts if 'host_load' in p):.1f} and "
-                 f"{max(p['host_load'][0] for p in pts if 'host_load' in p):.1f}) | {'yes' if growth < 0.5 else '**no**'} |")
-        summary[name] = s
-    L.append("")
+        rows, summary[name] = _targets(name, pts)
+        targets += rows
+    L += md_table(["model", "target", "measured", "holds"], targets) + [""]
     for name, pts in data.items():
-        L += [f"## {name}", "",
-              "| after | test NDCG@10 | original | retrain | request users' NDCG@10 (users) | original on them | "
-              "forget_hit@10 (all earlier) | came back to top 10 | score AUC (forget vs same users' test) | "
-              "retrain AUC | MIA audit: unlearned / original / retrain | request s: median (max) | "
-              "valid NDCG@10 / original's | events so far |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for p in pts:
-            m, o, r = p["unlearned"], p["original"], p.get("retrain")
-            L.append(f"| {p['after']} | {m['test']['ndcg@10']:.4f} | {o['test']['ndcg@10']:.4f} | "
-                     f"{r['test']['ndcg@10']:.4f} ({100 * p['ndcg_gap']:+.2f}%) | " if r else
-                     f"| {p['after']} | {m['test']['ndcg@10']:.4f} | {o['test']['ndcg@10']:.4f} | - | ")
-            L[-1] += (f"{m['request_users']['ndcg@10']:.4f} ({m['request_users']['users']}) | "
-                      f"{o['request_users']['ndcg@10']:.4f} | {m['forget']['forget_hit@10']:.4f} | "
-                      f"{p['came_back']['share_back_in_top10']:.4f} | {m['forget']['score_auc']:.3f} | "
-                      f"{r['forget']['score_auc']:.3f} | " if r else
-                      f"{m['request_users']['ndcg@10']:.4f} ({m['request_users']['users']}) | "
-                      f"{o['request_users']['ndcg@10']:.4f} | {m['forget']['forget_hit@10']:.4f} | "
-                      f"{p['came_back']['share_back_in_top10']:.4f} | {m['forget']['score_auc']:.3f} | - | ")
-            a = p.get("audit")
-            L[-1] += ((f"{a['unlearned']['mia_auc']:.3f} / {a['original']['mia_auc']:.3f} / "
-                       f"{a['retrain']['mia_auc']:.3f} | ") if a else "- | ")
-            L[-1] += (f"{p['time_s']['median']:.3f} ({p['time_s']['max']:.3f}) | {p['valid_ratio']:.4f} | "
-                      f"{len(p['events'])} |")
-        L.append("")
+        L += [f"## {name}", ""] + md_table(POINT_COLUMNS, (_point_row(p) for p in pts)) + [""]
         rt = [p for p in pts if "retrain" in p]
         if rt:
-            L.append("Retraining without all requests so far: " + "; ".join(
+            L += ["Retraining without all requests so far: " + "; ".join(
                 f"after {p['after']}: {p['retrain']['time_s']:.0f} s ({p['retrain']['epochs']} epochs), test "
-                f"NDCG@10 {p['retrain']['test']['ndcg@10']:.4f}, forget_hit@10 {p['retrain']['forget']['forget_hit@10']:.4f}"
-                for p in rt) + ".")
-            L.append("")
-        ev = pts[-1]["events"]
-        guard = pts[-1]["guard"]
-        if guard:
-            L.append(f"Cumulative budget: validation NDCG@10 of the whole split >= {guard:g} x the original's, "
-                     f"policy `{pts[-1]['policy']}`. "
-                     + (f"It broke {len(ev)} time(s), costing {sum(e['time_s'] for e in ev):.0f} s of "
-                        f"{ev[0]['policy']} in all; the first: " + "; ".join(
-                         f"request {e['request']} (valid x{e['valid_before']:.4f} -> x{e['valid_after']:.4f}, "
-                         f"{e['policy']} {e['time_s']:.1f} s)" for e in ev[:5])
-                        + ("; ..." if len(ev) > 5 else "") + "." if ev else "It never broke."))
-        else:
-            L.append("No cumulative budget in this run (`--guard 0`).")
-        L.append("")
+                f"NDCG@10 {fmt(p['retrain']['test']['ndcg@10'])}, forget_hit@10 "
+                f"{fmt(p['retrain']['forget']['forget_hit@10'])}" for p in rt) + ".", ""]
+        L += [_budget(pts), ""]
     L += ["![stream](stream.png)", "",
           "Notes: `forget_hit@10 (all earlier)` ranks every pair of every request so far under the current model "
           "with only retained history masked; `came back` is the share of the pairs that had left the top 10 "
@@ -410,12 +449,10 @@ def write_report(out_dir: str, argv: str) -> str:
           "the forgotten pairs against as many of the same users' test pairs; about 0.5 for retraining, above "
           "for a model that still holds the data, below for over-unlearning). Request users' NDCG@10 is over the test "
           "items of every user with a request so far (train and valid history masked).", ""]
-    text = "\n".join(L)
-    path = os.path.join(out_dir, "stream.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    _atomic_json({"summary": summary, "points": data}, os.path.join(out_dir, "stream.json"))
+    from recbole_unrank.report import write_text
+
+    path = write_text(os.path.join(out_dir, "stream.md"), "\n".join(L))
+    _write_json({"summary": summary, "points": data}, os.path.join(out_dir, "stream.json"))
     _plot(data, out_dir)
     return path
 
@@ -429,19 +466,19 @@ def _plot(data: dict, out_dir: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
     for name, pts in data.items():
         xs = [p["after"] for p in pts]
-        line = axes[0].plot(xs, [p["unlearned"]["test"]["ndcg@10"] for p in pts], "o-", ms=3, label=f"{name}")[0]
         rt = [p for p in pts if "retrain" in p]
-        axes[0].plot([p["after"] for p in rt], [p["retrain"]["test"]["ndcg@10"] for p in rt], "s--",
-                     color=line.get_color(), label=f"{name}: retrain")
-        axes[1].plot(xs, [p["unlearned"]["forget"]["forget_hit@10"] for p in pts], "o-", ms=3,
-                     color=line.get_color(), label=f"{name}: forget_hit@10")
+        line = axes[0].plot(xs, [p["unlearned"]["test"]["ndcg@10"] for p in pts], "o-", ms=3, label=name)[0]
+        color = line.get_color()
+        axes[0].plot([p["after"] for p in rt], [p["retrain"]["test"]["ndcg@10"] for p in rt], "s--", color=color,
+                     label=f"{name}: retrain")
+        axes[1].plot(xs, [p["unlearned"]["forget"]["forget_hit@10"] for p in pts], "o-", ms=3, color=color,
+                     label=f"{name}: forget_hit@10")
         axes[1].plot([p["after"] for p in rt], [p["retrain"]["forget"]["forget_hit@10"] for p in rt], "s--",
-                     color=line.get_color(), label=f"{name}: retrain")
-        axes[2].plot(xs, [p["time_s"]["median"] for p in pts], "o-", ms=3, color=line.get_color(), label=name)
-    axes[0].set_title("test NDCG@10")
-    axes[1].set_title("earlier requests' pairs in the top 10")
-    axes[2].set_title("seconds per request (median of each window)")
-    for ax in axes:
+                     color=color, label=f"{name}: retrain")
+        axes[2].plot(xs, [p["time_s"]["median"] for p in pts], "o-", ms=3, color=color, label=name)
+    for ax, title in zip(axes, ("test NDCG@10", "earlier requests' pairs in the top 10",
+                                "seconds per request (median of each window)")):
+        ax.set_title(title)
         ax.set_xlabel("requests applied")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
@@ -454,6 +491,7 @@ def _plot(data: dict, out_dir: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="WMF,LightGCN")
+    p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--every", type=int, default=50, help="requests between two records")
     p.add_argument("--request-seed", type=int, default=1001, help="held-out request seed (1001+ for reporting)")
@@ -461,18 +499,22 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=40, help="epoch budget of the original and every retraining")
     p.add_argument("--guard", type=float, default=None, help="cumulative budget (default: unrank_stream_guard)")
     p.add_argument("--policy", default=None, help="refuse | finetune | retrain (default: unrank_stream_policy)")
+    p.add_argument("--quick", action="store_true", help="a few requests on the tiny dataset (checks the benchmark "
+                   "runs; give --out and --work apart from the real results)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "recbole_unrank_stream"))
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--out", default=None, help="default: benchmarks/results (with --quick: <work>/quick)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    shown = " ".join(sys.argv[1:] if argv is None else argv)
-    import subprocess
-
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    if args.out is None:
+        args.out = os.path.join(args.work, "quick") if args.quick else os.path.join(HERE, "results")
     args.code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                text=True).stdout.strip()
     if args.report_only:
-        print(write_report(args.out, shown.replace("--report-only", "").strip()))
+        print(write_report(args.out))
         return
     sys.argv = [sys.argv[0]]
     os.makedirs(args.work, exist_ok=True)
@@ -481,11 +523,10 @@ def main(argv=None) -> None:
     import torch
 
     import recbole_unrank  # noqa: F401
+    from recbole_unrank.stream import StreamSettings
 
     _silence()
     torch.set_num_threads(args.threads)
-    from recbole_unrank.stream import StreamSettings
-
     if args.guard is None or args.policy is None:
         cfg = _config("WMF", args)
         args.guard = cfg["unrank_stream_guard"] if args.guard is None else args.guard
@@ -493,7 +534,7 @@ def main(argv=None) -> None:
     StreamSettings(args.guard, args.policy)  # bad values: one clear line
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         run_model(model, args, args.out)
-    print(write_report(args.out, shown))
+    print(write_report(args.out))
 
 
 if __name__ == "__main__":

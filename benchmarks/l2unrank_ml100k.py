@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 import recbole_unrank  # noqa: E402,F401
 from recbole_unrank import pipeline  # noqa: E402
 from recbole_unrank.report import write_text  # noqa: E402
+from recbole_unrank.tables import fmt, md_table  # noqa: E402
 
 from recbole_unrank.methods.l2unrank import VARIANTS  # noqa: E402
 
@@ -79,18 +80,14 @@ def checks(result: dict) -> dict:
 
 
 def table(result: dict) -> str:
-    orig = result["original"]
-    lines = ["| method | time (s) | NDCG@10 | Recall@10 | NDCG@20 | forget_hit@10 | forget_hit@20 | mean rank | RDR | URR |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    def line(name, r):
+    def row(name, r):
         t, f = r["test"], r["forget"]
-        return (f"| {name} | {r['time_s']:.3f} | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | {t['ndcg@20']:.4f} | "
-                f"{f['forget_hit@10']:.4f} | {f['forget_hit@20']:.4f} | {f['mean_rank']:.1f} | "
-                f"{f.get('rdr', float('nan')):.1f} | {f.get('urr', float('nan')):.3f} |")
-    lines.append(line("original", orig))
-    for name, r in result["rows"].items():
-        lines.append(line(name, r))
-    return "\n".join(lines)
+        return [name, fmt(r["time_s"], 3), t["ndcg@10"], t["recall@10"], t["ndcg@20"], f["forget_hit@10"],
+                f["forget_hit@20"], fmt(f["mean_rank"], 1), fmt(f.get("rdr"), 1), fmt(f.get("urr"), 3)]
+
+    rows = [row("original", result["original"])] + [row(name, r) for name, r in result["rows"].items()]
+    return "\n".join(md_table(["method", "time (s)", "NDCG@10", "Recall@10", "NDCG@20", "forget_hit@10",
+                               "forget_hit@20", "mean rank", "RDR", "URR"], rows))
 
 
 def write_report(out: str) -> str:

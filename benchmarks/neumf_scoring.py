@@ -27,6 +27,7 @@ import recbole_unrank  # noqa: E402,F401
 from recbole_unrank import metrics, pipeline  # noqa: E402
 from recbole_unrank.models.neumf_scoring import neumf_full_sort_predict  # noqa: E402
 from recbole_unrank.report import write_text  # noqa: E402
+from recbole_unrank.tables import fmt, md_table  # noqa: E402
 
 
 def _original(checkpoint: str | None):
@@ -86,8 +87,8 @@ def main(argv=None) -> None:
         "# NeuMF full-sort evaluation on ml-100k (test split)", "",
         f"Command: `{record['command'].strip()}`; model: {source}; "
         f"{record['torch_threads']} torch thread(s), load average {record['load_average']:.1f}.", "",
-        "| path | median s | runs (s) |", "|---|---|---|",
-        *(f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in v)} |" for k, v in times.items()),
+        *md_table(["path", "median s", "runs (s)"],
+                  ([k, fmt(med[k], 2), ", ".join(fmt(t, 2) for t in v)] for k, v in times.items())),
         "", f"All-item scorer {record['speedup']:.2f}x faster; metrics equal: "
         f"**{record['metrics_equal']}** ({results['all_items']}).", "",
     ]

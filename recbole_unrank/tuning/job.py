@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from recbole_unrank import compat  # noqa: F401  (before RecBole)
 from recbole_unrank import pipeline
-from recbole_unrank.errors import UnrankError, setting
+from recbole_unrank.config import given_as
+from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS
 from recbole_unrank.tuning import report
 from recbole_unrank.tuning.objective import Objective, check_design_seed, tune_setting
@@ -33,9 +34,10 @@ class TuneResult:
 def _method(config) -> str:
     method = str(tune_setting(config, "unrank_tune_method"))
     if method not in METHODS:
-        raise UnrankError(f"{setting('unrank_tune_method', method)} is not a method: choose from {sorted(METHODS)}")
+        raise UnrankError(f"{given_as(config, 'unrank_tune_method', method)} is not a method: choose from "
+                          f"{sorted(METHODS)}")
     if not METHODS[method].settings:
-        raise UnrankError(f"{setting('unrank_tune_method', method)} has no unrank_* settings to tune")
+        raise UnrankError(f"{given_as(config, 'unrank_tune_method', method)} has no unrank_* settings to tune")
     return method
 
 

@@ -171,7 +171,8 @@ def make_config(model=None, dataset=None, config_file_list=None, config_dict=Non
                 argv=None, default_model=None, default_dataset=None):
     """The run's config and the checkpoint (read once, or None). The model and dataset come from
     the arguments, else the checkpoint, else the settings, else the defaults."""
-    from recbole_unrank import pipeline
+    from recbole_unrank.checkpoints import read_checkpoint
+    from recbole_unrank.config import build_config
 
     if config_dict is not None and not isinstance(config_dict, dict):
         raise UnrankError(f"{arg('config_dict')} takes a dict of settings, got {type(config_dict).__name__}")
@@ -181,7 +182,7 @@ def make_config(model=None, dataset=None, config_file_list=None, config_dict=Non
     ckpt = None
     if checkpoint is not None:  # read once, here: it may name the model and the dataset
         trust = str(_given(files, config_dict, argv, "unrank_trust_checkpoint")).lower() == "true"
-        ckpt = pipeline.read_checkpoint(os.fspath(checkpoint), trust=trust)
+        ckpt = read_checkpoint(os.fspath(checkpoint), trust=trust)
     model = (model or _ckpt_value(ckpt, "model") or _given(files, config_dict, argv, "model") or default_model)
     dataset = (dataset or _ckpt_value(ckpt, "dataset") or _given(files, config_dict, argv, "dataset")
                or default_dataset)
@@ -191,5 +192,5 @@ def make_config(model=None, dataset=None, config_file_list=None, config_dict=Non
     if not dataset:
         raise UnrankError(f"no dataset given: pass {arg('dataset')} (e.g. ml-100k), a checkpoint, "
                           "or settings with 'dataset:'")
-    config = pipeline.build_config(str(model), str(dataset), files or None, config_dict, argv=argv)
+    config = build_config(str(model), str(dataset), files or None, config_dict, argv=argv)
     return config, ckpt

@@ -727,7 +727,7 @@ def load_unlearned(path: str, trust: bool = False, gpu_id: str | None = None):
     the run's ``results.json`` test metrics. A checkpoint without a request (an original
     model) gives the full train split. ``gpu_id`` overrides the checkpoint's (``""``: the CPU);
     a checkpoint written on a GPU loads on a machine without one."""
-    from recbole_unrank.pipeline import load_data, make_loaders
+    from recbole_unrank.data import load_data, make_loaders
     from recbole_unrank.request import ForgetRequest, split_train
 
     ckpt = read_checkpoint(path, trust)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,10 @@ from recbole_unrank import compat  # noqa: F401
 from recbole.config import Config
 
 from recbole_unrank.errors import UnrankError, arg, setting
-from recbole_unrank.models import get_model
+from recbole_unrank.models import UnknownModelError, get_model
 
-__all__ = ["UnrankConfig", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings", "given_as",
-           "preset_names", "preset_path"]
+__all__ = ["UnrankConfig", "build_config", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings",
+           "given_as", "preset_names", "preset_path"]
 
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
@@ -177,3 +178,55 @@ def preset_path(name: str) -> str:
         raise UnrankError(f"unknown preset '{name}' ({arg('preset').rstrip('=')}): "
                           f"choose from {', '.join(preset_names())}")
     return path
+
+
+def build_config(
+    model: str | None,
+    dataset: str | None,
+    config_files: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
+) -> UnrankConfig:
+    """A RecBole config with our properties; unknown model / missing files / settings of the
+    wrong type or name -> UnrankError. ``argv``: the ``--key=value`` settings RecBole's
+    ``Config`` reads from the command line (None: ``sys.argv`` itself, as RecBole does)."""
+    for f in config_files or []:
+        if not os.path.isfile(f):
+            raise UnrankError(f"config file '{f}' does not exist: check {arg('config_file_list').rstrip('=')}")
+    if model is None:
+        raise UnrankError(f"no model given: pass {arg('model')} (e.g. WMF, NeuMF, LightGCN)")
+    try:
+        model_class = get_model(model)
+    except UnknownModelError as exc:
+        raise UnrankError(str(exc)) from None
+    if model == "ShardEnsemble":
+        raise UnrankError("ShardEnsemble is how sisa/receraser save their ensembles, not a model to "
+                          "train or unlearn: pass the sub-model's name with -m (e.g. LightGCN)")
+    if model_class.type.name not in ("GENERAL", "TRADITIONAL"):
+        raise UnrankError(
+            f"model '{model}' is a {model_class.type.name.lower()} recommender: "
+            "recbole-unrank unlearns general (user-item) recommenders"
+        )
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = [sys.argv[0] if sys.argv else "recbole_unrank", *argv]
+    try:
+        config = UnrankConfig(model_class, dataset, config_files, config_dict)
+    except Exception as exc:  # RecBole's Config fails only on what the user gave it
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UnrankError(f"bad configuration ({type(exc).__name__}: {first}): check the settings") from None
+    finally:
+        sys.argv = saved_argv
+    check_settings(config)
+    _check_dataset_exists(config)
+    return config
+
+
+def _check_dataset_exists(config) -> None:
+    name = config["dataset"]
+    folder = os.path.join(config["data_path"])
+    if not os.path.isfile(os.path.join(folder, f"{name}.inter")):
+        raise UnrankError(
+            f"dataset '{name}' not found: expected {os.path.join(folder, name + '.inter')}; "
+            "set data_path to the folder that holds <dataset>/<dataset>.inter"
+        )

@@ -324,7 +324,7 @@ def _model_path(cache: str, model: str, dataset: str, tseed: int, req: Request |
 
 # --------------------------------------------------------------------------- execution
 def _config(spec: SuiteSpec, model: str, tseed: int, req: Request | None, out: str):
-    from recbole_unrank.pipeline import build_config
+    from recbole_unrank.config import build_config
 
     d = {**spec.settings, "seed": tseed, "unrank_output_dir": os.path.join(spec.cache_dir, "runs"),
          "checkpoint_dir": os.path.join(spec.cache_dir, "saved")}
@@ -338,7 +338,9 @@ def train_original(spec: SuiteSpec, model: str, tseed: int, out: str) -> dict:
     """Train (once) and cache the original of ``model`` with training seed ``tseed``."""
     import torch
 
-    from recbole_unrank.pipeline import load_data, make_loaders, save_checkpoint, train_model
+    from recbole_unrank.checkpoints import save_checkpoint
+    from recbole_unrank.data import load_data, make_loaders
+    from recbole_unrank.training import train_model
 
     path = _model_path(spec.cache_dir, model, spec.dataset, tseed)
     info_path = path[:-4] + ".json"
@@ -365,7 +367,8 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
     """Run the cells of one request not yet recorded; returns their records."""
     import torch
 
-    from recbole_unrank.pipeline import load_checkpoint, prepare_run, read_checkpoint, save_checkpoint
+    from recbole_unrank.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
+    from recbole_unrank.pipeline import prepare_run
 
     todo = [c for c in cells if (_load_record(_cell_path(out, c)) or {}).get("status") != "ok"]
     if not todo:

@@ -1,0 +1,113 @@
+"""The data of a run: RecBole's dataset and splits, the loaders, the request.
+
+RecBole's objects are built here and nowhere else (with :mod:`recbole_unrank.config`): the
+random split exactly as ``run_recbole`` makes it, loaders whose history masks follow the
+*retained* train set, the forget loader over the request's pairs, and the request itself
+(read from a file or drawn from the train split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recbole_unrank import compat  # noqa: F401
+from recbole.data import create_dataset
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.utils import create_samplers, get_dataloader
+from recbole.sampler import Sampler
+from recbole.utils import init_seed
+
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.request import ForgetRequest, read_request_file, sample_request
+
+__all__ = ["Data", "without_forgotten", "load_data", "make_train_loader", "make_loaders", "make_forget_loader",
+           "make_request", "request_seed"]
+
+
+@dataclass
+class Data:
+    """The dataset and its three splits (RecBole ``Dataset`` objects)."""
+
+    dataset: Any
+    train_ds: Any
+    valid_ds: Any
+    test_ds: Any
+    # Starting from an unlearned checkpoint: train_ds is the full train split without the
+    # pairs it already forgot (prior_rows, rows of full_train_ds); row_map[i] is the full
+    # split's row of train_ds's row i.
+    full_train_ds: Any = None
+    prior_rows: np.ndarray | None = None
+    row_map: np.ndarray | None = None
+
+
+def without_forgotten(data: Data, rows: np.ndarray) -> Data:
+    """``data`` whose train split leaves out ``rows`` (pairs an unlearned model already forgot),
+    ids and shapes unchanged."""
+    keep = np.ones(len(data.train_ds.inter_feat), dtype=bool)
+    keep[rows] = False
+    row_map = np.flatnonzero(keep)
+    reduced = data.train_ds.copy(data.train_ds.inter_feat[torch.from_numpy(row_map)])
+    return Data(data.dataset, reduced, data.valid_ds, data.test_ds, data.train_ds, rows, row_map)
+
+
+def load_data(config) -> Data:
+    # RecBole's random split shuffles with torch's global generator: seed it first, as
+    # run_recbole does, so that the same seed gives the same splits.
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_ds, valid_ds, test_ds = dataset.build()
+    return Data(dataset, train_ds, valid_ds, test_ds)
+
+
+def make_train_loader(config, data: Data, train_ds):
+    """A RecBole training loader over ``train_ds`` alone (no evaluation loaders built)."""
+    built = [train_ds, data.valid_ds, data.test_ds]
+    train_sampler, _, _ = create_samplers(config, data.dataset, built)
+    return get_dataloader(config, "train")(config, train_ds, train_sampler, shuffle=config["shuffle"])
+
+
+def make_loaders(config, data: Data, train_ds=None):
+    """RecBole train / valid / test loaders whose history masks follow ``train_ds``
+    (the retained train set for everything after the request)."""
+    train_ds = data.train_ds if train_ds is None else train_ds
+    built = [train_ds, data.valid_ds, data.test_ds]
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, data.dataset, built)
+    train = get_dataloader(config, "train")(config, train_ds, train_sampler, shuffle=config["shuffle"])
+    valid = get_dataloader(config, "valid")(config, data.valid_ds, valid_sampler, shuffle=False)
+    test = get_dataloader(config, "test")(config, data.test_ds, test_sampler, shuffle=False)
+    return train, valid, test
+
+
+def make_forget_loader(config, retain_ds, forget_ds) -> FullSortEvalDataLoader:
+    """Full-sort loader over the forget pairs with only the *retained* history masked."""
+    sampler = Sampler(["retain", "forget"], [retain_ds, forget_ds], distribution="uniform")
+    return FullSortEvalDataLoader(config, forget_ds, sampler.set_phase("forget"), shuffle=False)
+
+
+def make_request(config, data: Data) -> ForgetRequest:
+    path = config["unrank_request_file"]
+    if path:
+        return read_request_file(path, data.dataset, data.train_ds, data.valid_ds, data.test_ds)
+    return sample_request(
+        data.train_ds,
+        source=config["unrank_request"],
+        user_ratio=config["unrank_user_ratio"],
+        inter_ratio=config["unrank_inter_ratio"],
+        item_ratio=config["unrank_item_ratio"],
+        seed=request_seed(config),
+        user_selection=config["unrank_request_users"],
+    )
+
+
+def request_seed(config) -> int:
+    """The seed the request is drawn from: ``unrank_request_seed``, else the run's ``seed``."""
+    value = config["unrank_request_seed"]
+    value = config["seed"] if value is None else value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UnrankError(f"unrank_request_seed={value!r} is not an integer: give e.g. 1001") from None

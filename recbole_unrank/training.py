@@ -1,0 +1,55 @@
+"""Training a model the RecBole way: ``run_recbole``'s seed, trainer and early stopping."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from recbole_unrank import compat  # noqa: F401
+from recbole.utils import get_trainer, init_seed
+
+from recbole_unrank.checkpoints import atomic_torch_save, data_fingerprint, load_file
+from recbole_unrank.models import get_model
+
+__all__ = ["train_model"]
+
+logger = logging.getLogger("recbole_unrank")
+
+
+def train_model(config, train_loader, valid_loader, path: str | None = None, tag: str = "model"):
+    """Train a fresh model of ``config['model']`` on ``train_loader``'s data with RecBole's
+    trainer (early stopping on ``valid_loader``); keep the best epoch. Returns ``(model, info)``.
+    With ``path``, the best model is saved there as a RecBole checkpoint (atomically)."""
+    init_seed(config["seed"], config["reproducibility"])
+    model_class = get_model(config["model"])
+    model = model_class(config, train_loader._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    scratch = (path or os.path.join(config["checkpoint_dir"], f"{tag}-{os.getpid()}.pth")) + ".tmp"
+    os.makedirs(os.path.dirname(scratch) or ".", exist_ok=True)
+    trainer.saved_model_file = scratch
+    logger.info("training %s (%s) on %d interactions", config["model"], tag, len(train_loader._dataset))
+    start = time.perf_counter()
+    metric = config["valid_metric"]
+
+    def progress(epoch_idx: int, valid_score: float) -> None:  # one compact line per epoch
+        logger.info("[%s] epoch %d: valid %s %.4f (best %.4f, %.0fs)", tag, epoch_idx + 1, metric,
+                    valid_score, trainer.best_valid_score, time.perf_counter() - start)
+
+    best_score, _ = trainer.fit(
+        train_loader, valid_loader, verbose=False, saved=True, show_progress=config["show_progress"],
+        callback_fn=progress,
+    )
+    elapsed = time.perf_counter() - start
+    epochs = len(trainer.train_loss_dict)
+    if os.path.isfile(scratch):  # the best epoch (RecBole saves it when validation improves)
+        state = load_file(scratch, map_location=config["device"])
+        model.load_state_dict(state["state_dict"])
+        model.load_other_parameter(state.get("other_parameter"))
+        if path:  # RecBole's checkpoint, with the fingerprint of the data it was trained on
+            state["unrank"] = {"fingerprint": data_fingerprint(config)}
+            atomic_torch_save(state, path)
+        os.remove(scratch)
+    model.eval()
+    logger.info("trained %s (%s): %d epochs, %.1fs, best valid %.4f", config["model"], tag, epochs, elapsed, best_score)
+    return model, {"epochs": epochs, "time_s": elapsed, "best_valid_score": float(best_score)}

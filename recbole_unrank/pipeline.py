@@ -154,13 +154,9 @@ class Run(Evaluator):
             retain_ds=self.retain_ds,
             forget_ds=self.forget_ds,
             request_index=self.request.index,
-            device=config["device"],
             train_fresh=self._train_on,
-            valid_score=self.valid_score,
-            forget_ranks=self.forget_ranks,
             seed=config["seed"],
             valid_ds=self.data.valid_ds,
-            valid_ndcg_sum=self.valid_ndcg_sum,
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
             train_batch_size=int(config["train_batch_size"]),
         )

@@ -256,9 +256,8 @@ class RequestStream:
         snapshot_s = time.perf_counter() - t0
         task = UnlearnTask(
             model=self.model, model_name=self.config["model"], train_ds=current, retain_ds=None, forget_ds=None,
-            request_index=request.index, device=next(self.model.parameters()).device, train_fresh=None,
-            valid_score=None, forget_ranks=None, seed=int(self.seed + k if seed is None else seed),
-            valid_ds=self.data.valid_ds, valid_ndcg_sum=None,
+            request_index=request.index, seed=int(self.seed + k if seed is None else seed),
+            valid_ds=self.data.valid_ds,
         )
         result = self.method(task)
         self.model = result.model
@@ -296,8 +295,7 @@ class RequestStream:
             task = UnlearnTask(
                 model=self.model, model_name=self.config["model"], train_ds=retained, retain_ds=retained,
                 forget_ds=None, request_index=np.zeros(0, dtype=np.int64),
-                device=next(self.model.parameters()).device, train_fresh=None, valid_score=None,
-                forget_ranks=None, seed=self.seed + record["request"], valid_ds=self.data.valid_ds,
+                seed=self.seed + record["request"], valid_ds=self.data.valid_ds,
                 make_train_loader=self.make_train_loader,
             )
             self.model = self.finetune(task).model

@@ -67,8 +67,7 @@ def _single_user_request(config, data, model):
     request = request_from_pairs(train_ds, u[rows], i[rows], "file")
     task = UnlearnTask(
         model=model, model_name=config["model"], train_ds=train_ds, retain_ds=None, forget_ds=None,
-        request_index=request.index, device=config["device"], train_fresh=None, valid_score=None,
-        forget_ranks=None, seed=config["seed"], valid_ds=data.valid_ds, valid_ndcg_sum=None,
+        request_index=request.index, seed=config["seed"], valid_ds=data.valid_ds,
     )
     cls = METHODS["l2unrank"]
     method = cls(**pipeline.method_settings(config, cls))

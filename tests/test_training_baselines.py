@@ -200,10 +200,7 @@ def _one_user_task(run, calls: list):
         retain_ds=retain_ds,
         forget_ds=forget_ds,
         request_index=request.index,
-        device=torch.device("cpu"),
         train_fresh=train_fresh,
-        valid_score=lambda m: 0.0,
-        forget_ranks=lambda m: np.zeros(0),
         seed=2020,
     )
     return task, u, request

@@ -22,23 +22,19 @@ __all__ = ["UnlearnTask", "UnlearnResult", "UnlearningMethod", "check_finite"]
 
 @dataclass
 class UnlearnTask:
-    """Everything a method may use. ``model`` is a private copy of the original: change it freely.
+    """Everything a method may use, and nothing else. ``model`` is a private copy of the
+    original: change it freely (its device is the run's).
 
     Attributes:
-        model: the original model's copy, on ``device``.
-        model_name: RecBole model name (e.g. ``LightGCN``).
+        model: the original model's copy.
+        model_name: RecBole model name (e.g. ``LightGCN``), for messages.
         train_ds / retain_ds / forget_ds: train split, ``D \\ D_t`` and ``D_t`` (same ids).
         request_index: rows of ``train_ds.inter_feat`` that form D_t (int64 numpy array).
-        device: the model's device.
         train_fresh: ``train_fresh(train_ds, tag) -> (model, info)`` trains a new model of the
-            same class with the run's config, seed, epoch budget and early stopping.
-        valid_score: ``valid_score(model) -> float``, validation NDCG@10 with the retained
-            history masked (for guards and step searches; never the test split).
-        forget_ranks: ``forget_ranks(model) -> np.ndarray`` ranks of D_t pairs under ``model``
-            with only retained history masked (for calibration against a viewing threshold).
+            same class with the run's config, seed, epoch budget and early stopping (retrain,
+            the partition methods).
         seed: the run's seed.
-        valid_ds: the validation split (for guards; never the test split).
-        valid_ndcg_sum: the original's validation NDCG@10 summed over the validation users.
+        valid_ds: the validation split (the step calibration's guard; never the test split).
         make_train_loader: ``make_train_loader(ds)`` a RecBole training loader over ``ds`` (with
             the run's negative sampling and batch size), for methods that train.
         train_batch_size: the run's training batch size (a loss defined per batch, such as
@@ -51,13 +47,9 @@ class UnlearnTask:
     retain_ds: Any
     forget_ds: Any
     request_index: np.ndarray
-    device: torch.device
-    train_fresh: Callable[..., tuple[nn.Module, dict]]
-    valid_score: Callable[[nn.Module], float]
-    forget_ranks: Callable[[nn.Module], np.ndarray]
+    train_fresh: Callable[..., tuple[nn.Module, dict]] | None = None
     seed: int = 2020
     valid_ds: Any = None
-    valid_ndcg_sum: float | None = None
     make_train_loader: Callable[[Any], Any] | None = None
     train_batch_size: int = 2048
 

@@ -42,6 +42,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import init_seed
 from recbole.utils.argument_list import dataset_arguments
 
+from recbole_unrank.device import config_device, model_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.models import get_model
 
@@ -554,18 +555,11 @@ def adopt_checkpoint_config(config, ckpt: dict, path: str = "checkpoint") -> Non
 
 
 # --------------------------------------------------------------------------- models
-def _device(config) -> torch.device:
-    """The device ``config`` asks for, available here: CUDA when ``gpu_id`` selects one and
-    CUDA is present, else the CPU (a checkpoint written on a GPU machine loads on a CPU one)."""
-    gpu_id = str(config["gpu_id"] if config["gpu_id"] is not None else "")
-    return torch.device("cuda") if gpu_id and torch.cuda.is_available() else torch.device("cpu")
-
-
 def load_other_parameter(model, other: dict | None) -> None:
     """RecBole's ``load_other_parameter`` without the caches, tensors on the model's device."""
     if not other:
         return
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     other = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in other.items() if k not in _CACHES}
     model.load_other_parameter(other)
     for key in _CACHES:
@@ -734,7 +728,7 @@ def load_unlearned(path: str, trust: bool = False, gpu_id: str | None = None):
     config = ckpt["config"]
     if gpu_id is not None:
         config["gpu_id"] = str(gpu_id)
-    config["device"] = _device(config)
+    config["device"] = config_device(config)
     if not os.path.isfile(_inter_file(config)):
         raise UnrankError(f"checkpoint '{path}' was trained on {_inter_file(config)}, which does not "
                           "exist here: load it from the folder the run was started in")

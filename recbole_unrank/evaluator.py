@@ -20,6 +20,7 @@ import torch
 from recbole_unrank import measures
 from recbole_unrank import metrics as unrank_metrics
 from recbole_unrank.data import Data, make_forget_loader, make_loaders, request_seed
+from recbole_unrank.device import model_device
 from recbole_unrank.request import ForgetRequest
 
 __all__ = ["Evaluator", "REFERENCE_METRICS", "score_users", "log_row"]
@@ -181,7 +182,7 @@ def score_users(model, users) -> torch.Tensor:
     ``full_sort_predict``, or ``predict`` over every item for models without it."""
     from recbole.data.interaction import Interaction
 
-    device = unrank_metrics._model_device(model, None)
+    device = model_device(model)
     users = torch.as_tensor(np.asarray(users), dtype=torch.long, device=device)
     inter = Interaction({model.USER_ID: users})
     model.eval()

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from recbole_unrank import compat  # noqa: F401  (must run before RecBole is imported)
+from recbole_unrank.device import model_device
 
 import numpy as np
 import torch
@@ -460,15 +461,11 @@ class UnrankCollector(Collector):
 # --------------------------------------------------------------------------------------------
 
 
-def _model_device(model: torch.nn.Module, loader) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
+def _loader_device(loader) -> torch.device | None:
     try:
-        return torch.device(loader.config["device"])
-    except (KeyError, TypeError):
-        return torch.device("cpu")
+        return loader.config["device"]
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 def _predict_all_items(model, interaction, item_tensor, n_items: int, chunk: int):
@@ -558,7 +555,7 @@ def evaluate_loader(
         if _register.metric_types[m] != EvaluatorType.RANKING:
             raise ValueError(f"Metric '{m}' is not a ranking metric; full-sort evaluation only")
     if device is None:
-        device = _model_device(model, loader)
+        device = model_device(model, _loader_device(loader))
     device = torch.device(device)
 
     cfg = _eval_config(loader, metrics, topk, device)

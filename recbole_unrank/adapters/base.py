@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from recbole_unrank.device import model_device
+
 __all__ = ["ModelAdapter", "AdapterError", "TrainingLoss"]
 
 
@@ -72,7 +74,7 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     # ---- scoring -------------------------------------------------------------------------
     def params(self) -> list[torch.Tensor]:

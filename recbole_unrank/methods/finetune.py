@@ -25,6 +25,7 @@ from torch import nn
 from recbole.utils import init_seed
 
 from recbole_unrank.adapters import get_adapter
+from recbole_unrank.device import model_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 
@@ -34,12 +35,6 @@ logger = logging.getLogger("recbole_unrank")
 
 
 # --------------------------------------------------------------------------- helpers
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def use_training_data(model: nn.Module, ds) -> None:
     """Make ``model``'s data-derived state that of ``ds`` (a train split with the original ids).
 
@@ -48,7 +43,7 @@ def use_training_data(model: nn.Module, ds) -> None:
     recounted on ``ds``, so that one epoch over ``ds`` sums to WMF's loss on ``ds``. Caches
     are cleared.
     """
-    device = _device(model)
+    device = model_device(model)
     users = ds.inter_feat[ds.uid_field].long().to(device)
     items = ds.inter_feat[ds.iid_field].long().to(device)
     adapter = get_adapter(model)
@@ -118,7 +113,7 @@ class FineTune(UnlearningMethod):
         use_training_data(model, task.retain_ds)
         loader = task.make_train_loader(task.retain_ds)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        device = _device(model)
+        device = model_device(model)
         model.train()
         steps, last = 0, float("nan")
         for _ in range(self.epochs):
@@ -170,7 +165,7 @@ class NegGrad(UnlearningMethod):
         retain_loader = task.make_train_loader(task.retain_ds)
         forget_batches = _endless(task.make_train_loader(task.forget_ds))
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        device = _device(model)
+        device = model_device(model)
         params = [p for p in model.parameters() if p.requires_grad]
         model.train()
         steps, stopped = 0, None

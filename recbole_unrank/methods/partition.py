@@ -37,6 +37,7 @@ from torch import nn
 from recbole.data.interaction import Interaction
 
 from recbole_unrank.adapters import AdapterError, DotProductAdapter, LightGCNAdapter, get_adapter
+from recbole_unrank.device import model_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.models.ensemble import ShardEnsemble
@@ -265,7 +266,7 @@ class PartitionMethod(UnlearningMethod):
         t1 = time.perf_counter()
         weights = self.aggregate(task, live, shard_ids, task.retain_ds)
         aggregate_s = time.perf_counter() - t1
-        ensemble = ShardEnsemble.of(live, weights.to(next(live[0].parameters()).device))
+        ensemble = ShardEnsemble.of(live, weights.to(model_device(live[0])))
         ensemble.eval()
         unlearn_s = time.perf_counter() - t0
 
@@ -387,7 +388,7 @@ class RecEraser(PartitionMethod):
     def aggregate(
         self, task: UnlearnTask, models: list[nn.Module], shard_ids: list[int], ds
     ) -> torch.Tensor:
-        device = next(models[0].parameters()).device
+        device = model_device(models[0])
         try:
             reps = torch.stack([get_adapter(m).final_embeddings()[0].float() for m in models], 1)
         except AdapterError as exc:

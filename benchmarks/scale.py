@@ -336,9 +336,7 @@ def _task(model, model_name, train_ds, request, data, seed, valid_sum):
 
     return UnlearnTask(
         model=model, model_name=model_name, train_ds=train_ds, retain_ds=None, forget_ds=None,
-        request_index=request.index, device=next(model.parameters()).device,
-        train_fresh=None, valid_score=None, forget_ranks=None, seed=seed,
-        valid_ds=data.valid_ds, valid_ndcg_sum=valid_sum,
+        request_index=request.index, seed=seed, valid_ds=data.valid_ds,
     )
 
 

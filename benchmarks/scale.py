@@ -45,7 +45,6 @@ import cProfile
 import gc
 import hashlib
 import json
-import math
 import os
 import pstats
 import resource
@@ -285,29 +284,19 @@ def _rows_by_user(ds):
 
 def _valid_ndcg_sum(adapter, data, n_sample: int, seed: int) -> float:
     """The original's validation NDCG@10 summed over the validation users (the calibration
-    guard's reference), estimated on a sample of validation users and scaled up."""
+    guard's reference), estimated on a sample of validation users and scaled up
+    (``recbole_unrank.stream.user_ndcg``: train history masked)."""
     import numpy as np
-    import torch
 
-    from recbole_unrank.influence import RankProbe
+    from recbole_unrank.stream import user_ndcg
 
-    tu, ti, order, starts = _rows_by_user(data.train_ds)
-    vu = data.valid_ds.inter_feat[data.valid_ds.uid_field].numpy()
-    vi = data.valid_ds.inter_feat[data.valid_ds.iid_field].numpy()
-    v_users = np.unique(vu)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(v_users, size=min(n_sample, v_users.size), replace=False))
-    total = 0.0
-    for chunk in np.array_split(pick, max(1, math.ceil(pick.size / 256))):
-        row_of = {int(u): k for k, u in enumerate(chunk)}
-        h = np.concatenate([order[starts[u]:starts[u + 1]] for u in chunk])
-        vm = np.isin(vu, chunk)
-        hr = torch.as_tensor([row_of[int(x)] for x in tu[h]], dtype=torch.long)
-        vr = torch.as_tensor([row_of[int(x)] for x in vu[vm]], dtype=torch.long)
-        probe = RankProbe(len(chunk), hr, torch.as_tensor(ti[h]), torch.empty(0, dtype=torch.long),
-                          torch.empty(0, dtype=torch.long), vr, torch.as_tensor(vi[vm]))
-        scores = adapter.user_scores(torch.as_tensor(chunk, dtype=torch.long))
-        total += float(probe.valid_ndcg(scores, 10).sum())
+    def pairs(ds):
+        return ds.inter_feat[ds.uid_field].numpy(), ds.inter_feat[ds.iid_field].numpy()
+
+    valid = pairs(data.valid_ds)
+    v_users = np.unique(valid[0])
+    pick = np.sort(np.random.default_rng(seed).choice(v_users, size=min(n_sample, v_users.size), replace=False))
+    total = float(user_ndcg(adapter, pick, pairs(data.train_ds), valid).sum())
     adapter.invalidate()
     return total * v_users.size / pick.size
 

@@ -389,3 +389,20 @@ def test_weighted_and_metric_objectives():
     assert not h.bigger
     t = tuning.Objective.from_config(_cfg(unrank_tune_objective="metric:mean_rank:min"))
     assert not t.bigger
+
+
+# ------------------------------------------------------------------------------ python API
+def test_python_api_returns_best_json(search, tmp_path, monkeypatch):
+    """``recbole_unrank.run_unrank_hyper``: the same search from Python (the first search's
+    original, no training), best.json's record returned with the run folder."""
+    import recbole_unrank as ru
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["x", "--unrank_tune_utility_floor=100"])  # the API does not read sys.argv
+    result = ru.run_unrank_hyper(model=MODEL, dataset=DATASET, config_file_list=[str(_cpu_yaml(tmp_path))],
+                                 config_dict={"unrank_tune_utility_floor": 1e-6}, params_file=str(search["space"]),
+                                 checkpoint=str(search["run_dir"] / "original.pth"))
+    folder = Path(result.pop("run_dir"))
+    assert result == json.loads((folder / "best.json").read_text(encoding="utf-8"))
+    assert result["search"]["trials"] == 2 and result["best"] is not None
+    assert (folder / "best.yaml").is_file()

@@ -12,32 +12,9 @@ Selection never looks at the test split. A trial is scored on the **validation**
 the chosen settings are then run once more, with the defaults beside them, and only those two
 runs are evaluated on test.
 
-Objective (``unrank_tune_objective``; every objective is a loss, lower is better):
-
-* ``constrained`` (default): minimise ``forget_hit@10`` subject to
-  ``valid NDCG@10 >= unrank_tune_utility_floor x`` the original's validation NDCG@10 (both
-  measured with the same retained-history loader). Ties on ``forget_hit@10`` go to the higher
-  validation NDCG@10. An infeasible trial scores ``1000 + shortfall`` (worse than every feasible
-  one, and ordered by how far it misses the floor, which guides TPE); it is never chosen as
-  best. A trial that fails (settings the method refuses, or an exception in the method) is
-  recorded as an error trial and scores ``1e6``; the search goes on.
-* ``weighted``: ``unrank_tune_weight x forget_hit@10 - valid NDCG@10 / original's`` (no floor).
-* ``metric:<name>[:min|max]``: one reported measure, in its own direction unless told:
-  ``forget_*`` and ``time_s`` are minimised, ``mean_rank``, ``rdr``, ``urr``,
-  ``rank_decline_ratio`` and the validation utility metrics (``ndcg@10``, ``recall@20``, ...,
-  optionally written ``valid.ndcg@10``) maximised; maximised measures enter the loss negated.
-
-Params files use RecBole's format (``recbole.trainer.HyperTuning``), one setting a line::
-
-    unrank_damping loguniform -6.9,0        # exp(U(-6.9, 0)): 1e-3 .. 1
-    unrank_hops choice [1,2,3]
-    unrank_step_floor choice [0.0,1.0]
-    unrank_view_share uniform 0,0.2
-
-(``#`` comment lines and blank lines are allowed here; RecBole's own parser does not accept
-comments.) Only ``unrank_*`` settings of the tuned method may be searched; the file is checked
-completely, and every value it can produce (choices, range ends) is checked by the method,
-before anything runs or is written.
+The objective (``unrank_tune_objective``: constrained, weighted, metric:<name>) is described in
+:mod:`~recbole_unrank.tuning.objective`, the params file (RecBole's format) in
+:mod:`~recbole_unrank.tuning.space`.
 
 Outputs (the run folder ``<unrank_output_dir>/<model>-<dataset>-hyper-<time>``): ``trials.csv``
 and ``trials.md`` (every trial's settings and measures), ``best.yaml`` (``unrank_method`` and the

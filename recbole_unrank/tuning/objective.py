@@ -1,6 +1,22 @@
 """What one trial is worth: its measures (validation utility, request forget measures) become
 one loss, lower is better, and a feasibility flag. The settings are read from the config
-(``unrank_tune_*``); the request seed must be a design seed (:func:`check_design_seed`)."""
+(``unrank_tune_*``); the request seed must be a design seed (:func:`check_design_seed`).
+
+Objective (``unrank_tune_objective``; every objective is a loss, lower is better):
+
+* ``constrained`` (default): minimise ``forget_hit@10`` subject to
+  ``valid NDCG@10 >= unrank_tune_utility_floor x`` the original's validation NDCG@10 (both
+  measured with the same retained-history loader). Ties on ``forget_hit@10`` go to the higher
+  validation NDCG@10. An infeasible trial scores ``1000 + shortfall`` (worse than every feasible
+  one, and ordered by how far it misses the floor, which guides TPE); it is never chosen as
+  best. A trial that fails (settings the method refuses, or an exception in the method) is
+  recorded as an error trial and scores ``1e6``; the search goes on.
+* ``weighted``: ``unrank_tune_weight x forget_hit@10 - valid NDCG@10 / original's`` (no floor).
+* ``metric:<name>[:min|max]``: one reported measure, in its own direction unless told:
+  ``forget_*`` and ``time_s`` are minimised, ``mean_rank``, ``rdr``, ``urr``,
+  ``rank_decline_ratio`` and the validation utility metrics (``ndcg@10``, ``recall@20``, ...,
+  optionally written ``valid.ndcg@10``) maximised; maximised measures enter the loss negated.
+"""
 
 from __future__ import annotations
 
@@ -61,16 +77,8 @@ def check_design_seed(config) -> int:
 
 @dataclass
 class Objective:
-    """How a trial's measures become one loss (lower is better), and whether it is feasible.
-
-    * ``constrained``: minimise ``forget_hit@10`` subject to valid NDCG@10 >= ``floor`` x the
-      original's; ties go to the higher validation NDCG@10 (``- TIE_WEIGHT x ratio``: smaller
-      than one forget pair on any request under a million pairs); a trial below the floor
-      scores ``INFEASIBLE_LOSS + shortfall`` (ordered by how far it misses, which guides TPE);
-    * ``weighted``: ``weight x forget_hit@10 - valid NDCG@10 / original's``;
-    * ``metric``: one reported measure, negated when larger is better.
-
-    A trial that failed scores ``ERROR_LOSS`` and is never feasible."""
+    """How a trial's measures become one loss (lower is better), and whether it is feasible
+    (the kinds: this module's docstring)."""
 
     kind: str                      # constrained | weighted | metric
     floor: float = 0.97

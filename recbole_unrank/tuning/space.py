@@ -1,6 +1,18 @@
-"""The search space and the search's options: a RecBole params file parsed and checked
-(``name distribution values``, one setting a line), and the same space for hyperopt (through
-RecBole's ``HyperTuning``) and for Ray Tune."""
+"""The search space and the search's options: a RecBole params file parsed and checked, and
+the same space for hyperopt (through RecBole's ``HyperTuning``) and for Ray Tune.
+
+Params files use RecBole's format (``recbole.trainer.HyperTuning``), one setting a line::
+
+    unrank_damping loguniform -6.9,0        # exp(U(-6.9, 0)): 1e-3 .. 1
+    unrank_hops choice [1,2,3]
+    unrank_step_floor choice [0.0,1.0]
+    unrank_view_share uniform 0,0.2
+
+(``#`` comment lines and blank lines are allowed here; RecBole's own parser does not accept
+comments.) Only ``unrank_*`` settings of the tuned method may be searched; the file is checked
+completely, and every value it can produce (choices, range ends) is checked by the method,
+before anything runs or is written.
+"""
 
 from __future__ import annotations
 

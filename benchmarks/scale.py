@@ -71,7 +71,7 @@ GEN_OVERSHOOT = 1.04
 REQUEST_INTERACTIONS = 10
 # --quick: every part, small, on the tiny dataset instead of ml-100k (no synthetic set)
 QUICK = {"sizes": "", "models": "WMF,LightGCN", "small": "tiny", "users": 2, "steps": 2, "epochs_100k": 2,
-         "valid_sample": 50, "successive_models": "WMF,LightGCN", "parts": "latency,successive"}
+         "successive_models": "WMF,LightGCN", "parts": "latency,successive"}
 
 
 # =========================================================================== small helpers
@@ -282,25 +282,6 @@ def _rows_by_user(ds):
     return u, i, order, starts
 
 
-def _valid_ndcg_sum(adapter, data, n_sample: int, seed: int) -> float:
-    """The original's validation NDCG@10 summed over the validation users (the calibration
-    guard's reference), estimated on a sample of validation users and scaled up
-    (``recbole_unrank.stream.user_ndcg``: train history masked)."""
-    import numpy as np
-
-    from recbole_unrank.stream import user_ndcg
-
-    def pairs(ds):
-        return ds.inter_feat[ds.uid_field].numpy(), ds.inter_feat[ds.iid_field].numpy()
-
-    valid = pairs(data.valid_ds)
-    v_users = np.unique(valid[0])
-    pick = np.sort(np.random.default_rng(seed).choice(v_users, size=min(n_sample, v_users.size), replace=False))
-    total = float(user_ndcg(adapter, pick, pairs(data.train_ds), valid).sum())
-    adapter.invalidate()
-    return total * v_users.size / pick.size
-
-
 def _neighbourhood_share(model, pairs):
     """LightGCN with a prepared graph: the share of the adjacency's entries in the rows of the
     request endpoints' neighbours (what an exact update of the second layer must cross)."""
@@ -319,7 +300,7 @@ def _neighbourhood_share(model, pairs):
     return int((st.crow[nb + 1] - st.crow[nb]).sum()) / max(1, st.adj._nnz())
 
 
-def _task(model, model_name, train_ds, request, data, seed, valid_sum):
+def _task(model, model_name, train_ds, request, data, seed):
     """The method's input, as the pipeline builds it for one request (no evaluation hooks)."""
     from recbole_unrank.methods import UnlearnTask
 
@@ -334,10 +315,10 @@ class Requests:
     (users with at least ``min_rows`` train rows), ``REQUEST_INTERACTIONS`` random train rows
     each; each answered on a private copy of the model and measured (:meth:`measure`)."""
 
-    def __init__(self, method, model, config, data, valid_sum, seed: int, min_rows: int):
+    def __init__(self, method, model, config, data, seed: int, min_rows: int):
         import numpy as np
 
-        self.method, self.model, self.config, self.data, self.valid_sum = method, model, config, data, valid_sum
+        self.method, self.model, self.config, self.data = method, model, config, data
         self.by_user = _rows_by_user(data.train_ds)
         deg = np.diff(self.by_user[3])
         self.pool = np.flatnonzero(deg >= min_rows)
@@ -353,7 +334,7 @@ class Requests:
                                                replace=False) for x in chosen])
         return u[rows], i[rows]
 
-    def measure(self, n_users: int, seed: int, profile: bool = False, valid_sum="model") -> dict:
+    def measure(self, n_users: int, seed: int, profile: bool = False) -> dict:
         """One request of ``n_users`` users: the method's time and stages, the lookup, the
         process's peak memory during the call, and (``profile``) its top functions."""
         from recbole_unrank.request import request_from_pairs
@@ -364,8 +345,7 @@ class Requests:
         request = request_from_pairs(data.train_ds, pairs[0], pairs[1], "file")
         lookup_s = time.perf_counter() - t0
         share = _neighbourhood_share(self.model, pairs)
-        task = _task(copy.deepcopy(self.model), config["model"], data.train_ds, request, data, seed,
-                     self.valid_sum if valid_sum == "model" else valid_sum)
+        task = _task(copy.deepcopy(self.model), config["model"], data.train_ds, request, data, seed)
         prof = cProfile.Profile() if profile else None
         with PeakMeter() as mem:
             if prof:
@@ -414,7 +394,7 @@ def _graph_preparation(requests: Requests, spec: dict, out: dict) -> None:
     then the preparation alone on the model itself (timed), which every later request reuses."""
     from recbole_unrank.adapters import get_adapter
 
-    cold = [requests.measure(1, spec["seed"] + 500 + k, valid_sum=None) for k in range(spec.get("cold_requests", 3))]
+    cold = [requests.measure(1, spec["seed"] + 500 + k) for k in range(spec.get("cold_requests", 3))]
     out["cold"] = cold
     out["cold_summary"] = {"time_s": quantiles([r["time_s"] for r in cold]),
                            "peak_bytes": quantiles([r["peak_bytes"] for r in cold])}
@@ -481,7 +461,7 @@ def _successive(method, model0, config, data, spec, out):
         ci = current.inter_feat[current.iid_field].numpy()
         pick = rng.choice(np.flatnonzero(cu == user), size=REQUEST_INTERACTIONS, replace=False)
         request = request_from_pairs(current, cu[pick], ci[pick], "file")
-        result = method(_task(model, config["model"], current, request, data, spec["seed"] + k, out["valid_ndcg_sum"]))
+        result = method(_task(model, config["model"], current, request, data, spec["seed"] + k))
         model = result.model
         keep = np.ones(len(current.inter_feat), dtype=bool)
         keep[request.index] = False
@@ -520,7 +500,6 @@ def worker(spec: dict) -> dict:
 
     import recbole_unrank  # noqa: F401
     from recbole_unrank import pipeline
-    from recbole_unrank.adapters import get_adapter
     from recbole_unrank.methods import METHODS
 
     _silence()
@@ -547,11 +526,10 @@ def worker(spec: dict) -> dict:
         method = cls(**pipeline.method_settings(config, cls))
 
         def requests(seed, min_rows):
-            return Requests(method, model, config, data, out.get("valid_ndcg_sum"), seed, min_rows)
+            return Requests(method, model, config, data, seed, min_rows)
 
         if hasattr(model, "norm_adj_matrix") and "latency" in parts:
             _graph_preparation(requests(spec["seed"] + 3, REQUEST_INTERACTIONS), spec, out)
-        out["valid_ndcg_sum"] = _valid_ndcg_sum(get_adapter(model), data, spec["valid_sample"], spec["seed"])
         if "latency" in parts:
             single = requests(spec["seed"], 2 * REQUEST_INTERACTIONS)
             if single.pool.size < spec["users"] + 1:  # a small dataset: users with fewer rows too
@@ -691,7 +669,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-100k", type=float, default=None, help="learning rate on ml-100k (default: project config)")
     p.add_argument("--synth-epochs", type=int, default=1)
     p.add_argument("--synth-batch", type=int, default=131072)
-    p.add_argument("--valid-sample", type=int, default=2000)
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
     p.add_argument("--retrain-originals", action="store_true", help="train the ml-100k originals again")
@@ -729,7 +706,7 @@ def _spec_base(args) -> dict:
         "request_size_limits": limits, "growth_dataset": synth_name(growth) if "growth" in parts else None,
         "steps": args.steps, "successive_models": [m.strip() for m in args.successive_models.split(",")],
         "epochs_100k": args.epochs_100k, "lr_100k": args.lr_100k, "synth_epochs": args.synth_epochs,
-        "synth_batch": args.synth_batch, "valid_sample": args.valid_sample, "seed": args.seed,
+        "synth_batch": args.synth_batch, "seed": args.seed,
         "threads": args.threads, "retrain_originals": args.retrain_originals, "work": args.work,
         "small": QUICK["small"] if args.quick else "ml-100k",
     }

@@ -540,11 +540,12 @@ def _settings(results: dict) -> list[str]:
          "- Memory: `VmHWM` reset before each request (`/proc/self/clear_refs`), read after; glibc's mmap "
          "threshold pinned to 1 MiB in the workers so freed tensors are returned and each point starts clean. "
          "One fresh worker process per dataset.",
-         f"- Calibration guard reference (`valid_ndcg_sum`): the original's validation NDCG@10 summed over "
-         f"validation users, estimated on {a['valid_sample']} sampled validation users (computed once per model, "
-         "not timed).",
          "- The machine is shared: other jobs were running (see the load averages above), so absolute times are "
          "noisy and likely pessimistic.", ""]
+    if "valid_sample" in a:  # older records: the guard's reference was estimated for the method
+        L.insert(-2, f"- Calibration guard reference (`valid_ndcg_sum`): the original's validation NDCG@10 summed "
+                     f"over validation users, estimated on {a['valid_sample']} sampled validation users (computed "
+                     "once per model, not timed).")
     changes = results.get("package_changes")
     if changes:  # older records list the package changes of their issue
         L += ["## What changed in the package for this issue", ""] + [f"- {c}" for c in changes] + [""]

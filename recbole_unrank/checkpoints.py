@@ -42,7 +42,8 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import init_seed
 from recbole.utils.argument_list import dataset_arguments
 
-from recbole_unrank.device import config_device, model_device
+from recbole_unrank.adapters import get_adapter
+from recbole_unrank.device import config_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.models import get_model
 
@@ -82,8 +83,6 @@ TRAINING_KEYS = (
     "train_batch_size", "learner", "weight_decay", "clip_grad_norm", "train_neg_sample_args",
 )
 _DERIVED_TRAINING_KEYS = {"valid_metric": ("valid_metric_bigger",)}
-# Caches a model rebuilds on demand: never saved, dropped on load (stale after any change).
-_CACHES = ("restore_user_e", "restore_item_e")
 
 
 # --------------------------------------------------------------------------- writing
@@ -555,18 +554,6 @@ def adopt_checkpoint_config(config, ckpt: dict, path: str = "checkpoint") -> Non
 
 
 # --------------------------------------------------------------------------- models
-def load_other_parameter(model, other: dict | None) -> None:
-    """RecBole's ``load_other_parameter`` without the caches, tensors on the model's device."""
-    if not other:
-        return
-    device = model_device(model)
-    other = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in other.items() if k not in _CACHES}
-    model.load_other_parameter(other)
-    for key in _CACHES:
-        if hasattr(model, key):
-            setattr(model, key, None)
-
-
 def load_checkpoint(config, ckpt: dict, train_ds, path: str = "checkpoint"):
     """Build the model on ``train_ds`` and load ``ckpt`` into it, checking it matches."""
     old = ckpt["config"]
@@ -593,20 +580,9 @@ def load_checkpoint(config, ckpt: dict, train_ds, path: str = "checkpoint"):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise UnrankError(f"checkpoint '{path}' does not fit {config['model']}: {str(exc).splitlines()[0]}") from None
-    load_other_parameter(model, ckpt.get("other_parameter"))
+    get_adapter(model).load_extras(ckpt.get("other_parameter"))
     model.eval()
     return model
-
-
-def _model_extras(model) -> dict:
-    """``other_parameter`` to save: the model's own minus caches, plus the (retained) graph."""
-    other = model.other_parameter() if hasattr(model, "other_parameter") else None
-    other = {k: v for k, v in dict(other or {}).items() if k not in _CACHES}
-    if hasattr(model, "norm_adj_matrix"):
-        # on the model's device, like the state_dict: RecBole's load_data_and_model restores it
-        # there; this package's loaders move it to wherever the model is built.
-        other["norm_adj_matrix"] = model.norm_adj_matrix.detach()
-    return other
 
 
 def _fresh_optimizer_state(model, config) -> dict:
@@ -654,7 +630,7 @@ def save_checkpoint(model, config, path: str, extra: dict | None = None) -> str:
         "cur_step": 0,
         "best_valid_score": -math.inf if bigger is None or bigger else math.inf,
         "state_dict": model.state_dict(),
-        "other_parameter": _model_extras(model) or None,
+        "other_parameter": get_adapter(model).checkpoint_extras() or None,
         "optimizer": _fresh_optimizer_state(model, config),
         "unrank": {"fingerprint": data_fingerprint(config), **(extra or {})},
     }
@@ -744,7 +720,7 @@ def load_unlearned(path: str, trust: bool = False, gpu_id: str | None = None):
     init_seed(config["seed"], config["reproducibility"])
     model = model_class(config, retain_ds).to(config["device"])
     model.load_state_dict(ckpt["state_dict"])
-    load_other_parameter(model, ckpt.get("other_parameter"))
+    get_adapter(model).load_extras(ckpt.get("other_parameter"))
     model.eval()
     train_data, valid_data, test_data = make_loaders(config, data, retain_ds)
     return config, model, data.dataset, train_data, valid_data, test_data

@@ -500,13 +500,16 @@ def test_cuda_checkpoint_loads_on_cpu_machine(unlearned_run, tmp_path):
 
 def test_other_parameter_moves_to_model_device(unlearned_run):
     """The adjacency follows the model (a CPU-saved graph on a CUDA model, and back)."""
-    work, model_name, rows, _ = unlearned_run
+    import copy
+
+    from recbole_unrank.adapters import get_adapter
+
+    work, model_name, rows, models = unlearned_run
     if model_name != "LightGCN":
         pytest.skip("LightGCN only")
     ckpt = C.read_checkpoint(rows["l2unrank"]["checkpoint"])
-    model = torch.nn.Linear(1, 1).to("meta")  # any device other than the tensors'
-    model.load_other_parameter = lambda para: [setattr(model, k, v) for k, v in para.items()]
-    C.load_other_parameter(model, {"norm_adj_matrix": ckpt["other_parameter"]["norm_adj_matrix"].to_dense()})
+    model = copy.deepcopy(models["l2unrank"]).to("meta")  # any device other than the tensors'
+    get_adapter(model).load_extras({"norm_adj_matrix": ckpt["other_parameter"]["norm_adj_matrix"].to_dense()})
     assert model.norm_adj_matrix.device.type == "meta"
 
 

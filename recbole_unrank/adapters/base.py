@@ -8,6 +8,11 @@ model after its parameters or graph change. Two optional capabilities make L2UnR
   a few users over all items under a tentative delta (for the step calibration);
 * **graph**: propagate over a given edge set (the scope subgraph) during an update.
 
+It also owns the model's data-derived state (the graph, WMF's per-user degrees: given the
+retained pairs by :meth:`ModelAdapter.use_training_data`), which of its tables are user or
+item embedding rows, and what a checkpoint stores beside the ``state_dict``
+(:meth:`ModelAdapter.checkpoint_extras`, :meth:`ModelAdapter.load_extras`).
+
 Every tensor stays on the model's device.
 """
 
@@ -19,9 +24,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from recbole.data.interaction import Interaction
+
 from recbole_unrank.device import model_device
 
-__all__ = ["ModelAdapter", "AdapterError", "TrainingLoss"]
+__all__ = ["ModelAdapter", "AdapterError", "TrainingLoss", "CACHES"]
+
+#: RecBole's caches of final embeddings (rebuilt on demand): never saved, stale after any change.
+CACHES = ("restore_user_e", "restore_item_e")
+#: Pairs scored per ``predict`` call by :meth:`ModelAdapter.pair_scorer`.
+PAIR_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class ModelAdapter:
     #: A user-block step also changes other users' scores (graph propagation): the step
     #: calibration's utility guard must then look at other users too.
     moves_other_users: bool = False
+    #: ``predict`` is the dot product of :meth:`final_embeddings` (WMF, BPR, LightGCN).
+    dot_product: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -93,6 +107,47 @@ class ModelAdapter:
     def user_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` over all items, [U, n_items] (item 0 is RecBole's padding)."""
         raise NotImplementedError
+
+    def pair_scorer(self):
+        """``score(users, items) -> [n]`` (float, no gradients), equal to ``model.predict``, for
+        scoring many pairs with a fixed model: from the final embeddings, computed once, for a
+        :attr:`dot_product` model (LightGCN's ``predict`` would propagate the graph on every
+        call); else ``predict`` in chunks."""
+        if self.dot_product:
+            user_e, item_e = self.final_embeddings()
+            return lambda users, items: (user_e[users] * item_e[items]).sum(-1).float()
+        model = self.model
+
+        @torch.no_grad()
+        def score(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            model.eval()
+            out = [model.predict(Interaction({model.USER_ID: users[s:s + PAIR_CHUNK],
+                                              model.ITEM_ID: items[s:s + PAIR_CHUNK]})).view(-1).float()
+                   for s in range(0, users.numel(), PAIR_CHUNK)]
+            return torch.cat(out) if out else users.new_zeros(0, dtype=torch.float)
+
+        return score
+
+    def row_tables(self, params: list[torch.Tensor]) -> list[tuple[int, str]]:
+        """The embedding tables among ``params`` whose rows are users or items: ``(index into
+        params, "user" | "item")`` for each ``nn.Embedding`` with ``n_users`` or ``n_items`` rows
+        (when ``n_users == n_items`` the module name decides)."""
+        where = {id(p): k for k, p in enumerate(params)}
+        found = []
+        for name, module in self.model.named_modules():
+            if not isinstance(module, nn.Embedding) or id(module.weight) not in where:
+                continue
+            rows, lname = module.num_embeddings, name.lower()
+            if rows == self.n_users and rows != self.n_items:
+                kind = "user"
+            elif rows == self.n_items and rows != self.n_users:
+                kind = "item"
+            elif rows == self.n_users == self.n_items and ("user" in lname) != ("item" in lname):
+                kind = "user" if "user" in lname else "item"
+            else:
+                continue
+            found.append((where[id(module.weight)], kind))
+        return found
 
     def training_loss(self, users: torch.Tensor, items: torch.Tensor, batch_size: int) -> TrainingLoss:
         """The model's own training loss (summed over rows; ``users``/``items``: the train rows,
@@ -149,6 +204,12 @@ class ModelAdapter:
         raise NotImplementedError
 
     # ---- state ---------------------------------------------------------------------------
+    def use_training_data(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Make the model's data-derived state that of these train pairs (the retained ones,
+        before training goes on): a graph model's graph; then :meth:`invalidate`."""
+        self.set_graph(users, items)
+        self.invalidate()
+
     def set_graph(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Give a graph model the interaction graph made of these pairs (no-op otherwise)."""
 
@@ -165,6 +226,29 @@ class ModelAdapter:
 
     def invalidate(self) -> None:
         """Clear every cache that a parameter change made stale. The one place it happens."""
-        for name in ("restore_user_e", "restore_item_e"):
+        for name in CACHES:
             if hasattr(self.model, name):
                 setattr(self.model, name, None)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def checkpoint_extras(self) -> dict:
+        """What a checkpoint stores in ``other_parameter``: the model's own
+        ``other_parameter()`` without caches, plus the (retained) graph of a RecBole graph model
+        (``norm_adj_matrix``), on the model's device like the ``state_dict`` (RecBole's
+        ``load_data_and_model`` restores it there; :meth:`load_extras` moves it)."""
+        own = self.model.other_parameter() if hasattr(self.model, "other_parameter") else None
+        extras = {k: v for k, v in dict(own or {}).items() if k not in CACHES}
+        if hasattr(self.model, "norm_adj_matrix"):
+            extras["norm_adj_matrix"] = self.model.norm_adj_matrix.detach()
+        return extras
+
+    def load_extras(self, extras: dict | None) -> None:
+        """RecBole's ``load_other_parameter`` of a checkpoint's ``extras``, tensors on the
+        model's device, caches left out (and cleared)."""
+        if not extras:
+            return
+        device = self.device
+        extras = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in extras.items()
+                  if k not in CACHES}
+        self.model.load_other_parameter(extras)
+        self.invalidate()

@@ -364,6 +364,7 @@ class LightGCNAdapter(ModelAdapter):
     pairwise = True
     supports_user_blocks = True
     is_graph = True
+    dot_product = True
     #: False: a request rebuilds the retained graph and propagates over all of it (the path
     #: before local updates; kept as the reference the scale benchmark times beside them).
     local_updates = True

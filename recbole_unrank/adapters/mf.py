@@ -15,6 +15,7 @@ class DotProductAdapter(ModelAdapter):
     """``y_ui = p_u . q_i`` with ``user_embedding`` / ``item_embedding`` (WMF, BPR, ...)."""
 
     supports_user_blocks = True
+    dot_product = True
 
     def __init__(self, model: nn.Module, pairwise: bool):
         super().__init__(model)
@@ -35,6 +36,15 @@ class DotProductAdapter(ModelAdapter):
     @torch.no_grad()
     def user_scores(self, users):
         return self.P[users] @ self.Q.T
+
+    def use_training_data(self, users, items) -> None:
+        """WMF splits its whole-data term over each user's interactions by the user's degree
+        (``user_degree``): recounted on these pairs, one epoch over them sums to WMF's loss on
+        them."""
+        degree = getattr(self.model, "user_degree", None)
+        if isinstance(degree, torch.Tensor):
+            self.model.user_degree = torch.bincount(users, minlength=degree.numel()).to(degree).clamp(min=1.0)
+        super().use_training_data(users, items)
 
     def user_dim(self) -> int:
         return self.P.shape[1]

@@ -36,24 +36,12 @@ logger = logging.getLogger("recbole_unrank")
 
 # --------------------------------------------------------------------------- helpers
 def use_training_data(model: nn.Module, ds) -> None:
-    """Make ``model``'s data-derived state that of ``ds`` (a train split with the original ids).
-
-    A graph model gets the graph of ``ds``'s pairs (through its adapter). WMF splits its
-    whole-data term over each user's interactions by the user's degree: the degree is
-    recounted on ``ds``, so that one epoch over ``ds`` sums to WMF's loss on ``ds``. Caches
-    are cleared.
-    """
+    """Make ``model``'s data-derived state (a graph, WMF's per-user degrees) that of ``ds`` (a
+    train split with the original ids), through its adapter; caches are cleared."""
     device = model_device(model)
     users = ds.inter_feat[ds.uid_field].long().to(device)
     items = ds.inter_feat[ds.iid_field].long().to(device)
-    adapter = get_adapter(model)
-    adapter.set_graph(users, items)
-    degree = getattr(model, "user_degree", None)
-    if isinstance(degree, torch.Tensor):
-        model.user_degree = (
-            torch.bincount(users, minlength=degree.numel()).to(degree).clamp(min=1.0)
-        )
-    adapter.invalidate()
+    get_adapter(model).use_training_data(users, items)
 
 
 def batch_loss(model: nn.Module, interaction) -> torch.Tensor:

@@ -34,9 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole.data.interaction import Interaction
-
-from recbole_unrank.adapters import AdapterError, DotProductAdapter, LightGCNAdapter, get_adapter
+from recbole_unrank.adapters import AdapterError, get_adapter
 from recbole_unrank.device import model_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
@@ -54,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger("recbole_unrank")
 
-PAIR_CHUNK = 1 << 16  # pairs scored per predict() call while training the aggregator
 AGG_BATCH = 4096  # interactions per aggregator step
 
 
@@ -172,33 +169,6 @@ def _rows(ds) -> tuple[np.ndarray, np.ndarray]:
 def _subset(train_ds, rows: np.ndarray):
     """The train rows ``rows`` as a dataset with the train split's ids and sizes."""
     return train_ds.copy(train_ds.inter_feat[torch.as_tensor(rows, dtype=torch.long)])
-
-
-@torch.no_grad()
-def _pair_scores(model: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """``model.predict`` over many pairs, in chunks. [n]"""
-    model.eval()
-    out = []
-    for start in range(0, users.numel(), PAIR_CHUNK):
-        inter = Interaction(
-            {
-                model.USER_ID: users[start : start + PAIR_CHUNK],
-                model.ITEM_ID: items[start : start + PAIR_CHUNK],
-            }
-        )
-        out.append(model.predict(inter).view(-1).float())
-    return torch.cat(out) if out else users.new_zeros(0, dtype=torch.float)
-
-
-def _pair_scorer(model: nn.Module):
-    """``score(users, items) -> [n]``, equal to ``model.predict``. Dot-product models (WMF,
-    BPR, LightGCN) score from their final embeddings, computed once (LightGCN's ``predict``
-    would propagate the graph on every call); others go through ``predict``."""
-    adapter = get_adapter(model)
-    if isinstance(adapter, (DotProductAdapter, LightGCNAdapter)):
-        user_e, item_e = adapter.final_embeddings()
-        return lambda users, items: (user_e[users] * item_e[items]).sum(-1).float()
-    return lambda users, items: _pair_scores(model, users, items)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -403,7 +373,7 @@ class RecEraser(PartitionMethod):
         attention = ShardAttention(reps.shape[-1]).to(device)
         optimizer = torch.optim.Adam(attention.parameters(), lr=self.agg_lr)
         gen = torch.Generator(device="cpu").manual_seed(task.seed)
-        scorers = [_pair_scorer(m) for m in models]
+        scorers = [get_adapter(m).pair_scorer() for m in models]
         pos = torch.stack([score(users, items) for score in scorers], 1)  # [n, K]
         for _ in range(self.agg_epochs):
             # BPR with one uniformly sampled negative per interaction (item 0 is padding).

@@ -59,7 +59,7 @@ from recbole_unrank.methods.calibration import StepCalibration
 from recbole_unrank.methods.objective import Objective
 
 __all__ = ["Steps", "InfluencePipeline", "declare", "collaborative_users", "khop_importance",
-           "row_tables", "CALIBRATION_SETTINGS"]
+           "CALIBRATION_SETTINGS"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -139,30 +139,6 @@ CALIBRATION_DEFAULTS = {
 
 
 # --------------------------------------------------------------------------- scope helpers
-def row_tables(model, params, n_users: int, n_items: int) -> list[tuple[int, str]]:
-    """The embedding tables among ``params`` whose rows are users or items: ``(index into
-    params, "user" | "item")`` for each ``nn.Embedding`` with ``n_users`` or ``n_items`` rows
-    (when ``n_users == n_items`` the module name decides)."""
-    from torch import nn
-
-    where = {id(p): k for k, p in enumerate(params)}
-    found = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Embedding) or id(module.weight) not in where:
-            continue
-        rows, lname = module.num_embeddings, name.lower()
-        if rows == n_users and rows != n_items:
-            kind = "user"
-        elif rows == n_items and rows != n_users:
-            kind = "item"
-        elif rows == n_users == n_items and ("user" in lname) != ("item" in lname):
-            kind = "user" if "user" in lname else "item"
-        else:
-            continue
-        found.append((where[id(module.weight)], kind))
-    return found
-
-
 def khop_importance(users, items, n_users: int, n_items: int, t_users, t_items, hops: int):
     """IFRU's node importance after ``hops`` propagation steps over a bipartite graph.
 
@@ -604,7 +580,7 @@ class InfluencePipeline(UnlearningMethod):
             chosen[ti + a.n_users] = True
             info["khop_nodes"] = n_reached
             user_rows, item_rows = chosen[: a.n_users], chosen[a.n_users:]
-        tables = row_tables(a.model, params, a.n_users, a.n_items)
+        tables = a.row_tables(params)
         chosen_p, masks = [], []
         for k, kind in tables:
             rows = user_rows if kind == "user" else item_rows

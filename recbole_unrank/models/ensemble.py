@@ -20,9 +20,6 @@ from recbole.utils import InputType
 
 __all__ = ["ShardEnsemble"]
 
-_CACHES = ("restore_user_e", "restore_item_e")
-
-
 class ShardEnsemble(GeneralRecommender):
     """K sub-models and per-user weights ``user_weights`` [n_users, K] (rows sum to 1).
 
@@ -98,26 +95,18 @@ class ShardEnsemble(GeneralRecommender):
 
     def other_parameter(self) -> dict:
         """Each sub-model's non-parameter state (its graph), caches left out."""
-        out = {}
-        for k, model in enumerate(self.models):
-            own = dict(model.other_parameter() or {})
-            if hasattr(model, "norm_adj_matrix"):
-                own["norm_adj_matrix"] = model.norm_adj_matrix
-            for key, value in own.items():
-                if key not in _CACHES:
-                    out[f"models.{k}.{key}"] = value
-        return out
+        from recbole_unrank.adapters import get_adapter  # adapters import models: not at the top
+
+        return {f"models.{k}.{key}": value for k, model in enumerate(self.models)
+                for key, value in get_adapter(model).checkpoint_extras().items()}
 
     def load_other_parameter(self, para) -> None:
         """Route ``models.<k>.<name>`` entries to sub-model k, on that model's device; clear caches."""
+        from recbole_unrank.adapters import get_adapter
+
         per_model: dict[int, dict] = {}
         for key, value in (para or {}).items():
             _, k, name = key.split(".", 2)
             per_model.setdefault(int(k), {})[name] = value
         for k, model in enumerate(self.models):
-            device = self.user_weights.device
-            own = {n: (v.to(device) if isinstance(v, torch.Tensor) else v) for n, v in per_model.get(k, {}).items()}
-            model.load_other_parameter(own)
-            for key in _CACHES:
-                if hasattr(model, key):
-                    setattr(model, key, None)
+            get_adapter(model).load_extras(per_model.get(k))

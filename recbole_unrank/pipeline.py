@@ -159,6 +159,7 @@ class Run(Evaluator):
             valid_ds=self.data.valid_ds,
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
             train_batch_size=int(config["train_batch_size"]),
+            show_progress=bool(config["show_progress"]),
         )
 
     def _train_on(self, train_ds, tag: str):

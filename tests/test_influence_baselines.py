@@ -197,7 +197,7 @@ def test_a_failed_solve_is_refused(runs, monkeypatch):
     from recbole_unrank.influence.cg import CGResult
     from recbole_unrank.methods import pipeline as mod
 
-    def diverging(matvec, b, damping, max_iter, tol, stop_on_negative_curvature=True):
+    def diverging(matvec, b, damping, max_iter, tol, stop_on_negative_curvature=True, callback=None):
         return CGResult(b * 3, max_iter, [float(b.norm()), 2.5 * float(b.norm())], "max_iter")
 
     monkeypatch.setattr(mod, "conjugate_gradient", diverging)

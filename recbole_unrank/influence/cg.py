@@ -54,6 +54,7 @@ def conjugate_gradient(
     max_iter: int = 30,
     tol: float = 1e-10,
     stop_on_negative_curvature: bool = True,
+    callback: Callable[[int, float], None] | None = None,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` by conjugate gradient from ``x_0 = 0``.
 
@@ -67,6 +68,8 @@ def conjugate_gradient(
         stop_on_negative_curvature: stop (returning the last iterate) when ``p^T A p <= 0``.
             ``False`` runs plain CG through it, as a fixed-T influence-function solver does
             (the paper's preset); the stop reason is still recorded.
+        callback: ``callback(k, rel_residual)`` before step ``k`` (``||r_k|| / ||b||``), e.g. to
+            advance a progress bar.
 
     Returns:
         CGResult. One host synchronisation per iteration (the stop tests need it): the two
@@ -95,6 +98,8 @@ def conjugate_gradient(
     threshold = tol * b_norm
 
     for k in range(max_iter):
+        if callback is not None:
+            callback(k, norms[-1] / b_norm)
         ap = matvec(p) + damping * p  # (A + lambda I) p_k
         p_ap = p @ ap  # curvature along p_k: p_k^T (A + lambda I) p_k
         alpha = rs / p_ap  # step length: alpha_k = r_k^T r_k / p_k^T A p_k

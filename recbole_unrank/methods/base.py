@@ -39,6 +39,8 @@ class UnlearnTask:
             the run's negative sampling and batch size), for methods that train.
         train_batch_size: the run's training batch size (a loss defined per batch, such as
             LightGCN's L2 term, depends on it).
+        show_progress: RecBole's ``show_progress``: progress bars on the method's long loops
+            (drawn on a terminal only, :mod:`recbole_unrank.progress`).
     """
 
     model: nn.Module
@@ -52,6 +54,7 @@ class UnlearnTask:
     valid_ds: Any = None
     make_train_loader: Callable[[Any], Any] | None = None
     train_batch_size: int = 2048
+    show_progress: bool = False
 
 
 @dataclass

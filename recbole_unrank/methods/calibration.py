@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from recbole_unrank.influence.probe import RankProbe
+from recbole_unrank.progress import progress
 
 __all__ = ["StepCalibration", "row_median"]
 
@@ -83,11 +84,13 @@ class StepCalibration:
         valid_users, valid_items: the validation split.
         watch_others: the step moves other users' scores too: guard a sample of them.
         seed: seed of the sample.
+        show_progress: a progress bar over the search's measurements (on a terminal only).
     """
 
     def __init__(self, settings: dict, adapter, users, items, keep, req_users, t_users, t_items,
-                 valid_users, valid_items, watch_others: bool, seed: int):
+                 valid_users, valid_items, watch_others: bool, seed: int, show_progress: bool = False):
         self.s = settings
+        self.show_progress = show_progress
         self.adapter = adapter
         device = users.device
         self.req_users = req_users
@@ -182,8 +185,10 @@ class StepCalibration:
         a, U = self.adapter, self.U
         prepared = a.prepare_user_delta(self.req_users, delta, self.others)
         grid = self.grid.to(delta.dtype)
+        bar = self._bar()
 
         def measure(scale):
+            bar.update()
             scores = self.probe.mask(a.scores_with_delta(self.req_users, prepared, scale))
             target, clean, ndcg = self._user_ok(scores)
             other = None
@@ -205,8 +210,13 @@ class StepCalibration:
         chosen = grid[hi]
         chosen, cap = self._cap(lambda sc: measure(sc), chosen, grid)
         ok, ndcg, other, target, clean = measure(chosen)
+        bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean)
         return chosen
+
+    def _bar(self):
+        """A bar counting the search's measurements (each scores the request users once)."""
+        return progress(desc="calibration", show_progress=self.show_progress)
 
     def _cap(self, measure, chosen: Tensor, grid: Tensor):
         """The largest common cap on the grid under which the guard holds (bisection over
@@ -264,8 +274,10 @@ class StepCalibration:
         """One scale for the whole update. ``apply(s)`` sets the model to ``theta_0 + s Delta``."""
         a, U = self.adapter, self.U
         grid = self.grid
+        bar = self._bar()
 
         def measure(scale):
+            bar.update()
             value = float(scale.reshape(-1)[0]) if torch.is_tensor(scale) else float(scale)
             apply(value)
             scores = self.probe.mask(a.user_scores(self.req_users))
@@ -289,6 +301,7 @@ class StepCalibration:
         chosen = grid[hi:hi + 1].expand(U).clone()
         chosen, cap = self._cap(lambda sc: measure(sc)[:5], chosen, grid)
         _, ndcg, other, target, clean, _ = measure(chosen)
+        bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean)
         apply(0.0)
         return float(chosen[0])

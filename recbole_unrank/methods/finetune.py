@@ -28,6 +28,7 @@ from recbole_unrank.adapters import get_adapter
 from recbole_unrank.device import model_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.progress import progress
 
 __all__ = ["FineTune", "NegGrad", "use_training_data", "batch_loss"]
 
@@ -104,8 +105,9 @@ class FineTune(UnlearningMethod):
         device = model_device(model)
         model.train()
         steps, last = 0, float("nan")
-        for _ in range(self.epochs):
-            for batch in loader:
+        for epoch in range(self.epochs):
+            for batch in progress(loader, total=len(loader), desc=f"finetune {epoch:>3}",
+                                  show_progress=task.show_progress):
                 loss = batch_loss(model, batch.to(device))
                 if not torch.isfinite(loss):
                     raise UnrankError(
@@ -158,8 +160,9 @@ class NegGrad(UnlearningMethod):
         model.train()
         steps, stopped = 0, None
         retain_loss = forget_loss = float("nan")
-        for _ in range(self.epochs):
-            for batch in retain_loader:
+        for epoch in range(self.epochs):
+            for batch in progress(retain_loader, total=len(retain_loader), desc=f"neggrad {epoch:>3}",
+                                  show_progress=task.show_progress):
                 l_r = batch_loss(model, batch.to(device))
                 l_f = batch_loss(model, next(forget_batches).to(device))
                 loss = l_r - self.alpha * l_f

@@ -39,6 +39,7 @@ from recbole_unrank.device import model_device
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.models.ensemble import ShardEnsemble
+from recbole_unrank.progress import progress
 
 __all__ = [
     "ShardEnsemble",
@@ -209,9 +210,9 @@ class PartitionMethod(UnlearningMethod):
         t0 = time.perf_counter()
         row_shard = self.partition(task)
         members = [np.flatnonzero(row_shard == k) for k in range(self.shards)]
-        models: list[nn.Module | None] = [
-            self._train_shard(task, rows, f"{self.name}-shard{k}") for k, rows in enumerate(members)
-        ]
+        shards = progress(enumerate(members), total=self.shards, desc=f"{self.name} shards",
+                          show_progress=task.show_progress)
+        models: list[nn.Module | None] = [self._train_shard(task, rows, f"{self.name}-shard{k}") for k, rows in shards]
         self.aggregate(task, models, list(range(self.shards)), task.train_ds)
         shard_train_s = time.perf_counter() - t0
         info["shard_sizes"] = [int(r.size) for r in members]
@@ -221,7 +222,7 @@ class PartitionMethod(UnlearningMethod):
         forgotten = np.zeros(row_shard.size, dtype=bool)
         forgotten[task.request_index] = True
         touched = np.unique(row_shard[task.request_index]).tolist()
-        for k in touched:
+        for k in progress(touched, desc=f"{self.name} retrain", show_progress=task.show_progress):
             keep = members[k][~forgotten[members[k]]]
             models[k] = None  # the old sub-model saw D_t: it must not survive
             if keep.size:

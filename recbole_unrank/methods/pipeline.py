@@ -57,6 +57,7 @@ from recbole_unrank.influence import (
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.methods.calibration import StepCalibration
 from recbole_unrank.methods.objective import Objective
+from recbole_unrank.progress import progress
 
 __all__ = ["Steps", "InfluencePipeline", "declare", "collaborative_users", "khop_importance",
            "CALIBRATION_SETTINGS"]
@@ -191,6 +192,7 @@ class InfluencePipeline(UnlearningMethod):
     settings: ClassVar[dict] = {}
     defaults: ClassVar[dict] = {}
     fixed: ClassVar[dict] = {}
+    show_progress: bool = False  # the task's, set by unlearn
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -301,6 +303,7 @@ class InfluencePipeline(UnlearningMethod):
     # ---- the run ---------------------------------------------------------------------------
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
         p, s = self.plan, self.s
+        self.show_progress = task.show_progress  # bars on the CG / Newton loops
         try:
             adapter = get_adapter(task.model)
         except AdapterError as exc:
@@ -328,7 +331,7 @@ class InfluencePipeline(UnlearningMethod):
             vi = task.valid_ds.inter_feat[task.valid_ds.iid_field].to(device)
             watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
             calib = StepCalibration(s, adapter, users, items, keep, req_users, users[target], items[target],
-                                    vu, vi, watch, task.seed)
+                                    vu, vi, watch, task.seed, show_progress=task.show_progress)
 
         # Retained graph first: a graph model is served (and saved) without D_t's edges.
         if adapter.is_graph and not adapter.remove_edges(users[target], items[target], users.numel()):
@@ -447,7 +450,9 @@ class InfluencePipeline(UnlearningMethod):
         tol, max_iter = float(s.get("refit_tol") or 1e-4), int(s.get("refit_steps") or 20)
         g0 = None
         iters = 0
+        bar = progress(total=max_iter, desc=f"{self.name} Newton", show_progress=self.show_progress)
         for iters in range(1, max_iter + 1):
+            bar.update()
             grad, H = obj.blocks(index, None, True, row_of, U)
             norms = grad.norm(dim=1)
             if g0 is None:
@@ -470,6 +475,7 @@ class InfluencePipeline(UnlearningMethod):
                 t = torch.where(bad, t / 2, t)
             else:
                 adapter.apply_user_delta(req_users, (-applied * bad)[:, None] * delta)  # no decrease found
+        bar.close()
         grad, _ = obj.blocks(index, None, True, row_of, U, hessian=False)
         ratio = float((grad.norm(dim=1) / g0).max()) if g0 is not None else 0.0
         info["solve"] = {"method": "newton", "iters": iters, "rel_residual": ratio, "converged": ratio <= tol}
@@ -518,8 +524,11 @@ class InfluencePipeline(UnlearningMethod):
                 fixed = p.solve == "cg_fixed"
                 steps = int(s.get("cg_steps") or (30 if fixed else 500))
                 tol = 1e-10 if fixed else float(s.get("cg_tol") or 1e-4)
-                res = conjugate_gradient(lambda v: restrict(op(restrict(v))), g, damping, steps, tol,
-                                         stop_on_negative_curvature=not fixed)
+                with progress(total=steps, desc=f"{self.name} CG", show_progress=self.show_progress) as bar:
+                    res = conjugate_gradient(lambda v: restrict(op(restrict(v))), g, damping, steps, tol,
+                                             stop_on_negative_curvature=not fixed,
+                                             callback=lambda k, rel: (bar.update(), bar.set_postfix_str(
+                                                 f"residual {rel:.2e}", refresh=False)))
                 x = restrict(res.x)
                 rel = res.residual_norms[-1] / max(res.residual_norms[0], 1e-30)
                 info["solve"] = {"method": p.solve, "iters": res.iterations, "rel_residual": rel,

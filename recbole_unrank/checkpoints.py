@@ -62,6 +62,7 @@ __all__ = [
     "adopt_checkpoint_config",
     "load_checkpoint",
     "save_checkpoint",
+    "save_trained",
     "request_record",
     "load_unlearned",
     "SPLIT_KEYS",
@@ -612,6 +613,15 @@ def _ensemble_config(model, config):
     saved.final_config_dict["model"] = "ShardEnsemble"
     saved.model, saved.model_class = "ShardEnsemble", ShardEnsemble
     return saved
+
+
+def save_trained(state: dict, config, path: str) -> str:
+    """Save RecBole's own checkpoint of a model just trained (``state``, as
+    ``Trainer._save_checkpoint`` wrote it) at ``path``, atomically, with the fingerprint of the
+    data it was trained on."""
+    state["unrank"] = {"fingerprint": data_fingerprint(config)}
+    atomic_torch_save(state, path)
+    return path
 
 
 def save_checkpoint(model, config, path: str, extra: dict | None = None) -> str:

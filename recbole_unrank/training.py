@@ -9,7 +9,7 @@ import time
 from recbole_unrank import compat  # noqa: F401
 from recbole.utils import get_trainer, init_seed
 
-from recbole_unrank.checkpoints import atomic_torch_save, data_fingerprint, load_file
+from recbole_unrank.checkpoints import load_file, save_trained
 from recbole_unrank.models import get_model
 
 __all__ = ["train_model"]
@@ -46,9 +46,8 @@ def train_model(config, train_loader, valid_loader, path: str | None = None, tag
         state = load_file(scratch, map_location=config["device"])
         model.load_state_dict(state["state_dict"])
         model.load_other_parameter(state.get("other_parameter"))
-        if path:  # RecBole's checkpoint, with the fingerprint of the data it was trained on
-            state["unrank"] = {"fingerprint": data_fingerprint(config)}
-            atomic_torch_save(state, path)
+        if path:
+            save_trained(state, config, path)
         os.remove(scratch)
     model.eval()
     logger.info("trained %s (%s): %d epochs, %.1fs, best valid %.4f", config["model"], tag, epochs, elapsed, best_score)

@@ -46,6 +46,16 @@ def make_tiny_config(workdir: Path, model: str = "WMF", dataset: str = "tiny", *
     return build_config(model, dataset, config_dict=base_config_dict(Path(workdir), **overrides))
 
 
+def prepared_run(workdir: Path, model: str = "WMF", **overrides):
+    """``pipeline.prepare_run`` of a fast run on ``tiny`` (outputs in ``workdir``, settings from
+    ``overrides`` only, not from ``sys.argv``) with its original trained."""
+    from recbole_unrank.pipeline import build_config, prepare_run
+
+    run, _ = prepare_run(build_config(model, "tiny", config_dict=base_config_dict(Path(workdir), **overrides), argv=[]))
+    run.prepare_original()
+    return run
+
+
 def subprocess_env() -> dict:
     """Environment of a fresh interpreter that can import the package (and nothing extra)."""
     env = dict(os.environ)

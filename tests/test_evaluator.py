@@ -3,29 +3,15 @@ gives the rows the pipeline writes, without the orchestration around it."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-from conftest import make_tiny_config
-from recbole_unrank import pipeline
+from conftest import prepared_run
 from recbole_unrank.evaluator import Evaluator
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("evaluator")
-    saved_cwd, saved_argv = os.getcwd(), sys.argv
-    os.chdir(work)
-    sys.argv = [saved_argv[0]]
-    try:
-        run, _ = pipeline.prepare_run(make_tiny_config(work, "WMF"))
-        run.prepare_original()
-        yield run
-    finally:
-        os.chdir(saved_cwd)
-        sys.argv = saved_argv
+    return prepared_run(tmp_path_factory.mktemp("evaluator"))
 
 
 def test_evaluator_alone_gives_the_pipeline_rows(run):

@@ -4,12 +4,11 @@ terminal, never otherwise (recbole_unrank.progress)."""
 from __future__ import annotations
 
 import io
-import os
 import sys
 
 import pytest
 
-from conftest import make_tiny_config
+from conftest import prepared_run
 from recbole_unrank import pipeline
 from recbole_unrank.methods import METHODS
 from recbole_unrank.progress import bars_shown, progress
@@ -36,17 +35,7 @@ def test_bar_needs_the_setting_and_a_terminal(monkeypatch):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A prepared WMF run on tiny with its original trained."""
-    work = tmp_path_factory.mktemp("progress")
-    saved_cwd, saved_argv = os.getcwd(), sys.argv
-    os.chdir(work)
-    sys.argv = [saved_argv[0]]
-    try:
-        run, _ = pipeline.prepare_run(make_tiny_config(work, "WMF", unrank_shards=2))
-        run.prepare_original()
-        yield run
-    finally:
-        os.chdir(saved_cwd)
-        sys.argv = saved_argv
+    return prepared_run(tmp_path_factory.mktemp("progress"), "WMF", unrank_shards=2)
 
 
 @pytest.mark.parametrize("method, settings, desc", [

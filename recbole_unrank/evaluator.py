@@ -163,14 +163,6 @@ class Evaluator:
         res, _ = unrank_metrics.evaluate_loader(model, valid_loader, ["NDCG"], [10])
         return float(res["ndcg@10"])
 
-    @property
-    def valid_ndcg_sum(self) -> float:
-        """The original's validation NDCG@10 summed over validation users (computed once)."""
-        if getattr(self, "_valid_sum", None) is None:
-            _, valid_loader, _ = self.loaders
-            self._valid_sum = self.valid_score(self.original) * len(valid_loader.uid_list)
-        return self._valid_sum
-
     def forget_ranks(self, model) -> np.ndarray:
         """Ranks of the request's pairs under ``model`` (retained history masked)."""
         _, out = unrank_metrics.evaluate_loader(model, self.forget_loader, ["mean_rank"], [10])

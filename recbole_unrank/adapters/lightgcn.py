@@ -365,9 +365,6 @@ class LightGCNAdapter(ModelAdapter):
     supports_user_blocks = True
     is_graph = True
     dot_product = True
-    #: False: a request rebuilds the retained graph and propagates over all of it (the path
-    #: before local updates; kept as the reference the scale benchmark times beside them).
-    local_updates = True
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -426,7 +423,7 @@ class LightGCNAdapter(ModelAdapter):
         caller rebuilds with :meth:`set_graph`). The per-layer embeddings and the final ones
         are updated for the rows that change only (:meth:`LocalGraph.drop`); the values equal
         a rebuild's, dropped edges stay as explicit zeros."""
-        if self._swapped or not self.local_updates:
+        if self._swapped:
             return False
         st = self.local()
         if st.live != int(n_edges) or not st.drop(users, items):

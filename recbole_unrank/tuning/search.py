@@ -144,7 +144,6 @@ class TuneSearch:
 
     # ---- Ray: what a worker needs, without loaders (rebuilt there) -------------------------
     def pack(self) -> bytes:
-        self.run.valid_ndcg_sum  # noqa: B018  (computed once here, pickled with the run)
         run = copy.copy(self.run)
         run.loaders, run.forget_loader, run.rows, run.run_dir = (), None, [], None
         slim = copy.copy(self)

@@ -1,16 +1,22 @@
-"""Cross-task tables for the README from a suite's ``summary.csv``.
+"""The README's result tables, rebuilt from a suite's ``summary.md`` / ``summary.csv``.
 
-``summary.md`` has one table per (model, task, ratio); this prints, for each task and ratio, one
-table of chosen methods with the models side by side, so a reader sees how a method fares as
-the request changes. Every number is read from ``summary.csv`` (mean over the evaluation seeds
-finished; ``n`` says how many)::
+Two kinds of table, each between a pair of markers in the README, so that rerunning this
+script after the suite refreshes every number and nothing is copied by hand::
 
-    python benchmarks/suite_tables.py benchmarks/results/suite/ml100k/summary.csv \
-        --methods retrain,l2unrank,l2unrank_nocalib,l2unrank_paper,user_refit,scif,if,finetune
+    <!-- suite-table headline model=WMF task=interaction ratio=0.2 methods=original,retrain,l2unrank -->
+    ... (rows of summary.md's headline section for that model, task and ratio) ...
+    <!-- /suite-table -->
 
-Columns: NDCG@10 as a share of the original's, the request users' NDCG@10 as a share
-of retrain's, forget_hit@10 (retrain's is the reference), the MIA gap to retrain and the
-speed-up over retraining.
+    <!-- suite-table tasks task=item ratio=0.02 methods=retrain,l2unrank,scif -->
+    ... (the models side by side for one task and ratio, from summary.csv) ...
+    <!-- /suite-table -->
+
+``tasks`` columns: NDCG@10 as a share of the original's, the request users' NDCG@10 and
+forget_hit@10 (retrain's row is the reference for both), the MIA gap to retrain, the speed-up
+over retraining and how many of the requests' solves converged (each a mean over the
+evaluation seeds finished; ``n`` says how many).
+
+    python benchmarks/suite_tables.py --readme README.md benchmarks/results/suite/ml100k
 """
 
 from __future__ import annotations
@@ -18,13 +24,38 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
+import re
 import sys
-from collections import defaultdict
 
 _TASK = {"interaction": "interaction task", "item": "item task", "user": "user task"}
 _VARY = {"interaction": "inter_ratio", "item": "item_ratio", "user": "user_ratio"}
+_BLOCK = re.compile(r"(<!-- suite-table (\w+)((?: [\w.]+=[^ ]+)*) -->\n)(.*?)(<!-- /suite-table -->)", re.S)
+_ORDER = {"WMF": 0, "NeuMF": 1, "LightGCN": 2}
 
 
+# ------------------------------------------------------------------ summary.md headline tables
+def headline_tables(summary_md: str) -> dict[tuple, tuple[list[str], dict[str, str]]]:
+    """(model, task, ratio) -> (the table's two header lines, {method: row line}) from the
+    first ("Headline measures") section of summary.md."""
+    text = summary_md.split("\n# All measures", 1)[0]
+    out = {}
+    for m in re.finditer(r"^## (\w+): (\w+) task, \w+ ([\d.]+), \w+ users\n\n((?:\|.*\n)+)", text, re.M):
+        lines = m.group(4).rstrip("\n").split("\n")
+        rows = {ln.split("|")[1].strip(): ln for ln in lines[2:]}
+        out[(m.group(1), m.group(2), float(m.group(3)))] = (lines[:2], rows)
+    return out
+
+
+def headline(tables: dict, model: str, task: str, ratio: float, methods: list[str]) -> str:
+    key = (model, task, ratio)
+    if key not in tables:
+        return f"(no finished cell of {model} on the {task} task at {ratio:g} yet)\n"
+    head, rows = tables[key]
+    return "\n".join(head + [rows[m] for m in methods if m in rows]) + "\n"
+
+
+# ------------------------------------------------------------------ summary.csv cross-model tables
 def _num(row: dict | None, key: str) -> float | None:
     if row is None:
         return None
@@ -47,54 +78,87 @@ def _times(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}x" if v >= 10 else f"{v:.1f}x"
 
 
-def cell(rows: dict, method: str) -> list[str] | None:
-    """The columns of one method under one model (``rows``: method -> csv row)."""
-    r, orig, ret = rows.get(method), rows.get("original"), rows.get("retrain")
-    if r is None:
-        return None
-    return [
-        r.get("n", ""),
-        _share(_num(r, "test.ndcg@10"), _num(orig, "test.ndcg@10")),
-        _share(_num(r, "request_users.ndcg@10"), _num(ret, "request_users.ndcg@10")),
-        _plain(_num(r, "forget.forget_hit@10")),
-        "-" if method == "retrain" else _plain(_num(r, "audit.mia_gap")),
-        "-" if method == "retrain" else _times(_num(r, "speedup")),
-    ]
+def _solved(row: dict) -> str:
+    c, n = _num(row, "solve.converged"), row.get("solve.n")
+    if c is None or not n:
+        return "-"
+    n = int(float(n))
+    return f"{round(c * n)}/{n}"
 
 
-HEAD = ["model", "method", "n", "NDCG@10 (% orig.)", "req. users NDCG@10 (% retrain)",
-        "forget_hit@10", "MIA gap", "speed-up"]
+HEAD = ["model", "method", "n", "NDCG@10 (% orig.)", "req. users NDCG@10",
+        "forget_hit@10", "MIA gap", "speed-up", "solved"]
 
 
-def tables(path: str, methods: list[str], users: str = "random") -> str:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["users"] == users]
-    by = defaultdict(dict)  # (task, ratio) -> model -> method -> row
+def task_table(rows: list[dict], task: str, ratio: float, methods: list[str], users: str = "random") -> str:
+    per: dict[str, dict[str, dict]] = {}
     for r in rows:
-        by[(r["task"], float(r["ratio"]))].setdefault(r["model"], {})[r["method"]] = r
-    order = {"WMF": 0, "NeuMF": 1, "LightGCN": 2}
-    out = []
-    for (task, ratio) in sorted(by, key=lambda k: (list(_TASK).index(k[0]) if k[0] in _TASK else 9, k[1])):
-        per = by[(task, ratio)]
-        out.append(f"**{_TASK.get(task, task)}, {_VARY.get(task, 'ratio')} {ratio:g}**\n")
-        out.append("| " + " | ".join(HEAD) + " |")
-        out.append("|" + "---|" * len(HEAD))
-        for model in sorted(per, key=lambda m: order.get(m, 9)):
-            for meth in methods:
-                c = cell(per[model], meth)
-                if c is not None:
-                    out.append("| " + " | ".join([model, meth] + c) + " |")
-        out.append("")
-    return "\n".join(out)
+        if r["task"] == task and float(r["ratio"]) == ratio and r["users"] == users:
+            per.setdefault(r["model"], {})[r["method"]] = r
+    if not per:
+        return f"(no finished cell on the {task} task at {ratio:g} yet)\n"
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for model in sorted(per, key=lambda m: _ORDER.get(m, 9)):
+        got, orig = per[model], per[model].get("original")
+        for meth in methods:
+            r = got.get(meth)
+            if r is None:
+                continue
+            cells = [model, meth, r.get("n", ""),
+                     _share(_num(r, "test.ndcg@10"), _num(orig, "test.ndcg@10")),
+                     _plain(_num(r, "request_users.ndcg@10")),
+                     _plain(_num(r, "forget.forget_hit@10")),
+                     "-" if meth == "retrain" else _plain(_num(r, "audit.mia_gap")),
+                     "-" if meth == "retrain" else _times(_num(r, "speedup")),
+                     _solved(r)]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ the README
+def refresh(readme: str, suite_dir: str) -> tuple[str, int]:
+    """The README text with every marked block rebuilt; and how many blocks there were."""
+    with open(os.path.join(suite_dir, "summary.md"), encoding="utf-8") as f:
+        tables = headline_tables(f.read())
+    with open(os.path.join(suite_dir, "summary.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    count = 0
+
+    def one(m: re.Match) -> str:
+        nonlocal count
+        count += 1
+        kind = m.group(2)
+        args = dict(a.split("=", 1) for a in m.group(3).split())
+        methods = args.get("methods", "").split(",")
+        ratio = float(args["ratio"])
+        if kind == "headline":
+            body = headline(tables, args["model"], args["task"], ratio, methods)
+        elif kind == "tasks":
+            body = task_table(rows, args["task"], ratio, methods, args.get("users", "random"))
+        else:
+            raise SystemExit(f"suite_tables: unknown table kind '{kind}' in the README (use headline or tasks)")
+        return m.group(1) + body + m.group(5)
+
+    return _BLOCK.sub(one, readme), count
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("summary_csv")
-    ap.add_argument("--methods", default="retrain,l2unrank,l2unrank_nocalib,l2unrank_paper,user_refit,scif,if,finetune")
-    ap.add_argument("--users", default="random")
+    ap = argparse.ArgumentParser(description="Rebuild the README's suite tables from summary.md / summary.csv.")
+    ap.add_argument("suite_dir", help="the suite's output folder (holds summary.md and summary.csv)")
+    ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README is not up to date; write nothing")
     a = ap.parse_args(argv)
-    sys.stdout.write(tables(a.summary_csv, [m for m in a.methods.split(",") if m], a.users))
+    with open(a.readme, encoding="utf-8") as f:
+        old = f.read()
+    new, n = refresh(old, a.suite_dir)
+    if a.check:
+        print(f"{n} tables, {'up to date' if new == old else 'out of date'}")
+        return 0 if new == old else 1
+    if new != old:
+        from recbole_unrank.report import write_text
+
+        write_text(a.readme, new)
+    print(f"{n} tables refreshed in {a.readme}")
     return 0
 
 

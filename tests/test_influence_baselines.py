@@ -539,3 +539,24 @@ def test_a_user_request_leaves_no_retained_row_and_still_runs(runs, model_name):
         cls = METHODS[name]
         result = cls(**pipeline.method_settings(run.config, cls))(task)
         assert _finite(result.model), name
+
+
+# ------------------------------------------------------------------------------ a failed solve
+@pytest.mark.parametrize("stop, norms", [("max_iter", [1.0, 0.9, 2.58]), ("negative_curvature", [1.0, 0.5])])
+def test_diverged_solve_is_refused_never_reported(runs, monkeypatch, stop, norms):
+    """A CG solve that ends above its starting residual, or meets negative curvature, is an
+    error naming what to change, not a results row (the suite records the cell as failed)."""
+    import recbole_unrank.methods.pipeline as mp
+    from recbole_unrank.influence.cg import CGResult
+
+    def fake_cg(matvec, b, *args, **kwargs):
+        return CGResult(torch.zeros_like(b), len(norms) - 1, [n * float(b.norm()) for n in norms], stop)
+
+    monkeypatch.setattr(mp, "conjugate_gradient", fake_cg)
+    run = runs("NeuMF")
+    before = {k: v.clone() for k, v in run.original.state_dict().items()}
+    with pytest.raises(UnrankError, match=r"^if: the conjugate-gradient solve failed .*the step is refused: "
+                                          r"raise unrank_damping$") as info:
+        METHODS["if"](**pipeline.method_settings(run.config, METHODS["if"]))(run._task())
+    assert stop in str(info.value) and "\n" not in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in run.original.state_dict().items())

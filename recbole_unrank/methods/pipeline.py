@@ -536,10 +536,11 @@ class InfluencePipeline(UnlearningMethod):
                 logger.info("[%s] CG: %d iterations, %s, relative residual %.3g", self.name, res.iterations,
                             res.stop_reason, rel)
                 if not fixed and (res.stop_reason in ("negative_curvature", "non_finite") or rel >= 1.0):
+                    hint = ("raise unrank_damping" if p.curvature == "gauss_newton" else
+                            "raise unrank_damping or use unrank_baseline_curvature: gauss_newton")
                     raise UnrankError(
                         f"{self.name}: the conjugate-gradient solve failed ({res.stop_reason}, relative residual "
-                        f"{rel:.3g}); the step is refused: raise unrank_damping or use unrank_baseline_curvature: "
-                        "gauss_newton")
+                        f"{rel:.3g}); the step is refused: {hint}")
                 if fixed and rel >= 1.0:
                     info["solve"]["diverged"] = True
         delta = unflat(x, params)

@@ -26,7 +26,8 @@ import csv
 import math
 import os
 import re
-import sys
+
+from recbole_unrank.tables import fmt, md_table
 
 _TASK = {"interaction": "interaction task", "item": "item task", "user": "user task"}
 _VARY = {"interaction": "inter_ratio", "item": "item_ratio", "user": "user_ratio"}
@@ -70,8 +71,6 @@ def _share(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{100 * a / b:.1f}%"
 
 
-def _plain(v: float | None, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _times(v: float | None) -> str:
@@ -97,7 +96,7 @@ def task_table(rows: list[dict], task: str, ratio: float, methods: list[str], us
             per.setdefault(r["model"], {})[r["method"]] = r
     if not per:
         return f"(no finished cell on the {task} task at {ratio:g} yet)\n"
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    table = []
     for model in sorted(per, key=lambda m: _ORDER.get(m, 9)):
         got, orig = per[model], per[model].get("original")
         for meth in methods:
@@ -106,13 +105,13 @@ def task_table(rows: list[dict], task: str, ratio: float, methods: list[str], us
                 continue
             cells = [model, meth, r.get("n", ""),
                      _share(_num(r, "test.ndcg@10"), _num(orig, "test.ndcg@10")),
-                     _plain(_num(r, "request_users.ndcg@10")),
-                     _plain(_num(r, "forget.forget_hit@10")),
-                     "-" if meth == "retrain" else _plain(_num(r, "audit.mia_gap")),
+                     fmt(_num(r, "request_users.ndcg@10"), 3),
+                     fmt(_num(r, "forget.forget_hit@10"), 3),
+                     "-" if meth == "retrain" else fmt(_num(r, "audit.mia_gap"), 3),
                      "-" if meth == "retrain" else _times(_num(r, "speedup")),
                      _solved(r)]
-            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+            table.append(cells)
+    return "\n".join(md_table(HEAD, table)) + "\n"
 
 
 # ------------------------------------------------------------------ the README

@@ -187,12 +187,17 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
     tasks = raw.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise UnrankError("suite: 'tasks' must list at least one task, e.g. {task: interaction, ratios: [0.2]}")
-    methods = raw.get("methods")
-    if not isinstance(methods, list) or not methods:
-        raise UnrankError("suite: 'methods' must list at least one method (retrain first for the audit)")
-    for m in methods:
-        if m not in METHODS:
-            raise UnrankError(f"suite: unknown method '{m}': choose from {sorted(METHODS)}")
+
+    def method_list(value, where: str) -> list[str]:
+        if not isinstance(value, list) or not value:
+            raise UnrankError(f"suite: {where}'methods' must list known methods, at least one (retrain first "
+                              "for the audit)")
+        for m in value:
+            if m not in METHODS:
+                raise UnrankError(f"suite: {where}unknown method '{m}': '{m}' is not one of {sorted(METHODS)}")
+        return list(dict.fromkeys(value))
+
+    methods = method_list(raw.get("methods"), "")
     checked = []
     for t in tasks:
         if not isinstance(t, dict) or t.get("task") not in TASK_KEYS:
@@ -201,11 +206,7 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
         if extra:
             raise UnrankError(f"suite: task {t['task']} has unknown key '{extra[0]}': a task takes task, vary, "
                               "ratios and (optionally) methods")
-        own = t.get("methods", methods)
-        if not isinstance(own, list) or not own or any(m not in METHODS for m in own):
-            bad = next((m for m in own if m not in METHODS), None) if isinstance(own, list) else None
-            raise UnrankError(f"suite: task {t['task']}: 'methods' must list known methods"
-                              + (f" ('{bad}' is not one; choose from {sorted(METHODS)})" if bad else ""))
+        own = method_list(t["methods"], f"task {t['task']}: ") if "methods" in t else methods
         vary = t.get("vary", TASK_KEYS[t["task"]][0])
         if vary not in TASK_KEYS[t["task"]]:
             raise UnrankError(f"suite: task {t['task']} varies one of {list(TASK_KEYS[t['task']])}, not '{vary}'")
@@ -220,7 +221,7 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
             if not ok:
                 raise UnrankError(f"suite: ratio {r!r} of task {t['task']} is outside (0, 1]")
         checked.append({"task": t["task"], "vary": vary, "ratios": [float(r) for r in ratios],
-                        "methods": list(dict.fromkeys(own))})
+                        "methods": own})
     users = raw.get("users", ["random"])
     users = [users] if isinstance(users, str) else list(users or [])
     for u in users:
@@ -255,7 +256,7 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
         models=models,
         train_seeds=_ints("train_seeds", raw.get("train_seeds", [2020])),
         tasks=checked, users=users, design_seeds=design, eval_seeds=evals, seeds=seeds,
-        methods=list(dict.fromkeys(methods)), hop_sweep=sweep, settings=dict(settings),
+        methods=methods, hop_sweep=sweep, settings=dict(settings),
         output_dir=str(raw.get("output_dir", "runs/suite")), source=os.path.abspath(path),
         cache_dir=str(raw.get("cache_dir") or os.path.join(str(raw.get("output_dir", "runs/suite")), "cache")),
     )
@@ -275,7 +276,7 @@ def plan(spec: SuiteSpec) -> list[tuple[Request, list[Cell]]]:
                     for model in spec.models:
                         for tseed in spec.train_seeds:
                             req = Request(model, tseed, t["task"], t["vary"], ratio, users, seed, split)
-                            methods = sorted(t.get("methods") or spec.methods, key=lambda m: m != "retrain")
+                            methods = sorted(t["methods"], key=lambda m: m != "retrain")
                             cells = [Cell(req, m, m) for m in methods]
                             sw = spec.hop_sweep
                             if sw and t["task"] in sw.get("tasks", [t["task"]]) and \

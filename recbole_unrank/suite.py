@@ -574,10 +574,11 @@ def _group_key(rec: dict) -> tuple:
     return (r["model"], r["task"], r["vary"], r["ratio"], r["users"])
 
 
-def summary_rows(record: dict) -> list[dict]:
-    """One row per (model, task, ratio, users, method) over evaluation seeds: mean, std, n of
-    each measure and the paired Wilcoxon p-value against retrain (same requests)."""
-    cells = [c for c in record["cells"] if c["status"] == "ok" and c["request"]["split"] == "eval"]
+def summary_rows(record: dict, split: str = "eval") -> list[dict]:
+    """One row per (model, task, ratio, users, method) over the ``split``'s request seeds
+    (evaluation by default): mean, std, n of each measure and the paired Wilcoxon p-value
+    against retrain (same requests)."""
+    cells = [c for c in record["cells"] if c["status"] == "ok" and c["request"]["split"] == split]
     by_group: dict[tuple, dict[str, dict[int, dict]]] = {}
     for c in cells:
         by_group.setdefault(_group_key(c), {}).setdefault(c["label"], {})[c["request"]["seed"]] = c
@@ -613,10 +614,10 @@ def _order(label: str) -> tuple:
     return (head.index(base) if base in head else len(head), label)
 
 
-def pooled_tests(record: dict) -> list[dict]:
-    """Per (model, method): the paired Wilcoxon test against retrain over every evaluation
-    request of the grid (all tasks, ratios and seeds), the test with power at 3 seeds."""
-    cells = [c for c in record["cells"] if c["status"] == "ok" and c["request"]["split"] == "eval"]
+def pooled_tests(record: dict, split: str = "eval") -> list[dict]:
+    """Per (model, method): the paired Wilcoxon test against retrain over every request of the
+    ``split`` (all tasks, ratios and seeds), the test with power at 3 seeds."""
+    cells = [c for c in record["cells"] if c["status"] == "ok" and c["request"]["split"] == split]
     index = {(c["request"]["model"], c["label"], _req_id(c)): c for c in cells}
     out = []
     for model in sorted({c["request"]["model"] for c in cells}):
@@ -659,16 +660,23 @@ def _pm(row: dict, key: str) -> str:
     return fmt(m, digits) + ("" if s is None else f" ± {fmt(s, digits)}")
 
 
-def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
+def summary_markdown(record: dict, rows: list[dict], pooled: list[dict], split: str = "eval") -> str:
     done = sum(c["status"] == "ok" for c in record["cells"])
     failed = [c for c in record["cells"] if c["status"] != "ok"]
-    lines = [f"# Suite summary: {record['dataset']}", "",
+    if split == "eval":
+        which = (f"Evaluation request seeds {record['eval_seeds']} only (design seeds {record['design_seeds']} "
+                 "are for choosing settings and never reported here).")
+    else:
+        which = (f"Design request seeds {record['design_seeds']} only: these choose settings, so their "
+                 f"numbers are in-sample; report the evaluation seeds {record['eval_seeds']} (summary.md).")
+    lines = [f"# Suite summary: {record['dataset']}" + ("" if split == "eval" else " (design seeds)"), "",
              f"Cells finished: {done} of {record['planned']} planned ({len(failed)} failed). "
-             f"Evaluation request seeds {record['eval_seeds']} only (design seeds {record['design_seeds']} "
-             "are for choosing settings and never reported here). Each cell is mean ± std over the "
-             "evaluation seeds (n = seeds finished); p: two-sided paired Wilcoxon signed-rank test against "
+             f"{which} Each cell is mean ± std over the "
+             "seeds (n = seeds finished); p: two-sided paired Wilcoxon signed-rank test against "
              "retrain on the same requests (with 3 seeds the smallest possible p is 0.25; see the pooled "
              "tests below). MIA gap: |MIA AUC - retrain's| on the same request.", ""]
+    if not rows:
+        lines += [f"No finished {'evaluation' if split == 'eval' else 'design'} cell yet.", ""]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["task"], r["vary"], r["ratio"], r["users"]), []).append(r)
@@ -681,7 +689,8 @@ def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
                               ([r["method"], r["n"]] + [_pm(r, k) for k, _, _ in cols] for r in rs))
             lines.append("")
     if pooled:
-        lines += ["## Pooled paired tests against retrain (every evaluation request of the model)", "",
+        lines += [f"## Pooled paired tests against retrain (every {'evaluation' if split == 'eval' else 'design'} "
+                  "request of the model)", "",
                   "Mean difference (method - retrain) and p-value, over the requests where both finished.", ""]
         keys = [(k, t) for k, t, _ in MEASURES if k not in _NOT_TESTED]
         def diff(r: dict, k: str) -> str:
@@ -700,21 +709,31 @@ def summary_markdown(record: dict, rows: list[dict], pooled: list[dict]) -> str:
 
 
 def summarise(spec: SuiteSpec | None, record: dict, out: str) -> None:
-    """Write summary.md / summary.csv and the plots from a suite record."""
+    """Write summary.md / summary.csv (evaluation seeds) and the plots from a suite record, and
+    summary-design.md / summary-design.csv when design cells were run (kept apart: those seeds
+    choose settings and are never reported beside the evaluation ones)."""
     import csv
     import io
 
     from recbole_unrank.report import write_text
 
-    rows = summary_rows(record)
-    pooled = pooled_tests(record)
-    write_text(os.path.join(out, "summary.md"), summary_markdown(record, rows, pooled))
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text(os.path.join(out, "summary.csv"), buf.getvalue())
+    os.makedirs(out, exist_ok=True)
+    for split, stem in (("eval", "summary"), ("design", "summary-design")):
+        rows = summary_rows(record, split)
+        if split == "design" and not rows:
+            continue
+        pooled = pooled_tests(record, split)
+        write_text(os.path.join(out, f"{stem}.md"), summary_markdown(record, rows, pooled, split))
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        write_text(os.path.join(out, f"{stem}.csv"), buf.getvalue())
+    rows = summary_rows(record, "eval")
+    if not rows:
+        logger.info("suite: no finished evaluation cell: no plots")
+        return
     try:
         from recbole_unrank import plots
 

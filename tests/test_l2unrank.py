@@ -181,13 +181,13 @@ def test_nan_update_is_refused_and_nothing_saved(prepared, tmp_path, monkeypatch
 
 
 # ---------------------------------------------------------------------- the guard's word
-def _valid_ndcg_sum(run, model, users: torch.Tensor) -> float:
+def _valid_ndcg_sum(run, model, users: torch.Tensor, index=None) -> float:
     """The request users' validation NDCG@10 (retained history masked), computed here from the
     model's own full-sort scores: independent of the calibration's incremental scoring."""
     feat = run.data.train_ds.inter_feat
     tu, ti = feat[run.data.train_ds.uid_field], feat[run.data.train_ds.iid_field]
     keep = torch.ones(tu.numel(), dtype=torch.bool)
-    keep[torch.as_tensor(run.request.index)] = False
+    keep[torch.as_tensor(run.request.index if index is None else index)] = False
     row_of = torch.full((model.n_users,), -1, dtype=torch.long)
     row_of[users] = torch.arange(users.numel())
     hist = keep & (row_of[tu] >= 0)
@@ -251,6 +251,63 @@ def test_guard_binds_for_a_single_user_request(prepared, model):
     # ... and binds where the free step loses utility
     if free.info["guard"]["request_users_valid_ndcg_ratio"] < 1.0:
         assert guarded.info["calibration"]["step_median"] < free.info["calibration"]["step_median"]
+
+
+def _whole_user_request(run, n_whole=2, with_partial=True):
+    """Train rows forgetting every interaction of ``n_whole`` request users (the user task), and
+    half of one more user's when ``with_partial``; returns (index, whole users, partial user)."""
+    tu = run.data.train_ds.inter_feat[run.data.train_ds.uid_field].numpy()
+    vu = run.data.valid_ds.inter_feat[run.data.valid_ds.uid_field].numpy()
+    users = [int(u) for u in np.unique(run.request.users) if (vu == u).any() and (tu == u).sum() >= 2]
+    # the partial user: one the original serves well in validation (so the guard has a value)
+    own = [_valid_ndcg_sum(run, run.original, torch.as_tensor([u]), np.flatnonzero(tu == u)[:1]) for u in users]
+    part = users[int(np.argmax(own))]
+    whole = [u for u in users if u != part][:n_whole]
+    index = [np.flatnonzero(np.isin(tu, whole))]
+    if with_partial:
+        rows = np.flatnonzero(tu == part)
+        index.append(rows[: rows.size // 2])
+    return np.sort(np.concatenate(index)).astype(np.int64), whole, part
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_guard_leaves_out_users_forgotten_whole(prepared, model):
+    """A user whose every train interaction is forgotten keeps no retained utility (retraining
+    leaves them cold): the guard covers the request users who keep train interactions, and the
+    ratio it reports and holds is theirs alone."""
+    run = prepared[model]
+    index, whole, part = _whole_user_request(run)
+    task = run._task()
+    task.request_index = index
+    result = _unlearn(run, "l2unrank", task=task, utility_guard=0.999)
+    g = result.info["guard"]
+    assert (g["request_users_guarded"], g["request_users_fully_forgotten"]) == (1, len(whole))
+    kept = torch.as_tensor([part])
+    start = _valid_ndcg_sum(run, _retained_graph_original(run, index), kept, index)
+    after = _valid_ndcg_sum(run, result.model, kept, index)
+    assert start > 0
+    assert g["request_users_valid_ndcg_ratio"] == pytest.approx(after / start, rel=1e-4, abs=1e-6)
+    assert g["met"] and after / start >= 0.999 - 1e-6
+
+
+@pytest.mark.parametrize("model", ["WMF", "NeuMF"])
+def test_a_request_of_whole_users_is_not_capped_by_their_own_utility(prepared, model):
+    """Only whole users, and a step that moves no one else (factor models): nothing is guarded,
+    so the strictest guard chooses the same steps as none, and the steps reach the calibration
+    target instead of stopping where the users' own validation NDCG would fall."""
+    run = prepared[model]
+    index, whole, _ = _whole_user_request(run, n_whole=3, with_partial=False)
+    results = {}
+    for guard in (0.0, 1.0):
+        task = run._task()
+        task.request_index = index
+        results[guard] = _unlearn(run, "l2unrank", task=task, utility_guard=guard)
+    strict, free = results[1.0].info, results[0.0].info
+    assert (strict["guard"]["request_users_guarded"], strict["guard"]["request_users_fully_forgotten"]) == (0, 3)
+    assert strict["calibration"]["step_cap"] is None and strict["guard"]["met"]
+    assert strict["calibration"]["step_median"] == free["calibration"]["step_median"]
+    for a, b in zip(results[1.0].model.parameters(), results[0.0].model.parameters()):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------- forgetting, not only unranking

@@ -154,6 +154,30 @@ def test_summary_counts_converged_solves(serial_run):
     assert "| solved |" in suite.summary_markdown(rec, rows, suite.pooled_tests(rec))
 
 
+def test_design_cells_are_summarised_apart_from_the_evaluation_ones(serial_run, tmp_path):
+    # a run of design seeds only: its summary is written apart and says it is in-sample; the
+    # evaluation summary says there is nothing to report yet (and no plot is drawn from nothing)
+    _, _, record = serial_run
+    import copy
+
+    rec = copy.deepcopy(record)
+    for c in rec["cells"]:
+        c["request"]["split"] = "design"
+    out = str(tmp_path / "design")
+    suite.summarise(None, rec, out)
+    design = open(os.path.join(out, "summary-design.md"), encoding="utf-8").read()
+    assert "(design seeds)" in design and "in-sample" in design
+    assert "## WMF: interaction task, inter_ratio 0.2, random users" in design
+    evaluation = open(os.path.join(out, "summary.md"), encoding="utf-8").read()
+    assert "No finished evaluation cell yet." in evaluation and "## WMF" not in evaluation
+    assert not os.path.exists(os.path.join(out, "plots"))
+    # an evaluation run writes no design summary
+    out2 = str(tmp_path / "eval")
+    suite.summarise(None, record, out2)
+    assert not os.path.exists(os.path.join(out2, "summary-design.md"))
+    assert suite.summary_rows(record, "design") == [] and suite.summary_rows(rec, "design")
+
+
 def test_rerun_skips_finished_cells_and_redo_reruns_one_method(serial_run):
     tmp, spec, _ = serial_run
     cells_dir = os.path.join(spec.output_dir, "cells")

@@ -32,7 +32,11 @@ reported beside it); when the step moves other users (graph models, full-paramet
 seeded sample of ``guard_sample`` other validation users must keep it too. A common cap on
 the scales, the largest on the grid that holds both, is found by bisection over measured
 caps (cap 0 is the unchanged model), so what is applied was measured to hold, for any
-request size, one user included. ``info["guard"]`` reports both ratios as applied.
+request size, one user included. A request user whose every train interaction is forgotten
+(the user task) keeps no retained data, and retraining leaves them a cold user, so their
+validation NDCG is not guarded: the guard sums over the request users who keep train
+interactions (none left: only the others' sample, where there is one, is guarded).
+``info["guard"]`` reports both ratios as applied and how many request users it covers.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class StepCalibration:
         v_mine = row_of[valid_users] >= 0
         self.probe = RankProbe(U, row_of[users[hist]], items[hist], row_of[t_users], t_items,
                                row_of[valid_users[v_mine]], valid_items[v_mine])
+        # the request users the guard covers: those who keep at least one train interaction
+        self.guarded = torch.bincount(row_of[users[hist]], minlength=U) > 0
         self.others = None
         self.other_probe = None
         if watch_others:
@@ -122,7 +128,7 @@ class StepCalibration:
         with torch.no_grad():
             start = self.probe.mask(adapter.user_scores(req_users))
             self.start_ranks = self.probe.forget_ranks(start, masked=True)
-            self.start_ndcg = float(self.probe.valid_ndcg(start, 10, masked=True).sum())
+            self.start_ndcg = self._req_sum(self.probe.valid_ndcg(start, 10, masked=True))
             self.start_other = None
             if self.other_probe is not None:
                 self.start_other = float(self.other_probe.valid_ndcg(adapter.user_scores(pick), 10).sum())
@@ -164,10 +170,15 @@ class StepCalibration:
         new = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(0, p.f_rows, entered)
         return target, new == 0, p.valid_ndcg(scores, 10, masked=True)
 
+    def _req_sum(self, ndcg: Tensor) -> float:
+        """The request users' validation NDCG@10 the guard keeps: summed over the users who keep
+        train interactions (a fully forgotten user has no retained utility to keep)."""
+        return float(ndcg[self.guarded].sum())
+
     def _set_reference(self, ndcg: Tensor, other: float | None) -> None:
         """The guard's starting value: the model before the step (for graph models the original
         serving the retained graph, which the request imposes whatever the step)."""
-        self.ref_ndcg, self.ref_other = float(ndcg.sum()), other
+        self.ref_ndcg, self.ref_other = self._req_sum(ndcg), other
 
     def _guard(self, ndcg_sum: float, other_sum: float | None) -> tuple[bool, float, float | None]:
         g = float(self.s["utility_guard"])
@@ -222,21 +233,21 @@ class StepCalibration:
         """The largest common cap on the grid under which the guard holds (bisection over
         measured caps; cap 0 leaves the model as it stands, so the result always holds)."""
         _, ndcg, other, _, _ = measure(chosen)
-        if self._guard(float(ndcg.sum()), other)[0]:
+        if self._guard(self._req_sum(ndcg), other)[0]:
             return chosen, None
         # Caps at or above the floor first (users at the floor keep the influence step); below
         # it only when the floor itself breaks the guard.
         c_lo, c_hi = 0, grid.numel() - 1
         if self.floor_index > 0:
             _, nd, ot, _, _ = measure(chosen.clamp(max=float(grid[self.floor_index])))
-            if self._guard(float(nd.sum()), ot)[0]:
+            if self._guard(self._req_sum(nd), ot)[0]:
                 c_lo = self.floor_index
             else:
                 c_hi = self.floor_index
         while c_lo < c_hi:
             c_mid = (c_lo + c_hi + 1) // 2
             _, nd, ot, _, _ = measure(chosen.clamp(max=float(grid[c_mid])))
-            if self._guard(float(nd.sum()), ot)[0]:
+            if self._guard(self._req_sum(nd), ot)[0]:
                 c_lo = c_mid
             else:
                 c_hi = c_mid - 1
@@ -244,7 +255,7 @@ class StepCalibration:
         return chosen.clamp(max=cap), cap
 
     def _report(self, info, chosen, cap, ndcg, other, target, clean):
-        met, r, o = self._guard(float(ndcg.sum()), other)
+        met, r, o = self._guard(self._req_sum(ndcg), other)
         info["calibration"] = {
             "target": self.s["calib_target"],
             "step_floor": float(self.s["step_floor"]),
@@ -261,7 +272,9 @@ class StepCalibration:
             "met": bool(met),
             # against the original model itself (differs from the above for graph models only)
             "request_users_valid_ndcg_ratio_vs_original":
-                float(ndcg.sum()) / self.start_ndcg if self.start_ndcg > 0 else 1.0,
+                self._req_sum(ndcg) / self.start_ndcg if self.start_ndcg > 0 else 1.0,
+            "request_users_guarded": int(self.guarded.sum()),
+            "request_users_fully_forgotten": int((~self.guarded).sum()),
         }
         logger.info("[calibration] %s: step median %.3g (cap %s), %.0f%% of users meet it; request users' "
                     "valid NDCG x%.3f, others x%s", self.s["calib_target"], info["calibration"]["step_median"],

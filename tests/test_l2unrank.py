@@ -253,6 +253,22 @@ def test_guard_binds_for_a_single_user_request(prepared, model):
         assert guarded.info["calibration"]["step_median"] < free.info["calibration"]["step_median"]
 
 
+@pytest.mark.parametrize("model", ["WMF", "NeuMF"])
+def test_a_user_no_step_brings_to_the_target_keeps_the_influence_step(prepared, model, monkeypatch):
+    """A step direction that pulls the forgotten items up (the solve's sign flipped): no scale on
+    the grid meets the target, and the calibration keeps every such user at the floor (the
+    influence step itself) instead of the grid's largest step."""
+    run = prepared[model]
+    from recbole_unrank.methods import pipeline as mod
+
+    original = mod.batched_block_solve
+    monkeypatch.setattr(mod, "batched_block_solve", lambda A, b, d: -original(A, b, d))
+    result = _unlearn(run, "l2unrank", utility_guard=0.0)
+    c = result.info["calibration"]
+    assert c["users_kept_at_floor"] > 0
+    assert c["step_median"] == pytest.approx(1.0) and c["step_min"] == pytest.approx(1.0)
+
+
 def _whole_user_request(run, n_whole=2, with_partial=True):
     """Train rows forgetting every interaction of ``n_whole`` request users (the user task), and
     half of one more user's when ``with_partial``; returns (index, whole users, partial user)."""

@@ -24,6 +24,11 @@ left unchanged).
 before the request; the step is raised until none does (where the grid allows; what is left is
 reported as ``new_entrants``).
 
+**No reach** (per-user scales): a user for whom the search finds no step on the grid that meets
+both the target and the constraint keeps the floor (``users_kept_at_floor``), not the grid's
+largest step: a step the search did not measure to help is not applied (on a nonlinear model a
+larger step can bring forgotten items back into the top ``view_k``).
+
 **Guard** (``utility_guard``): the request users' own validation NDCG@10 (summed over them,
 retained history masked) keeps at least ``utility_guard`` of its starting value, the model's
 before the step (the original; for graph models the original serving the retained graph,
@@ -219,10 +224,16 @@ class StepCalibration:
             hi = torch.where(active & ok, mid, hi)
             lo = torch.where(active & ~ok, mid + 1, lo)
         chosen = grid[hi]
+        # A user whom no step the search measured brought to the target and the constraint keeps
+        # the floor (the influence step): the search ends at the grid's largest step for them,
+        # and a step the calibration did not see help is not applied.
+        reached = measure(chosen)[0]
+        chosen = torch.where(reached, chosen, grid[self.floor_index])
         chosen, cap = self._cap(lambda sc: measure(sc), chosen, grid)
         ok, ndcg, other, target, clean = measure(chosen)
         bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean)
+        info["calibration"]["users_kept_at_floor"] = int((~reached).sum())
         return chosen
 
     def _bar(self):

@@ -25,9 +25,12 @@ before the request; the step is raised until none does (where the grid allows; w
 reported as ``new_entrants``).
 
 **No reach** (per-user scales): a user for whom the search finds no step on the grid that meets
-both the target and the constraint keeps the floor (``users_kept_at_floor``), not the grid's
-largest step: a step the search did not measure to help is not applied (on a nonlinear model a
-larger step can bring forgotten items back into the top ``view_k``).
+both the target and the constraint takes, of the steps the search measured for them (the
+floor included), the one without a new entrant that came closest to the target (its progress:
+the share of the user's forgotten items ranked at or below the median of their validation
+items, or outside the top ``view_k``); the floor if none is clean (``users_not_reached``). Not
+the grid's largest step by default: on a nonlinear model a larger step can bring forgotten
+items back into the top ``view_k``.
 
 **Guard** (``utility_guard``): the request users' own validation NDCG@10 (summed over them,
 retained history masked) keeps at least ``utility_guard`` of its starting value, the model's
@@ -148,8 +151,13 @@ class StepCalibration:
         self.floor_index = int(np.searchsorted(grid, floor)) if floor > 0 else 0
 
     # ---- measures --------------------------------------------------------------------------
-    def _user_ok(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per request user: target met, no new entrant, and NDCG@10 [U] (masked scores).
+    def _user_ok(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per request user: target met, no new entrant, NDCG@10 and progress [U] (masked scores).
+
+        Progress towards the target, comparable across steps (it reads ranks, not scores): the
+        share of the user's forgotten items that rank at or below the median of the user's
+        validation items (the ``valid_rank`` target is met when it reaches one half, up to
+        ties), or outside the top ``view_k`` (``view``, and users without validation items).
 
         No rank is computed: within a row, ``rank(a) >= rank(b)`` exactly when
         ``s_a <= s_b`` (ranks count strictly higher scores and both are entries of the row),
@@ -165,15 +173,21 @@ class StepCalibration:
         share = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
             0, p.f_rows, in_top.to(torch.float64)) / p.f_count.to(torch.float64)
         view_ok = share <= float(s["view_share"]) + 1e-9
+        progress = 1.0 - share
         if s["calib_target"] == "valid_rank":
             med_f = row_median(p.f_rows, -fs, U)  # minus the upper median score
             med_v = row_median(p.v_rows, -scores[p.v_rows, p.v_items], U)
             target = torch.where(torch.isnan(med_v), view_ok, med_f >= med_v)
+            has_v = ~torch.isnan(med_v)
+            below = (fs.to(torch.float64) <= -torch.nan_to_num(med_v)[p.f_rows]).to(torch.float64)
+            below_share = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
+                0, p.f_rows, below) / p.f_count.to(torch.float64)
+            progress = torch.where(has_v, below_share, progress)
         else:
             target = view_ok
         entered = (self.outside & in_top).to(torch.float64)
         new = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(0, p.f_rows, entered)
-        return target, new == 0, p.valid_ndcg(scores, 10, masked=True)
+        return target, new == 0, p.valid_ndcg(scores, 10, masked=True), progress
 
     def _req_sum(self, ndcg: Tensor) -> float:
         """The request users' validation NDCG@10 the guard keeps: summed over the users who keep
@@ -203,10 +217,17 @@ class StepCalibration:
         grid = self.grid.to(delta.dtype)
         bar = self._bar()
 
-        def measure(scale):
+        best = {"progress": None, "scale": None}
+
+        def measure(scale, track=False):
             bar.update()
             scores = self.probe.mask(a.scores_with_delta(self.req_users, prepared, scale))
-            target, clean, ndcg = self._user_ok(scores)
+            target, clean, ndcg, progress = self._user_ok(scores)
+            if track:  # the search's own steps: remember each user's best clean one
+                bp, bs = best["progress"], best["scale"]
+                better = clean & ((progress > bp) | ((progress == bp) & (scale < bs)))
+                best["progress"] = torch.where(better, progress, bp)
+                best["scale"] = torch.where(better, scale, bs)
             other = None
             if self.other_probe is not None:
                 other = float(self.other_probe.valid_ndcg(a.other_scores_with_delta(prepared, scale), 10).sum())
@@ -217,23 +238,27 @@ class StepCalibration:
         G = grid.numel()
         lo = torch.full((U,), self.floor_index, dtype=torch.long, device=delta.device)
         hi = torch.full((U,), G - 1, dtype=torch.long, device=delta.device)
+        best["progress"] = torch.full((U,), -1.0, dtype=torch.float64, device=delta.device)
+        best["scale"] = grid[lo].clone()  # the floor, where no measured step is clean
+        measure(grid[lo], track=True)
         while bool((lo < hi).any()):  # smallest grid index >= the floor meeting target and constraint
             mid = (lo + hi) // 2
-            ok = measure(grid[mid])[0]
+            ok = measure(grid[mid], track=True)[0]
             active = lo < hi
             hi = torch.where(active & ok, mid, hi)
             lo = torch.where(active & ~ok, mid + 1, lo)
         chosen = grid[hi]
-        # A user whom no step the search measured brought to the target and the constraint keeps
-        # the floor (the influence step): the search ends at the grid's largest step for them,
-        # and a step the calibration did not see help is not applied.
+        # A user whom no step brought to the target and the constraint takes, of the steps the
+        # search measured (the floor included), the clean one that came closest to the target
+        # (the floor where none is clean), not the grid's largest step by default: on a
+        # nonlinear model a larger step can bring forgotten items back into the top view_k.
         reached = measure(chosen)[0]
-        chosen = torch.where(reached, chosen, grid[self.floor_index])
+        chosen = torch.where(reached, chosen, best["scale"])
         chosen, cap = self._cap(lambda sc: measure(sc), chosen, grid)
         ok, ndcg, other, target, clean = measure(chosen)
         bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean)
-        info["calibration"]["users_kept_at_floor"] = int((~reached).sum())
+        info["calibration"]["users_not_reached"] = int((~reached).sum())
         return chosen
 
     def _bar(self):
@@ -305,7 +330,7 @@ class StepCalibration:
             value = float(scale.reshape(-1)[0]) if torch.is_tensor(scale) else float(scale)
             apply(value)
             scores = self.probe.mask(a.user_scores(self.req_users))
-            target, clean, ndcg = self._user_ok(scores)
+            target, clean, ndcg, _ = self._user_ok(scores)
             other = None
             if self.other_probe is not None:
                 other = float(self.other_probe.valid_ndcg(a.user_scores(self.others), 10).sum())

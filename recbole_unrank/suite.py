@@ -718,9 +718,12 @@ def summarise(spec: SuiteSpec | None, record: dict, out: str) -> None:
     from recbole_unrank.report import write_text
 
     os.makedirs(out, exist_ok=True)
+    eval_rows = []
     for split, stem in (("eval", "summary"), ("design", "summary-design")):
         rows = summary_rows(record, split)
-        if split == "design" and not rows:
+        if split == "eval":
+            eval_rows = rows
+        elif not rows:
             continue
         pooled = pooled_tests(record, split)
         write_text(os.path.join(out, f"{stem}.md"), summary_markdown(record, rows, pooled, split))
@@ -730,13 +733,12 @@ def summarise(spec: SuiteSpec | None, record: dict, out: str) -> None:
             writer.writeheader()
             writer.writerows(rows)
         write_text(os.path.join(out, f"{stem}.csv"), buf.getvalue())
-    rows = summary_rows(record, "eval")
-    if not rows:
+    if not eval_rows:
         logger.info("suite: no finished evaluation cell: no plots")
         return
     try:
         from recbole_unrank import plots
 
-        plots.plot_suite(rows, record, os.path.join(out, "plots"))
+        plots.plot_suite(eval_rows, record, os.path.join(out, "plots"))
     except ImportError:
         logger.info("matplotlib not installed: no suite plots")

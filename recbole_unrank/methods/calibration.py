@@ -170,8 +170,12 @@ class StepCalibration:
         kth = scores.topk(min(k, scores.shape[1]), dim=1).values[:, -1]
         fs = scores[p.f_rows, p.f_items]
         in_top = fs >= kth[p.f_rows]
-        share = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
-            0, p.f_rows, in_top.to(torch.float64)) / p.f_count.to(torch.float64)
+
+        def per_user(flags: Tensor) -> Tensor:  # count of the forget pairs' flags per request user
+            return torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
+                0, p.f_rows, flags.to(torch.float64))
+
+        share = per_user(in_top) / p.f_count.to(torch.float64)
         view_ok = share <= float(s["view_share"]) + 1e-9
         progress = 1.0 - share
         if s["calib_target"] == "valid_rank":
@@ -179,14 +183,11 @@ class StepCalibration:
             med_v = row_median(p.v_rows, -scores[p.v_rows, p.v_items], U)
             target = torch.where(torch.isnan(med_v), view_ok, med_f >= med_v)
             has_v = ~torch.isnan(med_v)
-            below = (fs.to(torch.float64) <= -torch.nan_to_num(med_v)[p.f_rows]).to(torch.float64)
-            below_share = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(
-                0, p.f_rows, below) / p.f_count.to(torch.float64)
-            progress = torch.where(has_v, below_share, progress)
+            below = fs.to(torch.float64) <= -torch.nan_to_num(med_v)[p.f_rows]
+            progress = torch.where(has_v, per_user(below) / p.f_count.to(torch.float64), progress)
         else:
             target = view_ok
-        entered = (self.outside & in_top).to(torch.float64)
-        new = torch.zeros(U, dtype=torch.float64, device=scores.device).index_add_(0, p.f_rows, entered)
+        new = per_user(self.outside & in_top)
         return target, new == 0, p.valid_ndcg(scores, 10, masked=True), progress
 
     def _req_sum(self, ndcg: Tensor) -> float:

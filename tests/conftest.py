@@ -9,7 +9,9 @@ pytest's temporary folders.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +180,45 @@ def py():
 def config_maker():
     """``config_maker(workdir, model="WMF", **overrides)``: for module-scoped fixtures."""
     return make_tiny_config
+
+
+# ------------------------------------------------------------------------------ reports
+_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def assert_same_numbers(got, want, rel: float = 1e-9, abs_tol: float = 1e-12, path: str = "") -> None:
+    """``got`` equals ``want`` (JSON-like trees): keys, lengths, strings and bools exactly,
+    floats up to ``rel`` / ``abs_tol`` (another BLAS, another last digit), NaN equal to NaN."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), (path, sorted(got), sorted(want))
+        for key in want:
+            assert_same_numbers(got[key], want[key], rel, abs_tol, f"{path}/{key}")
+    elif isinstance(want, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_numbers(g, w, rel, abs_tol, f"{path}[{i}]")
+    elif isinstance(want, float) or (isinstance(got, float) and isinstance(want, int) and not isinstance(want, bool)):
+        assert isinstance(got, (int, float)) and not isinstance(got, bool), (path, got, want)
+        if math.isnan(want):
+            assert math.isnan(got), (path, got, want)
+        else:
+            assert math.isclose(got, want, rel_tol=rel, abs_tol=abs_tol), (path, got, want)
+    else:
+        assert got == want, (path, got, want)
+
+
+def assert_same_report(got: str, want: str, rel: float = 1e-9) -> None:
+    """Two rendered reports agree: the text between numbers exactly, each printed number up to
+    ``rel`` or one unit of its last printed digit (a value on a rounding boundary may print
+    either way under another BLAS)."""
+    got_text, want_text = _NUMBER.split(got), _NUMBER.split(want)
+    assert got_text == want_text, "the reports' text differs"
+    for g, w in zip(_NUMBER.findall(got), _NUMBER.findall(want)):
+        if g == w:
+            continue
+        gv, wv = float(g.replace(",", "")), float(w.replace(",", ""))
+        mantissa = w.replace(",", "").lstrip("+-").split("e")[0].split("E")[0]
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        exponent = int(re.split("[eE]", w)[1]) if re.search("[eE]", w) else 0
+        unit = 10.0 ** (exponent - decimals)
+        assert abs(gv - wv) <= unit * (1 + 1e-9) or math.isclose(gv, wv, rel_tol=rel), (g, w)

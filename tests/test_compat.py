@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,9 @@ import scipy.sparse as sp
 import torch
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
+from conftest import DATA_PATH
 from recbole_unrank import compat
 
-DATA_PATH = Path(__file__).resolve().parent.parent / "dataset"
 
 CONFIG_SNIPPET = (
     "Config('BPR', 'tiny', config_dict={'data_path': %r, 'gpu_id': '', 'show_progress': False})"

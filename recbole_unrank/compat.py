@@ -120,6 +120,78 @@ def _patch_pop() -> None:
         Pop.calculate_loss = _pop_calculate_loss
 
 
+NO_GPU_USAGE = "0.0 / 0.0"  # what RecBole's get_environment itself reports without a GPU
+
+
+def _is_cuda(device) -> bool:
+    if device is None:
+        return False
+    try:
+        return torch.device(device).type == "cuda"
+    except (TypeError, RuntimeError):
+        return False
+
+
+def _get_gpu_usage(device=None) -> str:
+    """RecBole's ``get_gpu_usage`` asks ``torch.cuda`` for the memory of ``device`` whatever it
+    is; on a machine with CUDA a run on the CPU (``gpu_id ''``) then fails inside RecBole
+    (``ValueError: Expected a cuda device, but got: cpu`` from ``get_environment`` in
+    ``quick_start`` and from the trainer's epoch line when ``show_progress`` is on). A device
+    that is not CUDA reports no GPU usage; a CUDA one is measured by RecBole's own code."""
+    if not _is_cuda(device):
+        return NO_GPU_USAGE
+    return _RECBOLE_GET_GPU_USAGE(device)
+
+
+_RECBOLE_GET_GPU_USAGE = None  # RecBole's get_gpu_usage, kept for the CUDA path and the test
+
+
+def _patch_gpu_usage() -> None:
+    """Replace ``get_gpu_usage`` in ``recbole.utils.utils`` (which ``get_environment`` calls) and
+    in every RecBole module that imported it by value (``recbole.utils``, the trainers; modules
+    imported later take the patched name from ``recbole.utils``)."""
+    global _RECBOLE_GET_GPU_USAGE
+    import recbole.utils.utils as rb_utils
+
+    if rb_utils.get_gpu_usage is not _get_gpu_usage:
+        _RECBOLE_GET_GPU_USAGE = rb_utils.get_gpu_usage
+    for name, module in list(sys.modules.items()):
+        if (name == "recbole" or name.startswith("recbole.")) and module is not None:
+            if getattr(module, "get_gpu_usage", None) is _RECBOLE_GET_GPU_USAGE:
+                module.get_gpu_usage = _get_gpu_usage
+
+
+_RECBOLE_INIT_DEVICE = None  # RecBole's Config._init_device
+
+
+def _config_init_device(self) -> None:
+    """RecBole's ``Config._init_device`` sets ``os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id``
+    each time a Config is built, so a CPU config (``gpu_id ''``) built early in a process hides
+    every GPU from what comes after it (``torch.cuda.device_count()`` is then 0, and a
+    CUDA-tagged checkpoint cannot be read). A CPU config leaves the variable as it found it and
+    gets the CPU explicitly; a GPU config keeps RecBole's behaviour (its ``gpu_id`` is made
+    visible and it runs on ``cuda`` where CUDA is present); the distributed path is RecBole's."""
+    distributed = "local_rank" in self.final_config_dict
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    _RECBOLE_INIT_DEVICE(self)
+    if distributed or str(self.final_config_dict["gpu_id"]).strip():
+        return
+    if saved is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    self.final_config_dict["device"] = torch.device("cpu")
+
+
+def _patch_config_device() -> None:
+    global _RECBOLE_INIT_DEVICE
+    from recbole.config import Config
+
+    if Config._init_device is not _config_init_device:
+        _RECBOLE_INIT_DEVICE = Config._init_device
+        Config._init_device = _config_init_device
+
+
 def apply() -> None:
     """Apply every patch (safe to call more than once)."""
     _patch_numpy()
@@ -129,6 +201,8 @@ def apply() -> None:
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = _dok_update
     _patch_pop()
+    _patch_gpu_usage()
+    _patch_config_device()
 
 
 apply()

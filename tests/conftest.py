@@ -108,6 +108,20 @@ class Pending:
         return self._done
 
 
+# ------------------------------------------------------------------------------ markers
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` need a CUDA device: skipped (with the reason) where none is present.
+    Asked once, before any RecBole Config could hide the GPUs (see compat._config_init_device)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none is present)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session", autouse=True)
 def _session_sandbox(tmp_path_factory):

@@ -3,6 +3,7 @@ interpreter or with the patch removed) and sufficient (RecBole works with it).""
 
 from __future__ import annotations
 
+import os
 import pickle
 import textwrap
 
@@ -266,3 +267,110 @@ def test_pop_counts_every_occurrence(config_maker, tmp_path, monkeypatch):
     got = counts(compat._pop_calculate_loss)
     assert torch.equal(got, expected), (got[:10], expected[:10])
     assert not torch.equal(counts(Pop._recbole_calculate_loss), expected)  # RecBole's own: fails
+
+
+# ------------------------------------------------------------------ CUDA machines, simulated
+class _FakeProps:
+    total_memory = 80 * 1024**3
+
+
+def _pretend_cuda(monkeypatch) -> None:
+    """This CPU machine as a CUDA one would answer RecBole: CUDA present, and memory queries
+    that (like torch's on a CUDA build) refuse a device that is not CUDA."""
+
+    def reserved(device=None):
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"Expected a cuda device, but got: {device}")
+        return 2 * 1024**3
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", reserved)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: _FakeProps())
+
+
+def test_gpu_usage_of_a_cpu_run_on_a_cuda_machine(monkeypatch, config_maker, tmp_path):
+    """RecBole's get_gpu_usage / get_environment fail for a CPU run where CUDA is present;
+    patched, the CPU reports no GPU usage and a CUDA device is still measured by RecBole."""
+    import recbole.quick_start.quick_start as quick_start
+    import recbole.trainer.trainer as trainer
+    import recbole.utils as rb_utils
+
+    _pretend_cuda(monkeypatch)
+    with pytest.raises(ValueError, match="Expected a cuda device"):
+        compat._RECBOLE_GET_GPU_USAGE(torch.device("cpu"))  # RecBole's own: fails
+    for module in (rb_utils, trainer, rb_utils.utils):
+        assert module.get_gpu_usage(torch.device("cpu")) == compat.NO_GPU_USAGE, module
+        assert module.get_gpu_usage(torch.device("cuda")) == "2.00 G/80.00 G", module
+    config = config_maker(tmp_path, "BPR")
+    assert config["device"].type == "cpu" and config["use_gpu"]
+    monkeypatch.setattr("psutil.cpu_percent", lambda interval=None: 0.0)  # skips its 1 s wait
+    assert compat.NO_GPU_USAGE in quick_start.get_environment(config).draw()
+
+
+def test_trainer_epoch_line_of_a_cpu_run_on_a_cuda_machine(monkeypatch, config_maker, tmp_path):
+    """RecBole's trainer asks for the GPU's memory after each epoch when ``show_progress`` is
+    on and CUDA is present (trainer.py:268): a CPU run trains through it."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import BPR
+    from recbole.trainer import Trainer
+
+    config = config_maker(tmp_path, "BPR", show_progress=True)
+    train_loader, _, _ = data_preparation(config, create_dataset(config))
+    _pretend_cuda(monkeypatch)
+    trainer = Trainer(config, BPR(config, train_loader.dataset))
+    assert trainer.gpu_available and trainer.device.type == "cpu"
+    trainer._train_epoch(train_loader, 0, show_progress=True)
+    monkeypatch.setattr("recbole.trainer.trainer.get_gpu_usage", compat._RECBOLE_GET_GPU_USAGE)
+    with pytest.raises(ValueError, match="Expected a cuda device"):
+        trainer._train_epoch(train_loader, 1, show_progress=True)  # RecBole's own: fails
+
+
+@pytest.mark.parametrize("before", [None, "0", "1,2"])
+def test_cpu_config_leaves_cuda_visible_devices_alone(monkeypatch, config_maker, tmp_path, before):
+    """RecBole's Config sets CUDA_VISIBLE_DEVICES to ``gpu_id``: a CPU config ('') hid every GPU
+    from the rest of the process. Patched, it leaves the variable as it was and runs on the CPU."""
+    from recbole.config import Config
+
+    def env_after(init_device) -> str | None:
+        if before is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", before)
+        monkeypatch.setattr(Config, "_init_device", init_device)
+        config = config_maker(tmp_path, "BPR")
+        assert config["device"] == torch.device("cpu")
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    assert env_after(compat._RECBOLE_INIT_DEVICE) == ""  # RecBole's own: the GPUs are hidden
+    assert env_after(compat._config_init_device) == before
+
+
+def test_gpu_config_still_picks_its_gpu(monkeypatch, config_maker, tmp_path):
+    """A config with ``gpu_id`` on a machine with CUDA runs on CUDA and makes its GPU visible,
+    as RecBole does, also after a CPU config was built in the same process."""
+    _pretend_cuda(monkeypatch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert config_maker(tmp_path, "BPR")["device"].type == "cpu"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    config = config_maker(tmp_path, "BPR", gpu_id="1")
+    assert config["device"].type == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.cuda
+def test_cuda_stays_visible_after_a_cpu_config(py, tmp_path):
+    """On a CUDA machine: a CPU config built first leaves every GPU to what comes after it."""
+    code = textwrap.dedent(
+        f"""
+        import os
+        os.environ.pop('CUDA_VISIBLE_DEVICES', None)
+        import recbole_unrank, torch
+        from recbole.config import Config
+        config = {CONFIG_SNIPPET}
+        assert config['device'].type == 'cpu'
+        print('COUNT', torch.cuda.device_count())
+        """
+    )
+    res = py(code, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "COUNT 0" not in res.stdout and "COUNT" in res.stdout

@@ -156,9 +156,9 @@ def _patch_gpu_usage() -> None:
     if rb_utils.get_gpu_usage is not _get_gpu_usage:
         _RECBOLE_GET_GPU_USAGE = rb_utils.get_gpu_usage
     for name, module in list(sys.modules.items()):
-        if (name == "recbole" or name.startswith("recbole.")) and module is not None:
-            if getattr(module, "get_gpu_usage", None) is _RECBOLE_GET_GPU_USAGE:
-                module.get_gpu_usage = _get_gpu_usage
+        if ((name == "recbole" or name.startswith("recbole.")) and module is not None
+                and getattr(module, "get_gpu_usage", None) is _RECBOLE_GET_GPU_USAGE):
+            module.get_gpu_usage = _get_gpu_usage
 
 
 _RECBOLE_INIT_DEVICE = None  # RecBole's Config._init_device

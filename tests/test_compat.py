@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import DATA_PATH
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
-from conftest import DATA_PATH
 from recbole_unrank import compat
-
 
 CONFIG_SNIPPET = (
     "Config('BPR', 'tiny', config_dict={'data_path': %r, 'gpu_id': '', 'show_progress': False})"
@@ -292,9 +291,9 @@ def _pretend_cuda(monkeypatch) -> None:
 def test_gpu_usage_of_a_cpu_run_on_a_cuda_machine(monkeypatch, config_maker, tmp_path):
     """RecBole's get_gpu_usage / get_environment fail for a CPU run where CUDA is present;
     patched, the CPU reports no GPU usage and a CUDA device is still measured by RecBole."""
-    import recbole.quick_start.quick_start as quick_start
-    import recbole.trainer.trainer as trainer
     import recbole.utils as rb_utils
+    from recbole.quick_start import quick_start
+    from recbole.trainer import trainer
 
     _pretend_cuda(monkeypatch)
     with pytest.raises(ValueError, match="Expected a cuda device"):

@@ -26,7 +26,7 @@ from torch import nn
 
 from recbole.data.interaction import Interaction
 
-from recbole_unrank.device import model_device
+from recbole_unrank.device import model_device, move_tensor_attributes
 
 __all__ = ["ModelAdapter", "AdapterError", "TrainingLoss", "CACHES"]
 
@@ -85,6 +85,9 @@ class ModelAdapter:
         self.model = model
         self.n_users = int(model.n_users)
         self.n_items = int(model.n_items)
+        # A model moved with .to() / .cuda() (a checkpoint trained on another device) leaves its
+        # plain tensor attributes behind (LightGCN's graph): bring them to its parameters.
+        move_tensor_attributes(model)
 
     @property
     def device(self) -> torch.device:

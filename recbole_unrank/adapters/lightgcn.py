@@ -141,6 +141,10 @@ class LocalGraph:
 
     def __init__(self, model: nn.Module, n_layers: int):
         adj = model.norm_adj_matrix
+        device = model.user_embedding.weight.device
+        if adj.device != device:  # a model moved to another device left its graph behind
+            adj = adj.to(device)
+            model.norm_adj_matrix = adj
         if not adj.is_coalesced():  # RecBole's builder leaves it uncoalesced: sort once per model
             adj = adj.coalesce()
             model.norm_adj_matrix = adj
@@ -149,7 +153,6 @@ class LocalGraph:
         self.n_users = int(model.n_users)
         n = adj.shape[0]
         idx, vals = adj._indices(), adj._values()
-        device = vals.device
         self.crow = torch.searchsorted(idx[0], torch.arange(n + 1, device=device))
         live = vals != 0
         self.deg = torch.bincount(idx[0][live], minlength=n)
@@ -438,8 +441,9 @@ class LightGCNAdapter(ModelAdapter):
     @contextmanager
     def propagate_over(self, users, items):
         saved = self.model.norm_adj_matrix
-        self.model.norm_adj_matrix = normalized_adjacency(users, items, self.n_users, self.n_items,
-                                                          self.model.user_embedding.weight.dtype)
+        device = self.device
+        self.model.norm_adj_matrix = normalized_adjacency(users.to(device), items.to(device), self.n_users,
+                                                          self.n_items, self.model.user_embedding.weight.dtype)
         self._swapped = True
         self.invalidate()
         try:

@@ -12,7 +12,9 @@ under its output folder:
 * ``plots/``: each measure against the unlearning ratio, utility against the MIA gap (time as
   marker size), and the hop sweep per model;
 * ``models/``: the cached originals (one per model, dataset and training seed) and retrained
-  models (one per request), reused by every method and by reruns.
+  models (one per request), reused by every method and by reruns. Each file name ends in a
+  hash of everything that defines the model (:func:`model_cache_key`): a changed setting,
+  config file, data file or package version trains a new one instead of reusing a stale one.
 
 Execution units: an *original* (trains once), then a *request* (loads the data and the
 original once, evaluates retrain first, then every method of the grid not yet recorded). Units
@@ -25,6 +27,7 @@ report. The two lists must not overlap, and the summary reads evaluation seeds o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -318,8 +321,53 @@ def _load_record(path: str) -> dict | None:
         return None
 
 
-def _model_path(cache: str, model: str, dataset: str, tseed: int, req: Request | None = None) -> str:
-    stem = f"{model}-{dataset}-s{tseed}" + (f"-{req.key}-retrain" if req else "")
+#: Settings that say where files go or which device runs, not what model is trained.
+_NOT_DEFINING = frozenset({
+    "data_path", "checkpoint_dir", "dataset_save_path", "dataloaders_save_path", "device", "gpu_id",
+    "use_gpu", "show_progress", "state", "log_wandb", "wandb_project", "local_rank", "single_spec",
+    "nproc", "world_size", "offset", "ip", "port", "worker", "reproducibility",
+})
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def model_cache_key(spec: SuiteSpec, model: str, config, req: Request | None = None) -> str:
+    """A hash (16 hex digits) of everything that defines a cached model: the resolved RecBole
+    settings (every key but file locations and the device; no ``unrank_*`` key, which training
+    an original does not read), the contents of the config files, the data fingerprint
+    (dataset, ``.inter`` sha256, split settings), this package's and RecBole's versions; for a
+    retrained model also the request (task, ratio, users, seed) and ``retrain``'s settings."""
+    import recbole
+
+    from recbole_unrank import __version__
+    from recbole_unrank.checkpoints import data_fingerprint
+
+    settings = {k: v for k, v in config.final_config_dict.items()
+                if k not in _NOT_DEFINING and not k.startswith("unrank_")}
+    files = spec.config_files + spec.models[model]
+    what = {
+        "model": model,
+        "settings": settings,
+        "config_files": [_file_sha256(f) for f in files],
+        "data": data_fingerprint(config),
+        "versions": {"recbole_unrank": __version__, "recbole": recbole.__version__},
+    }
+    if req is not None:
+        from recbole_unrank.methods import METHODS
+        from recbole_unrank.pipeline import method_settings
+
+        what["request"] = {k: v for k, v in req.__dict__.items() if k != "split"}
+        what["method"] = {"name": "retrain", "settings": method_settings(config, METHODS["retrain"])}
+    text = json.dumps(what, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _model_path(cache: str, model: str, dataset: str, tseed: int, req: Request | None = None,
+                key: str = "") -> str:
+    stem = f"{model}-{dataset}-s{tseed}" + (f"-{req.key}-retrain" if req else "") + (f"-{key}" if key else "")
     return os.path.join(cache, "models", stem + ".pth")
 
 
@@ -343,12 +391,12 @@ def train_original(spec: SuiteSpec, model: str, tseed: int, out: str) -> dict:
     from recbole_unrank.data import load_data, make_loaders
     from recbole_unrank.training import train_model
 
-    path = _model_path(spec.cache_dir, model, spec.dataset, tseed)
+    config = _config(spec, model, tseed, None, out)
+    path = _model_path(spec.cache_dir, model, spec.dataset, tseed, key=model_cache_key(spec, model, config))
     info_path = path[:-4] + ".json"
     if os.path.isfile(path) and os.path.isfile(info_path):
         return _load_record(info_path)
     torch.set_num_threads(1)
-    config = _config(spec, model, tseed, None, out)
     data = load_data(config)
     train, valid, _ = make_loaders(config, data)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -376,7 +424,9 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
         return []
     torch.set_num_threads(1)
     config = _config(spec, req.model, req.train_seed, req, out)
-    original_path = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed)
+    # unrank_* keys do not enter an original's key: the request's config gives the same one
+    original_path = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed,
+                                key=model_cache_key(spec, req.model, config))
     run, ckpt = prepare_run(config, original_path)
     run.prepare_original(ckpt, original_path)
     base = {"request": req.__dict__, "dataset": spec.dataset, "request_summary": run.request.summary()}
@@ -395,7 +445,8 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
     retrain_cell = next((c for c in cells if c.method == "retrain"), None)
     retrain_time = None
     if retrain_cell is not None:
-        rpath = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed, req)
+        rpath = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed, req,
+                            key=model_cache_key(spec, req.model, config, req))
         rinfo_path = rpath[:-4] + ".json"
         try:
             if os.path.isfile(rpath) and os.path.isfile(rinfo_path):

@@ -228,3 +228,55 @@ def test_ray_path_gives_the_serial_records(serial_run, tmp_path):
     assert len(a) == len(b) == 12
     for x, y in zip(a, b):
         assert json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True), x["key"]
+
+
+def test_model_cache_key_follows_what_defines_the_model(tmp_path):
+    """The cache key changes with a setting, a config file's contents and the request, and
+    not with where files go or with the ``unrank_*`` settings an original does not read."""
+    conf = tmp_path / "extra.yaml"
+    conf.write_text("learning_rate: 0.01\n", encoding="utf-8")
+    spec = suite.load_spec(_spec_file(tmp_path, config_files=[str(conf)]))
+    out = spec.output_dir
+
+    def key(spec, req=None):
+        return suite.model_cache_key(spec, "WMF", suite._config(spec, "WMF", 2020, req, out), req)
+
+    base = key(spec)
+    assert key(spec) == base and len(base) == 16
+    moved = suite.load_spec(_spec_file(tmp_path, config_files=[str(conf)], cache_dir=str(tmp_path / "elsewhere"),
+                                       output_dir=str(tmp_path / "out2")))
+    assert key(moved) == base  # file locations do not define the model
+    method_only = suite.load_spec(_spec_file(tmp_path, config_files=[str(conf)],
+                                             settings={**spec.settings, "unrank_cg_steps": 7}))
+    assert key(method_only) == base
+    changed = suite.load_spec(_spec_file(tmp_path, config_files=[str(conf)],
+                                         settings={**spec.settings, "embedding_size": 8}))
+    assert key(changed) != base
+    conf.write_text("learning_rate: 0.02\n", encoding="utf-8")
+    assert key(spec) != base  # same file name, new contents
+    conf.write_text("learning_rate: 0.01\n", encoding="utf-8")
+    req_a, req_b = [r for r, _ in suite.plan(spec)][:2]
+    # the original's key is the same from a request's config; a retrain's depends on its request
+    assert suite.model_cache_key(spec, "WMF", suite._config(spec, "WMF", 2020, req_a, out)) == base
+    assert len({base, key(spec, req_a), key(spec, req_b)}) == 3
+
+
+def test_model_cache_reuses_same_settings_and_retrains_a_changed_recipe(serial_run, tmp_path):
+    _, spec, _ = serial_run
+    models = os.path.join(spec.cache_dir, "models")
+    stamp = {f: os.path.getmtime(os.path.join(models, f)) for f in os.listdir(models)}
+    small = {"tasks": [{"task": "user", "ratios": [0.1]}], "eval_seeds": [1001], "methods": ["retrain"],
+             "cache_dir": spec.cache_dir}
+    (tmp_path / "same").mkdir()
+    same = suite.load_spec(_spec_file(tmp_path / "same", **small))
+    suite.run_suite(same, show_progress=False)
+    assert {f: os.path.getmtime(os.path.join(models, f)) for f in os.listdir(models)} == stamp  # reused
+    (tmp_path / "changed").mkdir()
+    changed = suite.load_spec(_spec_file(tmp_path / "changed", settings={**spec.settings, "epochs": 2}, **small))
+    record = suite.run_suite(changed, show_progress=False)
+    assert all(c["status"] == "ok" for c in record["cells"])
+    new = set(os.listdir(models)) - set(stamp)
+    originals = [f for f in new if f.endswith(".pth") and "retrain" not in f]
+    retrains = [f for f in new if f.endswith(".pth") and "retrain" in f]
+    assert len(originals) == 1 and len(retrains) == len(suite.plan(changed)) >= 1, sorted(new)
+    assert {f: os.path.getmtime(os.path.join(models, f)) for f in stamp} == stamp  # old entries kept

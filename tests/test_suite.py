@@ -280,3 +280,74 @@ def test_model_cache_reuses_same_settings_and_retrains_a_changed_recipe(serial_r
     retrains = [f for f in new if f.endswith(".pth") and "retrain" in f]
     assert len(originals) == 1 and len(retrains) == len(suite.plan(changed)) >= 1, sorted(new)
     assert {f: os.path.getmtime(os.path.join(models, f)) for f in stamp} == stamp  # old entries kept
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_processes_under(marker: str) -> None:
+    """Stop the Ray processes whose command line names ``marker`` (this test's own temp
+    folder), by their ids: ``ray stop`` would stop every Ray process of the machine."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any(marker in part for part in (proc.info.get("cmdline") or [])):
+            procs.append(proc)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_suite_runs_against_a_ray_cluster_address(serial_run, tmp_path):
+    """``--tool ray --address``: a Ray head started here (loopback, 1 CPU, its own temp folder),
+    the suite's command line joins it, and its records equal the serial run's."""
+    import re
+    import shutil
+    import tempfile
+
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("no ray command next to this Python")
+    temp = tempfile.mkdtemp(prefix="ru-ray-")  # short: Ray's socket paths must fit 107 bytes
+    env = {**subprocess_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        head = subprocess.run(
+            [ray_cli, "start", "--head", "--port=0", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             "--include-dashboard=false", f"--dashboard-port={_free_port()}", f"--temp-dir={temp}",
+             "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+        found = re.search(r"--address='([^']+)'", head.stdout + head.stderr)
+        address = found.group(1) if found else open(os.path.join(temp, "ray_current_cluster")).read().strip()
+        _, spec, serial = serial_run
+        spec_path = _spec_file(tmp_path, tasks=[{"task": "user", "ratios": [0.1]}], eval_seeds=[1001],
+                               methods=["retrain", "l2unrank"])
+        res = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "run_unrank_suite.py"), "--config_files", spec_path,
+             "--tool", "ray", "--address", address, "--no_progress"],
+            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    finally:
+        _stop_processes_under(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+    record = json.loads((tmp_path / "out" / "suite.json").read_text(encoding="utf-8"))
+    by_key = {c["key"]: c for c in serial["cells"]}
+    assert record["cells"] and all(c["status"] == "ok" for c in record["cells"])
+    for cell in record["cells"]:
+        assert json.dumps(_strip_times(cell), sort_keys=True) == json.dumps(
+            _strip_times(by_key[cell["key"]]), sort_keys=True), cell["key"]

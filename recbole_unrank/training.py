@@ -11,6 +11,7 @@ from recbole.utils import get_trainer, init_seed
 
 from recbole_unrank.checkpoints import load_file, save_trained
 from recbole_unrank.models import get_model
+from recbole_unrank.progress import bars_shown
 
 __all__ = ["train_model"]
 
@@ -36,8 +37,10 @@ def train_model(config, train_loader, valid_loader, path: str | None = None, tag
         logger.info("[%s] epoch %d: valid %s %.4f (best %.4f, %.0fs)", tag, epoch_idx + 1, metric,
                     valid_score, trainer.best_valid_score, time.perf_counter() - start)
 
+    # RecBole draws its epoch and evaluation bars wherever stderr goes (60-142 lines of a log
+    # per run): like the methods' bars, they are drawn only when stderr is a terminal.
     best_score, _ = trainer.fit(
-        train_loader, valid_loader, verbose=False, saved=True, show_progress=config["show_progress"],
+        train_loader, valid_loader, verbose=False, saved=True, show_progress=bars_shown(config["show_progress"]),
         callback_fn=progress,
     )
     elapsed = time.perf_counter() - start

@@ -56,3 +56,18 @@ def test_method_bar_follows_show_progress(run, monkeypatch, method, settings, de
         monkeypatch.setitem(run.config.final_config_dict, "show_progress", setting)
         cls(**{**base, **settings})(run._task())
         assert (desc in err.getvalue()) is (tty and setting), (method, tty, setting, err.getvalue()[-300:])
+
+
+@pytest.mark.parametrize("tty, setting, drawn", [(False, True, False), (True, True, True), (True, False, False)])
+def test_recbole_training_bars_only_on_a_terminal(run, monkeypatch, tty, setting, drawn):
+    """RecBole's own epoch bars ("Train     0") follow the same rule as the methods' bars:
+    redirected stderr (a log, a pipe) gets none even with ``show_progress: True``."""
+    from recbole_unrank.training import train_model
+
+    err = _Terminal(tty)
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setitem(run.config.final_config_dict, "show_progress", setting)
+    monkeypatch.setitem(run.config.final_config_dict, "epochs", 1)
+    train, valid, _ = pipeline.make_loaders(run.config, run.data)
+    train_model(run.config, train, valid, tag="bars")
+    assert ("Train" in err.getvalue()) is drawn, err.getvalue()[-300:]

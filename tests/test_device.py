@@ -120,7 +120,7 @@ def test_a_model_trained_on_one_device_runs_on_the_other(trained, name, tmp_path
         n_edges = cpu.local().live
         assert cpu.remove_edges(u, i, n_edges) and gpu.remove_edges(u.cuda(), i.cuda(), n_edges)
         torch.testing.assert_close(gpu.user_scores(users.cuda()).cpu(), cpu.user_scores(users), rtol=1e-4, atol=1e-5)
-    result = METHODS["l2unrank"]()(run._task(model=run.original.cuda()))
+    result = METHODS["l2unrank"]()(run._task(model=copy.deepcopy(run.original).cuda()))
     assert model_device(result.model).type == "cuda"
     path = save_checkpoint(result.model, run.config, str(tmp_path / "unlearned.pth"))
     _, loaded, *_ = load_unlearned(path, gpu_id="")

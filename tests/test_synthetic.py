@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
+
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.synthetic import (
     BYTES_PER_INTERACTION,
@@ -53,7 +53,8 @@ def test_write_atomic_lines_match_the_per_line_format(tmp_path):
     items = np.array([5, 0, 9, 1])
     ts = np.array([800000000.5, 800000001.5, 800000002.4999, 800000003.5001])
     path = write_atomic(str(tmp_path), "mini", users, items, ts)
-    lines = open(path, encoding="utf-8").read().splitlines()
+    lines = (tmp_path / "mini" / "mini.inter").read_text(encoding="utf-8").splitlines()
+    assert path == str(tmp_path / "mini" / "mini.inter")
     assert lines[0] == "user_id:token\titem_id:token\ttimestamp:float"
     assert lines[1:] == [f"u{a}\ti{b}\t{t:.0f}" for a, b, t in zip(users, items, ts)]
     assert lines[1].endswith("800000000") and lines[2].endswith("800000002")

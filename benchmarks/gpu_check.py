@@ -96,9 +96,11 @@ def pytest_counts(output: str) -> dict:
 
 def versions(device: str) -> dict:
     import numpy
+    import pandas
     import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "pandas": pandas.__version__,
            "cuda_runtime": torch.version.cuda, "platform": platform.platform(), "cpus": os.cpu_count()}
     try:
         import recbole
@@ -334,7 +336,8 @@ def render(rec: dict) -> str:
            f"of a {rec['budget_s']:.0f} s budget.  "),
           (f"Device: **{v.get('device_name')}** ({v.get('device_memory_gib', '-')} GiB, driver {v.get('driver') or '-'}); "
            f"Python {v['python']}, torch {v['torch']} (CUDA {v.get('cuda_runtime')}), RecBole {v.get('recbole')}, "
-           f"NumPy {v['numpy']}, {v['cpus']} CPUs.\n")]
+           f"NumPy {v['numpy']}, pandas {v.get('pandas')}, {v['cpus']} CPUs; load average {rec.get('load_start')} at "
+           f"the start, {rec.get('load_end')} at the end (the fast suite runs on the CPU cores beside the GPU parts).\n")]
     t = rec["parts"].get("tests")
     if t:
         md.append("## Tests\n")
@@ -447,7 +450,8 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     rec = {"command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(), "reduced": args.reduced,
-           "device": device, "budget_s": args.budget, "limits_s": args.limits, "versions": versions(device), "parts": {}}
+           "device": device, "budget_s": args.budget, "limits_s": args.limits, "versions": versions(device), "parts": {},
+           "load_start": [round(x, 2) for x in os.getloadavg()]}
     fast = None
     if "tests" in parts:  # the fast suite on the CPU cores, beside the GPU parts
         log = os.path.join(work, "fast-tests.log")
@@ -466,6 +470,7 @@ def main(argv=None) -> int:
         rec["parts"]["tests"]["fast"] = finish_fast_tests(fast[0], fast[1], limit, fast[2])
         print(f"[gpu_check] fast tests: {rec['parts']['tests']['fast']['status']}", flush=True)
     rec["wall_s"] = time.perf_counter() - t0
+    rec["load_end"] = [round(x, 2) for x in os.getloadavg()]
     md, js = write(rec, args.out)
     print(f"[gpu_check] {md} and {js} ({rec['wall_s']:.0f} s)")
     return 0

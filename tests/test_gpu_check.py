@@ -37,11 +37,14 @@ FAILED tests/test_a.py::test_two[WMF] - AssertionError
 def test_gpu_check_reduced_end_to_end(tmp_path):
     """Every part on the CPU, small: the report's structure and its figures are there."""
     out, work = tmp_path / "out", tmp_path / "work"
-    proc = _run("gpu_check.py", "--reduced", "--out", out, "--work", work, "--threads", "1", timeout=300)
+    env = {**subprocess_env(), "PYTHON": sys.executable}  # through the thin shell entry point
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--reduced", "--out", str(out), "--work", str(work),
+                           "--threads", "1"], cwd=str(REPO_ROOT), env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads((out / "gpu.json").read_text(encoding="utf-8"))
     assert rec["reduced"] is True and rec["device"] == "cpu"
-    for key in ("python", "torch", "numpy", "recbole", "device_name", "cpus"):
+    for key in ("python", "torch", "numpy", "pandas", "recbole", "device_name", "cpus"):
         assert rec["versions"][key]
     tests = rec["parts"]["tests"]
     assert tests["fast"]["status"] == "ok" and tests["fast"]["passed"] >= 2 and tests["fast"]["failed"] == 0

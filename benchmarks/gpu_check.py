@@ -385,10 +385,12 @@ def render(rec: dict) -> str:
                           f"{'-' if peak is None else f'{peak / 2**20:.0f}'} | {_f(m.get('graph_prep_s'))} | "
                           f"{_f(s.get('load_s'), 1)} |")
         md.append("")
-    for name, p in rec["parts"].items():
-        for key, r in (p.items() if name == "tests" else [(name, p)]):
-            if isinstance(r, dict) and r.get("tail"):
-                md.append(f"Output of `{key}` (last lines):\n\n```\n{r['tail']}\n```\n")
+    tails = [(f"{key} tests", r) for key, r in (t or {}).items()]
+    tails += [(f"comparison, {m}", r) for m, r in ((c or {}).get("models") or {}).items()]
+    tails += [(f"latency, {tag}", r) for tag, r in ((lat or {}).get("sizes") or {}).items()]
+    for label, r in tails:  # what a part that did not finish said last
+        if isinstance(r, dict) and r.get("tail"):
+            md.append(f"Output of {label} (last lines):\n\n```\n{r['tail']}\n```\n")
     return "\n".join(md)
 
 

@@ -89,3 +89,50 @@ def test_scale_refuses_cuda_without_a_gpu_and_a_size_too_large(tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("scale: --sizes 1e+06M=") and "GiB is available" in err[0], err
     assert sorted(p.name for p in (REPO_ROOT / "dataset").iterdir()) == before
+
+
+def test_report_renders_failures_skips_and_gpu_figures(tmp_path):
+    """The branches a CPU run does not reach: a GPU's figures, a part out of time, a size
+    skipped by its estimate, failed tests; every one is written, none is dropped."""
+    from gpu_check import write
+
+    t = {"rc": 1, "timed_out": False, "wall_s": 12.0, "limit_s": 90, "passed": 9, "failed": 1, "error": 0,
+         "skipped": 0, "xfail": 0, "xpass": 0, "failed_names": ["tests/test_x.py::test_y"], "status": "failures",
+         "tail": "E   assert 1 == 2"}
+    rec = {
+        "command": "python benchmarks/gpu_check.py", "when": "2026-12-04 19:00 UTC", "commit": "abc1234",
+        "reduced": False, "device": "cuda", "budget_s": 470, "wall_s": 465.0, "load_start": [1.0], "load_end": [9.0],
+        "versions": {"python": "3.12.3", "torch": "2.11.0", "numpy": "2.5.2", "pandas": "2.3.3", "recbole": "1.2.1",
+                     "cuda_runtime": "13.0", "device_name": "NVIDIA H200", "device_memory_gib": 139.8,
+                     "driver": "580.159.03", "cpus": 16},
+        "parts": {
+            "tests": {"cuda": t, "fast": {**t, "status": "timed out", "timed_out": True, "rc": None}},
+            "compare": {"dataset": "ml-100k", "epochs": 10, "methods": ["l2unrank"],
+                        "skipped_methods": ["l2unrank_twosided"], "limit_s": 150, "models": {
+                            "WMF": {"status": "ok", "speedup": {"l2unrank": 250.0}, "rows": [
+                                {"method": "l2unrank", "status": "ok", "time_s": 0.012,
+                                 "test": {"ndcg@10": 0.41}, "forget": {"forget_hit@10": 0.02}},
+                                {"method": "retrain", "status": "ok", "time_s": 3.0,
+                                 "test": {"ndcg@10": 0.42}, "forget": {"forget_hit@10": 0.03}}]},
+                            "NeuMF": {"status": "timed out", "wall_s": 150.0, "tail": "killed"}}},
+            "latency": {"users": 10, "limit_s": 250, "sizes": {
+                "1M": {"status": "ok", "interactions": 1000159, "load_s": 20.5, "models": {
+                    "LightGCN": {"median_s": 0.0123, "p90_s": 0.015, "cuda_peak_bytes": 300 * 2**20,
+                                 "graph_prep_s": 0.4}}},
+                "20M": {"status": "skipped: estimated 900 s (4.2 x the 5M run) > 120 s left"}}},
+        },
+    }
+    md_path, json_path = write(rec, str(tmp_path))
+    md = (tmp_path / "gpu.md").read_text(encoding="utf-8")
+    assert md_path == str(tmp_path / "gpu.md")
+    assert "**NVIDIA H200** (139.8 GiB, driver 580.159.03)" in md
+    assert "| `-m cuda` | failures | 9 | 1 |" in md and "`tests/test_x.py::test_y`" in md
+    assert "| fast suite (`-m 'not slow and not cuda'`, CPU) | timed out |" in md
+    assert "Not in the method registry, skipped: l2unrank_twosided." in md
+    assert "| WMF | l2unrank | ok | 0.012 | 250x | 0.4100 | 0.0200 |" in md
+    assert "| NeuMF | - | timed out |" in md and "killed" in md
+    assert "| 1M (1,000,159) | LightGCN | ok | 0.0123 | 0.0150 | 300 | 0.400 | 20.5 |" in md
+    assert "| 20M | - | skipped: estimated 900 s" in md
+    assert "Output of comparison, NeuMF (last lines)" in md and "Output of cuda tests (last lines)" in md
+    assert json.loads((tmp_path / "gpu.json").read_text(encoding="utf-8"))["parts"]["latency"]["users"] == 10
+    assert json_path == str(tmp_path / "gpu.json")

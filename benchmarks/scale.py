@@ -5,6 +5,7 @@
     python benchmarks/scale.py --parts latency --sizes 5M
     python benchmarks/scale.py --quick --out /tmp/scale  # every part on the tiny dataset (a test runs it)
     python benchmarks/scale.py --report-only             # scale.md and the plots again from scale.json
+    python benchmarks/scale.py --device cuda --sizes 1M,5M --no-ml100k --parts latency   # on a GPU
 
 Three parts, each in fresh worker processes (one per dataset, so every dataset's figures come
 from a clean interpreter):
@@ -32,9 +33,14 @@ from a clean interpreter):
 
 Everything is built and run through the package's and RecBole's public functions; nothing of
 either is replaced. This file measures and writes ``benchmarks/results/scale.json``;
-``scale_report.py`` checks the targets and writes ``scale.md`` and ``scale_*.png`` from it. No
-GPU figures: the device is the CPU (``gpu_id: ''``); ``tests/test_scale_paths.py`` runs the CUDA
-path where a GPU exists.
+``scale_report.py`` checks the targets and writes ``scale.md`` and ``scale_*.png`` from it.
+
+``--device`` (``cpu``, ``cuda`` or ``auto``: CUDA where present, the default) is where the
+workers train and answer: ``cpu`` hides the GPU from them (``gpu_id: ''``,
+``CUDA_VISIBLE_DEVICES=''``), ``cuda`` gives them the first GPU (``gpu_id: '0'``) and waits for
+its kernels before a request's clock stops; peak GPU memory is recorded beside the resident set.
+A synthetic size the machine cannot hold is refused before generation (one line: the estimate
+and the limit; nothing written).
 """
 
 from __future__ import annotations
@@ -197,7 +203,7 @@ def _config(model: str, dataset: str, spec: dict, extra: dict | None = None):
 
     files = _config_files(model, dataset)
     overrides = {"data_path": os.path.join(ROOT, "dataset"), "checkpoint_dir": os.path.join(spec["work"], "saved"),
-                 "gpu_id": "", "show_progress": False, "seed": spec["seed"], "eval_batch_size": 409600}
+                 "gpu_id": "0" if spec.get("device") == "cuda" else "", "show_progress": False, "seed": spec["seed"], "eval_batch_size": 409600}
     if dataset == spec["small"]:
         overrides["epochs"] = spec["epochs_100k"]
         if spec.get("lr_100k"):
@@ -292,12 +298,43 @@ def _neighbourhood_share(model, pairs):
     st = getattr(model, "_unrank_local", None)
     if st is None:
         return None
-    u = torch.as_tensor(pairs[0]).long()
-    i = torch.as_tensor(pairs[1]).long() + st.n_users
+    dev = st.crow.device  # every index lives where the graph does (a CUDA graph on a GPU run)
+    u = torch.as_tensor(pairs[0], dtype=torch.long, device=dev)
+    i = torch.as_tensor(pairs[1], dtype=torch.long, device=dev) + st.n_users
     t = torch.unique(torch.cat((u, i)))
     pos, _ = _row_entries(st.crow, t)
     nb = torch.unique(st.adj._indices()[1][pos])
     return int((st.crow[nb + 1] - st.crow[nb]).sum()) / max(1, st.adj._nnz())
+
+
+def _cuda_sync(config):
+    """``torch.cuda.synchronize`` where the config's device is a GPU, else None."""
+    import torch
+
+    return torch.cuda.synchronize if torch.device(config["device"]).type == "cuda" else None
+
+
+def resolve_device(choice: str) -> str:
+    """``--device``: ``auto`` is CUDA where torch sees a GPU, else the CPU; ``cuda`` without a GPU
+    is refused (one line)."""
+    import torch
+
+    from recbole_unrank.errors import UnrankError
+
+    if choice not in ("cpu", "cuda", "auto"):
+        raise UnrankError(f"--device={choice}: give cpu, cuda or auto")
+    has_cuda = torch.cuda.is_available()
+    if choice == "cuda" and not has_cuda:
+        raise UnrankError("--device=cuda: torch sees no CUDA device here; use --device cpu (or auto)")
+    return "cuda" if choice == "cuda" or (choice == "auto" and has_cuda) else "cpu"
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or platform.machine())
 
 
 def _task(model, model_name, train_ds, request, data, seed):
@@ -347,17 +384,26 @@ class Requests:
         share = _neighbourhood_share(self.model, pairs)
         task = _task(copy.deepcopy(self.model), config["model"], data.train_ds, request, data, seed)
         prof = cProfile.Profile() if profile else None
+        cuda = _cuda_sync(config)
+        if cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
         with PeakMeter() as mem:
             if prof:
                 prof.enable()
             t0 = time.perf_counter()
             result = self.method(task)
+            if cuda:
+                cuda()  # the clock stops once the GPU's queued kernels are done
             wall = time.perf_counter() - t0
             if prof:
                 prof.disable()
         info, calibration = result.info, result.info.get("calibration", {})
         row = {
-            "time_s": float(info.get("time_s", wall)), "wall_s": wall, "lookup_s": lookup_s,
+            # on a GPU the wall time, which ends after the kernels did (the method's own clock may not)
+            "time_s": wall if cuda else float(info.get("time_s", wall)), "method_time_s": info.get("time_s"),
+            "wall_s": wall, "lookup_s": lookup_s,
             "stages": {k: float(v) for k, v in result.stages.items()},
             "pairs": len(request), "users": int(len(set(request.users.tolist()))),
             "scope_size": info.get("scope_size"), "train_size": info.get("train_size"),
@@ -365,6 +411,10 @@ class Requests:
             "rss_before_bytes": mem.before, "peak_bytes": mem.peak, "peak_delta_bytes": mem.delta,
             "memory_method": mem.method, "neighbourhood_share": share,
         }
+        if cuda:
+            import torch
+
+            row["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
         if prof:
             row["profile"] = top_functions(prof)
         del task, result
@@ -381,6 +431,8 @@ def _latency(requests: Requests, spec: dict, out: dict) -> None:
                for key in ("time_s", "lookup_s", "peak_bytes", "peak_delta_bytes", "scope_size")}
     summary["stages"] = {s: quantiles([r["stages"].get(s, 0.0) for r in rows]) for s in rows[0]["stages"]}
     summary["users_meeting_view"] = float(np.mean([r["users_meeting_view"] or 0.0 for r in rows]))
+    if "cuda_peak_bytes" in rows[0]:
+        summary["cuda_peak_bytes"] = quantiles([r["cuda_peak_bytes"] for r in rows])
     if rows[0].get("neighbourhood_share") is not None:
         summary["neighbourhood_share"] = quantiles([r["neighbourhood_share"] for r in rows])
     prof = requests.measure(1, spec["seed"] + 999, profile=True)
@@ -506,7 +558,7 @@ def worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     dataset, parts = spec["dataset"], spec["parts"]
-    res = {"dataset": dataset, "threads": torch.get_num_threads(), "models": {},
+    res = {"dataset": dataset, "threads": torch.get_num_threads(), "models": {}, "device": spec.get("device", "cpu"),
            "load_start": [round(x, 2) for x in os.getloadavg()]}
     with PeakMeter() as mem:
         t0 = time.perf_counter()
@@ -548,7 +600,8 @@ def worker(spec: dict) -> dict:
 
 # =========================================================================== orchestration
 def ensure_synthetic(n: int, seed: int, regenerate: bool = False) -> dict:
-    """Write ``dataset/synth-<size>`` with the project's generator unless it is there."""
+    """Write ``dataset/synth-<size>`` with the project's generator unless it is there; a size
+    the machine cannot hold is refused first (``UnrankError``: estimate and limit, nothing written)."""
     name = synth_name(n)
     path = os.path.join(ROOT, "dataset", name, f"{name}.inter")
     users, items = synth_shape(n)
@@ -556,8 +609,10 @@ def ensure_synthetic(n: int, seed: int, regenerate: bool = False) -> dict:
     if os.path.isfile(path) and not regenerate:
         info["generated_s"] = None
         return info
-    from recbole_unrank.synthetic import generate_interactions, write_atomic
+    from recbole_unrank.synthetic import check_fits, generate_interactions, write_atomic
 
+    info["estimate"] = check_fits(users, items, int(n * GEN_OVERSHOOT), os.path.dirname(path),
+                                  option=f"--sizes {size_tag(n)}")
     t0 = time.perf_counter()
     u, i, ts = generate_interactions(users, items, int(n * GEN_OVERSHOOT), seed)
     write_atomic(os.path.join(ROOT, "dataset"), name, u, i, ts)
@@ -596,7 +651,8 @@ def run_worker(spec: dict, timeout: float) -> dict:
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # freed tensors >= 1 MiB go back to the system
     env["PYTHONWARNINGS"] = "ignore"
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    if spec.get("device", "cpu") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # RecBole's Config would hide it too (gpu_id '')
     # OpenMP threads that spin at barriers collapse when the cores are shared with other jobs
     # (measured here: LightGCN's ml-100k epoch 22 s instead of 1.4 s, a request 1.1 s instead
     # of 0.05 s); passive waiting keeps two threads useful on a loaded machine.
@@ -671,11 +727,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--synth-batch", type=int, default=131072)
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA where torch sees one)")
     p.add_argument("--retrain-originals", action="store_true", help="train the ml-100k originals again")
     p.add_argument("--regenerate", action="store_true", help="write the synthetic datasets again (timed)")
     p.add_argument("--quick", action="store_true",
                    help="every part on the tiny dataset with a few requests (checks the benchmark runs; "
-                        "give --out and --work apart from the real results)")
+                        "give --out and --work apart from the real results); options given explicitly "
+                        "(--models, --parts, --users, ...) override its choices")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "recbole_unrank_scale"))
     p.add_argument("--out", default=None, help="where scale.json / .md / .png go (default: benchmarks/results; "
                    "with --quick: <work>/quick)")
@@ -693,9 +751,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _spec_base(args) -> dict:
     """What every worker is told (its dataset is added per worker)."""
-    if args.quick:
+    if args.quick:  # --quick's values replace the defaults; an option given explicitly wins
         for key, value in QUICK.items():
-            if key != "small":
+            if key != "small" and key not in getattr(args, "given", set()):
                 setattr(args, key, value)
     parts = sorted({x.strip() for x in args.parts.split(",") if x.strip()})
     limits = {m.strip(): int(n) for m, n in (item.split(":") for item in filter(None, args.request_size_limit.split(",")))}
@@ -708,7 +766,7 @@ def _spec_base(args) -> dict:
         "epochs_100k": args.epochs_100k, "lr_100k": args.lr_100k, "synth_epochs": args.synth_epochs,
         "synth_batch": args.synth_batch, "seed": args.seed,
         "threads": args.threads, "retrain_originals": args.retrain_originals, "work": args.work,
-        "small": QUICK["small"] if args.quick else "ml-100k",
+        "small": QUICK["small"] if args.quick else "ml-100k", "device": resolve_device(args.device),
     }
 
 
@@ -735,7 +793,25 @@ def _worker_result(spec: dict, args, code: dict, reuse: dict) -> dict:
 
 
 def main(argv=None) -> None:
+    from recbole_unrank.errors import UnrankError
+
+    try:
+        _main(argv)
+    except UnrankError as exc:
+        sys.exit(f"scale: {exc}")
+
+
+def _given(argv) -> set[str]:
+    """The options given on the command line (their ``dest`` names), not left at a default."""
+    p = _parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def _main(argv=None) -> None:
     args = _parser().parse_args(argv)
+    args.given = _given(argv)
     if args.out is None:
         args.out = os.path.join(args.work, "quick") if args.quick else os.path.join(HERE, "results")
     if args.worker:
@@ -761,6 +837,7 @@ def main(argv=None) -> None:
         "args": {**spec_base, "argv": " ".join(sys.argv[1:] if argv is None else argv), "sizes": sizes,
                  "growth_dataset": synth_name(growth_n), "work": args.work, "small_dataset": spec_base["small"]},
         "host": {"cpus": os.cpu_count(), "load_start": [round(x, 2) for x in os.getloadavg()],
+                 "device": spec_base["device"], "device_name": _device_name(spec_base["device"]),
                  "when": time.strftime("%Y-%m-%d %H:%M")},
         "datasets": {}, "generated": {}, "code_start": code_state(),
     }

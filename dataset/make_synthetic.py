@@ -1,6 +1,9 @@
 """Write a synthetic implicit-feedback dataset in RecBole atomic format.
 
     python dataset/make_synthetic.py --name synth-1m --users 20000 --items 10000 --inter 1000000
+
+A size whose generation would not fit in the available memory (or whose file would not fit on
+the disk) is refused in one line before anything is drawn or written.
 """
 
 import argparse
@@ -8,8 +11,11 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_unrank.synthetic import generate_interactions, write_atomic  # noqa: E402
+from recbole_unrank.errors import UnrankError  # noqa: E402
+from recbole_unrank.synthetic import check_fits, generate_interactions, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -24,12 +30,14 @@ def main() -> None:
     a = p.parse_args()
     t = time.time()
     try:
+        check_fits(a.users, a.items, a.inter, os.path.join(a.out, a.name), option="--inter")
         u, i, ts = generate_interactions(a.users, a.items, a.inter, a.seed, a.clusters)
-    except ValueError as exc:
+    except (ValueError, UnrankError) as exc:
         sys.exit(f"make_synthetic: {exc}")
+    gen = time.time() - t
     path = write_atomic(a.out, a.name, u, i, ts)
-    print(f"{len(u)} interactions, {len(set(u.tolist()))} users, {len(set(i.tolist()))} items "
-          f"-> {path} ({time.time() - t:.1f}s)")
+    print(f"{len(u)} interactions, {len(np.unique(u))} users, {len(np.unique(i))} items "
+          f"-> {path} (generated in {gen:.1f}s, written in {time.time() - t - gen:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -143,3 +143,104 @@ def test_update_all_runs_end_to_end_and_equals_a_dense_solve(runs):
     expected = torch.linalg.solve(G + lam * eye, g)
     assert expected.norm() > 0
     torch.testing.assert_close(after - before, expected, rtol=1e-6, atol=1e-10)
+
+
+# ------------------------------------------------------------------------- solve contracts
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same(model, state):
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_a_block_solve_above_the_residual_tolerance_is_refused(runs, monkeypatch):
+    """A block solve whose residual is above BLOCK_RESIDUAL_TOL is refused (one line, naming
+    unrank_damping) before anything is applied."""
+    run = runs["WMF"]
+    real = influence_pipeline.batched_block_solve
+    monkeypatch.setattr(influence_pipeline, "batched_block_solve", lambda H, g, lam: 0.9 * real(H, g, lam))
+    task = run._task()
+    state = _state(task.model)
+    with pytest.raises(UnrankError, match=r"relative residual .* above 0\.001.*raise unrank_damping") as err:
+        _method(run, "l2unrank")(task)
+    assert "\n" not in str(err.value)
+    _assert_same(task.model, state)
+    monkeypatch.setattr(influence_pipeline, "batched_block_solve", real)  # the exact solve passes
+    result = _method(run, "l2unrank")(run._task())
+    assert result.info["solve"]["rel_residual"] < influence_pipeline.BLOCK_RESIDUAL_TOL
+
+
+@pytest.mark.parametrize("name, over, key", [
+    ("l2unrank_nocalib", {"update": "all", "cg_steps": 2}, "unrank_cg_steps"),
+    ("if", {"cg_steps": 2}, "unrank_baseline_cg_steps"),
+])
+def test_a_cg_solve_stopped_at_its_cap_is_refused(runs, name, over, key):
+    """``cg`` runs "to convergence": stopped at the cap above the tolerance, the step is
+    refused with one line naming the setting to raise, and the model is left bit-identical."""
+    run = runs["WMF"]
+    task = run._task()
+    state = _state(task.model)
+    with pytest.raises(UnrankError, match=rf"cap of 2 iterations.*raise {key} or unrank_damping") as err:
+        _method(run, name, **over)(task)
+    assert "\n" not in str(err.value)
+    _assert_same(task.model, state)
+
+
+def test_the_papers_fixed_step_solve_is_flagged_not_refused(runs):
+    """``cg_fixed`` (the paper's T = 30 steps) stopped above its tolerance: applied, flagged."""
+    run = runs["WMF"]
+    task = run._task()
+    state = _state(task.model)
+    method = _method(run, "l2unrank_paper")
+    assert method.plan.solve == "cg_fixed"
+    result = method(task)
+    solve = result.info["solve"]
+    assert solve["iters"] == 30 and not solve["converged"] and solve["unconverged"] is True
+    assert any(not torch.equal(v, state[k]) for k, v in result.model.state_dict().items())
+
+
+# ------------------------------------------------------------ LightGCN's L2 surrogate
+@pytest.fixture(scope="module")
+def lightgcn(tmp_path_factory):
+    config = make_tiny_config(tmp_path_factory.mktemp("LightGCN"), "LightGCN", epochs=3, learning_rate=0.01)
+    run, _ = pipeline.prepare_run(config)
+    run.prepare_original()
+    return run
+
+
+def test_lightgcn_l2_surrogate_gradient_equals_recboles_loss(lightgcn):
+    """The surrogate's stated relation to RecBole's ``LightGCN.calculate_loss`` (adapters/
+    lightgcn.py ``training_loss``): with RecBole's batch-norm L2 term, the per-row surrogate
+    ``lam ||e||^2`` with ``lam = reg / (2 sqrt(B m))`` has the batch term's gradient wherever a
+    batch's Frobenius norm is ``sqrt(B m)``. On the batch of every train row, with negatives
+    that are a permutation of the positive items, that holds exactly for all three tables, so
+    the summed surrogate's gradient equals ``B`` x RecBole's (mean) loss gradient, at the
+    trained point, float64, same rows and negatives."""
+    from recbole.data.interaction import Interaction
+
+    run = lightgcn
+    model = copy.deepcopy(run.original).double()
+    model.norm_adj_matrix = model.norm_adj_matrix.double()
+    assert not getattr(model, "require_pow", False) and float(model.reg_weight) > 0
+    model.train()
+    users, items, _ = _rows(run, run._task())
+    B = users.numel()
+    neg = items[torch.randperm(B, generator=torch.Generator().manual_seed(0))]
+    params = [model.user_embedding.weight, model.item_embedding.weight]
+
+    batch = Interaction({model.USER_ID: users, model.ITEM_ID: items, model.NEG_ITEM_ID: neg})
+    recbole = torch.autograd.grad(model.calculate_loss(batch), params)
+    adapter = get_adapter(model)
+    obj = Objective(adapter, users, items, neg[:, None], "training", B)
+    assert obj.spec.reg_user > 0 and obj.spec.reg_item > 0
+    ours = torch.autograd.grad(obj.loss(torch.arange(B)), params)
+    for name, a, b in zip(("user", "item"), ours, recbole):
+        assert b.abs().max() > 0
+        # BPRLoss's gamma = 1e-10 inside the log: a relative difference of that order
+        torch.testing.assert_close(a, B * b, rtol=1e-7, atol=1e-9, msg=name)
+    # The L2 term matters here: without it the gradients differ.
+    plain = Objective(adapter, users, items, neg[:, None], "surrogate", B)
+    no_l2 = torch.autograd.grad(plain.loss(torch.arange(B)), params)
+    assert not torch.allclose(no_l2[0], B * recbole[0], rtol=1e-5, atol=1e-9)

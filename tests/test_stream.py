@@ -232,3 +232,22 @@ def test_a_method_that_raises_leaves_the_model_bit_identical(request, which):
     stream.method = real  # the stream goes on from the restored model
     rec = stream.apply(reqs[0])
     assert rec["request"] == 1 and not np.isin(reqs[0], stream.kept).any()
+
+
+def test_a_refused_solve_in_a_lightgcn_stream_leaves_the_graph_and_model_as_they_were(lightgcn):
+    """A real refusal (update all, CG capped at 1 step) after the request's edges were dropped:
+    the stream restores the graph and the parameters and records nothing."""
+    config, data, model = lightgcn
+    stream = _stream(config, data, model)
+    cls = METHODS["l2unrank_nocalib"]
+    stream.method = cls(**{**pipeline.method_settings(config, cls), "update": "all", "cg_steps": 1})
+    m = stream.model
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    graph = m.norm_adj_matrix.to_dense().clone()
+    rows = recent_requests(data.train_ds, 1, 3, seed=1005, time_field=config["TIME_FIELD"])[0]
+    with pytest.raises(UnrankError, match="unrank_cg_steps"):
+        stream.apply(rows)
+    assert stream.records == [] and stream.applied == []
+    assert torch.equal(m.norm_adj_matrix.to_dense(), graph)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k

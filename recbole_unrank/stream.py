@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_unrank.adapters import get_adapter
+from recbole_unrank.adapters import AdapterError, get_adapter
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS, UnlearnTask
@@ -170,6 +170,42 @@ def recent_requests(train_ds, n: int, per_request: int, seed: int, time_field: s
 
 
 # ----------------------------------------------------------------------------- the stream
+def _model_snapshot(model):
+    """What a method may change in place, saved so that a request that fails can be undone;
+    returns ``restore()``, which puts it back into ``model`` (in place) and clears the caches.
+
+    Saved: every ``state_dict`` entry (parameters and buffers) and every other tensor or
+    scipy-sparse attribute of the model (a graph model's ``norm_adj_matrix``, whose dropped
+    edges are zeroed in place, and RecBole's ``interaction_matrix``), each copied. Derived
+    state (the adapter's local-graph cache, RecBole's ``restore_*`` embeddings) is dropped on
+    restore and rebuilt on demand."""
+    import scipy.sparse as sp
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    attrs = {}
+    for k, v in vars(model).items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, torch.Tensor):
+            attrs[k] = v.detach().clone()
+        elif sp.issparse(v):
+            attrs[k] = v.copy()
+
+    def restore() -> None:
+        with torch.no_grad():
+            model.load_state_dict(state)
+        for k, v in attrs.items():
+            setattr(model, k, v)
+        if getattr(model, "_unrank_local", None) is not None:
+            model._unrank_local = None
+        try:
+            get_adapter(model).invalidate()
+        except AdapterError:  # a model without an adapter has no caches of ours
+            pass
+
+    return restore
+
+
 @dataclass
 class Consolidation:
     policy: str
@@ -259,7 +295,12 @@ class RequestStream:
             request_index=request.index, seed=int(self.seed + k if seed is None else seed),
             valid_ds=self.data.valid_ds,
         )
-        result = self.method(task)
+        rollback = _model_snapshot(self.model)
+        try:
+            result = self.method(task)
+        except BaseException:  # the request is not applied: the model is as it was before it
+            rollback()
+            raise
         self.model = result.model
         old_kept = self.kept
         self.kept = np.setdiff1d(self.kept, rows, assume_unique=True)

@@ -18,8 +18,10 @@ from recbole.evaluator import Evaluator, metric_types, smaller_metrics
 from recbole.model.general_recommender import BPR
 from recbole.sampler import Sampler
 
-from conftest import DATA_PATH
+from conftest import DATA_PATH as _DATA_PATH
 from recbole_unrank.config import UnrankConfig
+
+DATA_PATH = str(_DATA_PATH)
 
 INF = float("inf")
 
@@ -253,7 +255,8 @@ def test_config_accepts_metrics_and_evaluator_returns_keys(tmp_path, clean_argv)
     assert result["forget_hit@10"] == 1.0
     assert result["mean_rank"] == pytest.approx(7 / 3, abs=1e-4)
     assert "ndcg@10" in result
-    assert result["forget_ndcg@10"] == result["ndcg@10"]
+    # forget_ndcg by hand: user 7 has items 1 and 2 at ranks 1 and 4, user 3 item 2 behind item 3
+    assert result["forget_ndcg@1"] == pytest.approx((1.0 + 0.0) / 2, abs=1e-4)
     assert "forget_recall@1" in result
 
     # the collector clears its per-evaluation entries, like RecBole's
@@ -336,17 +339,55 @@ def test_forget_loader_masks_only_retained_history(tiny):
     assert masked_rank > 10
 
 
-def test_forget_ndcg_recall_equal_recbole(tiny):
+def test_forget_ndcg_and_recall_by_hand_without_ties(tmp_path, clean_argv):
+    """``forget_ndcg@K`` / ``forget_recall@K`` on a hand-made ranking (no ties): user 0 ranks
+    its forget items 1st and 4th, user 1 ranks its one forget item 2nd.
+    NDCG@10 = mean(( 1 + 1/log2 5) / (1 + 1/log2 3), (1/log2 3) / 1); NDCG@1 = mean(1, 0)."""
+    config = Config("BPR", "tiny", config_dict={
+        "data_path": DATA_PATH, "gpu_id": "", "checkpoint_dir": str(tmp_path),
+        "metrics": ["forget_ndcg", "forget_recall"], "topk": [1, 10], "valid_metric": "forget_ndcg@10"})
+    collector = M.UnrankCollector(config)
+    scores = torch.full((2, 12), -INF)
+    scores[0, 1:5] = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    scores[1, 1:4] = torch.tensor([0.2, 0.5, 0.8])
+    inter = Interaction({config["USER_ID_FIELD"]: torch.tensor([7, 3])})
+    collector.eval_batch_collect(scores, inter, torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2]))
+    result = Evaluator(config).evaluate(collector.get_data_struct())
+    log2 = np.log2
+    ndcg10 = ((1 + 1 / log2(5)) / (1 + 1 / log2(3)) + 1 / log2(3)) / 2
+    assert result["forget_ndcg@10"] == pytest.approx(ndcg10, abs=1e-4)
+    assert result["forget_ndcg@1"] == pytest.approx(0.5, abs=1e-4)
+    assert result["forget_recall@1"] == pytest.approx((1 / 2 + 0) / 2, abs=1e-4)
+    assert result["forget_recall@10"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_forget_ndcg_recall_on_the_forget_loader_by_numpy(tiny):
+    """On the forget loader: every forget user's ranking recomputed with numpy from the model's
+    scores, the user's retained items masked (RecBole's full-sort history), item 0 excluded."""
     model = _controlled_bpr(tiny, best_item=3)
-    results, _ = M.evaluate_loader(
-        model,
-        tiny["forget_loader"],
-        ["NDCG", "Recall", "forget_ndcg", "forget_recall"],
-        [5, 10],
-    )
+    results, _ = M.evaluate_loader(model, tiny["forget_loader"], ["forget_ndcg", "forget_recall"], [5, 10])
+    uid, iid = tiny["uid"], tiny["iid"]
+    with torch.no_grad():
+        score = (model.user_embedding.weight[:1] @ model.item_embedding.weight.T).view(-1).numpy()  # same for all
+    retain_u = tiny["retain_ds"].inter_feat[uid].numpy()
+    retain_i = tiny["retain_ds"].inter_feat[iid].numpy()
+    forget_u = tiny["forget_ds"].inter_feat[uid].numpy()
+    forget_i = tiny["forget_ds"].inter_feat[iid].numpy()
     for k in (5, 10):
-        assert results[f"forget_ndcg@{k}"] == results[f"ndcg@{k}"]
-        assert results[f"forget_recall@{k}"] == results[f"recall@{k}"]
+        ndcg, recall = [], []
+        for u in np.unique(forget_u):
+            pos = set(forget_i[forget_u == u].tolist())
+            history = set(retain_i[retain_u == u].tolist()) - pos
+            candidates = [j for j in range(1, score.size) if j not in history]
+            order = sorted(candidates, key=lambda j: -score[j])
+            ranks = [order.index(p) + 1 for p in pos]
+            dcg = sum(1 / np.log2(r + 1) for r in ranks if r <= k)
+            idcg = sum(1 / np.log2(j + 1) for j in range(1, min(len(pos), k) + 1))
+            ndcg.append(dcg / idcg)
+            recall.append(sum(r <= k for r in ranks) / len(pos))
+        assert 0 < np.mean(ndcg) < 1
+        assert results[f"forget_ndcg@{k}"] == pytest.approx(np.mean(ndcg), abs=1e-4)
+        assert results[f"forget_recall@{k}"] == pytest.approx(np.mean(recall), abs=1e-4)
 
 
 def test_reference_run_gives_zero_change(tiny):

@@ -191,3 +191,63 @@ def test_lightgcn_stream_keeps_local_propagation_exact(lightgcn):
     adapter = get_adapter(m)
     full = adapter._propagate(rebuilt, adapter._ego().detach())
     assert float((st.final - full).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("which", ["wmf", "lightgcn"])
+def test_a_method_that_raises_leaves_the_model_bit_identical(request, which):
+    """A method that fails half way (here: after l2unrank changed the parameters and, on
+    LightGCN, dropped the request's edges) leaves the stream as before the request: every
+    parameter and the graph bit-identical, caches cleared, nothing recorded; the next request
+    runs on the restored model."""
+    config, data, model = request.getfixturevalue(which)
+    stream = _stream(config, data, model)
+    m = stream.model
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    graph = m.norm_adj_matrix.to_dense().clone() if hasattr(m, "norm_adj_matrix") else None
+    users = torch.arange(1, 6)
+    scores = get_adapter(m).user_scores(users).detach().clone()
+    real = stream.method
+
+    def failing(task):
+        real(task)  # changes the model in place
+        changed = any(not torch.equal(v, state[k]) for k, v in task.model.state_dict().items())
+        assert changed
+        if graph is not None:
+            assert not torch.equal(task.model.norm_adj_matrix.to_dense(), graph)
+        raise RuntimeError("boom")
+
+    stream.method = failing
+    reqs = recent_requests(data.train_ds, 2, 3, seed=1004, time_field=config["TIME_FIELD"])
+    kept = stream.kept.copy()
+    with pytest.raises(RuntimeError, match="boom"):
+        stream.apply(reqs[0])
+    assert stream.model is m and stream.records == [] and stream.applied == []
+    assert np.array_equal(stream.kept, kept)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    if graph is not None:
+        assert torch.equal(m.norm_adj_matrix.to_dense(), graph)
+        assert m.restore_user_e is None and getattr(m, "_unrank_local", None) is None
+    assert torch.allclose(get_adapter(m).user_scores(users), scores, rtol=1e-6, atol=1e-6)
+    stream.method = real  # the stream goes on from the restored model
+    rec = stream.apply(reqs[0])
+    assert rec["request"] == 1 and not np.isin(reqs[0], stream.kept).any()
+
+
+def test_a_refused_solve_in_a_lightgcn_stream_leaves_the_graph_and_model_as_they_were(lightgcn):
+    """A real refusal (update all, CG capped at 1 step) after the request's edges were dropped:
+    the stream restores the graph and the parameters and records nothing."""
+    config, data, model = lightgcn
+    stream = _stream(config, data, model)
+    cls = METHODS["l2unrank_nocalib"]
+    stream.method = cls(**{**pipeline.method_settings(config, cls), "update": "all", "cg_steps": 1})
+    m = stream.model
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    graph = m.norm_adj_matrix.to_dense().clone()
+    rows = recent_requests(data.train_ds, 1, 3, seed=1005, time_field=config["TIME_FIELD"])[0]
+    with pytest.raises(UnrankError, match="unrank_cg_steps"):
+        stream.apply(rows)
+    assert stream.records == [] and stream.applied == []
+    assert torch.equal(m.norm_adj_matrix.to_dense(), graph)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k

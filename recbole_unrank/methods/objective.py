@@ -152,9 +152,12 @@ class Objective:
         return z
 
     def _reg_counts(self, index: Tensor, w: Tensor | None):
-        """Per user / item row: summed weight of the L2 occurrences in the row set."""
+        """Per user / item row: summed weight of the L2 occurrences in the row set, summed in
+        the parameters' dtype (float32 weights of a float64 model are not summed in float32)."""
         a, s = self.adapter, self.spec
-        w = torch.ones(index.numel(), device=self.users.device) if w is None else w
+        tables = a.reg_tables()
+        dtype = tables[0].dtype if tables is not None else torch.float32
+        w = torch.ones(index.numel(), device=self.users.device, dtype=dtype) if w is None else w.to(dtype)
         cu = torch.zeros(a.n_users, device=w.device, dtype=w.dtype).index_add_(0, self.users[index], w)
         ci = torch.zeros(a.n_items, device=w.device, dtype=w.dtype).index_add_(0, self.items[index], w)
         if s.pairwise:  # the negative's base row is regularised too

@@ -64,6 +64,11 @@ __all__ = ["Steps", "InfluencePipeline", "declare", "collaborative_users", "khop
 
 logger = logging.getLogger("recbole_unrank")
 
+#: The user-block solve is exact (batched LU); a relative residual ``||(H_u + lambda I) Delta_u - g_u||
+#: / ||g||`` above this means the blocks are too ill-conditioned for the working precision, and the
+#: step is refused (raise ``unrank_damping``). float32 LU on damped PSD blocks stays near 1e-6.
+BLOCK_RESIDUAL_TOL = 1e-3
+
 ROWS = ("request", "request+context", "retained")
 SCOPES = ("hops", "all", "retained", "collaborative")
 WEIGHTS = ("structural", "semantic")
@@ -433,7 +438,11 @@ class InfluencePipeline(UnlearningMethod):
             eye = torch.eye(H.shape[1], dtype=H.dtype, device=H.device)
             res = ((H + damping * eye) @ delta.unsqueeze(-1)).squeeze(-1) - g
             rel = float(res.norm() / g.norm().clamp(min=1e-30))
-            info["solve"] = {"method": "block", "iters": 1, "rel_residual": rel, "converged": rel < 1e-3}
+            info["solve"] = {"method": "block", "iters": 1, "rel_residual": rel, "converged": rel < BLOCK_RESIDUAL_TOL}
+            if not rel < BLOCK_RESIDUAL_TOL:  # nothing is applied yet: the model is as it was
+                raise UnrankError(
+                    f"{self.name}: the user-block solve's relative residual {rel:.3g} is above "
+                    f"{BLOCK_RESIDUAL_TOL:g} (ill-conditioned blocks); the step is refused: raise unrank_damping")
         info["grad_norm"] = float(g.norm())
         scale = torch.ones(U, device=delta.device, dtype=delta.dtype)
         if calib is not None:
@@ -535,12 +544,22 @@ class InfluencePipeline(UnlearningMethod):
                                  "converged": res.converged, "stop": res.stop_reason}
                 logger.info("[%s] CG: %d iterations, %s, relative residual %.3g", self.name, res.iterations,
                             res.stop_reason, rel)
-                if not fixed and (res.stop_reason in ("negative_curvature", "non_finite") or rel >= 1.0):
+                if not fixed and res.stop_reason in ("negative_curvature", "non_finite"):
                     hint = ("raise unrank_damping" if p.curvature == "gauss_newton" else
                             "raise unrank_damping or use unrank_baseline_curvature: gauss_newton")
                     raise UnrankError(
                         f"{self.name}: the conjugate-gradient solve failed ({res.stop_reason}, relative residual "
                         f"{rel:.3g}); the step is refused: {hint}")
+                if not fixed and not res.converged:  # "to convergence": a solve cut at the cap is refused
+                    steps_key = self.settings.get("cg_steps", "unrank_cg_steps")
+                    raise UnrankError(
+                        f"{self.name}: conjugate gradient stopped at its cap of {steps} iterations with relative "
+                        f"residual {rel:.3g} > {tol:g}; the step is refused: raise {steps_key} or unrank_damping")
+                if fixed and not res.converged:  # the paper's T steps: kept, but flagged
+                    info["solve"]["unconverged"] = True
+                    logger.warning("[%s] CG (fixed %d steps) stopped at relative residual %.3g, above %g: the "
+                                   "step is applied as the paper does (flagged in info.solve.unconverged)",
+                                   self.name, steps, rel, tol)
                 if fixed and rel >= 1.0:
                     info["solve"]["diverged"] = True
         delta = unflat(x, params)

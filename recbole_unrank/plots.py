@@ -124,8 +124,7 @@ def _legend_outside(fig, axes) -> None:
                    fontsize=8, frameon=False)
 
 
-def _ratio_figure(rows: list[dict], task: str, models: list[str], methods: list[str], note: str):
-    styles = method_styles(methods)
+def _ratio_figure(rows: list[dict], task: str, models: list[str], methods: list[str], note: str, styles: dict):
     fig, axes = plt.subplots(len(models), len(_SUITE_MEASURES), figsize=(4 * len(_SUITE_MEASURES), 3.2 * len(models)),
                              squeeze=False)
     for i, model in enumerate(models):
@@ -146,8 +145,7 @@ def _ratio_figure(rows: list[dict], task: str, models: list[str], methods: list[
     return fig
 
 
-def _mia_figure(rows: list[dict], models: list[str], methods: list[str], note: str):
-    styles = method_styles(methods)
+def _mia_figure(rows: list[dict], models: list[str], methods: list[str], note: str, styles: dict):
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for i, model in enumerate(models):
         ax = axes[0][i]
@@ -199,23 +197,26 @@ def suite_figures(rows: list[dict]) -> dict[str, object]:
     ratios, each measure against the ratio (``ratio-<task>.png``, headline methods;
     ``ratio-<task>-ablations.png``); utility against the MIA gap, time as marker size
     (``utility-vs-mia.png``, ``utility-vs-mia-ablations.png``); the hop sweep (``hop-sweep.png``).
-    Every method keeps one (colour, marker) within a figure; the legend lies right of the panels."""
+    Every method keeps one (colour, marker) in every figure; the legend lies right of the panels."""
     figures: dict[str, object] = {}
     models = list(dict.fromkeys(r["model"] for r in rows))
+    # one style per method across the figures: headline methods first, in HEADLINE's order
+    methods = _methods_of(rows)
+    styles = method_styles([m for m in HEADLINE if m in methods] + [m for m in methods if m not in HEADLINE])
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and "[" not in r["method"]]
         if len({r["ratio"] for r in trows}) < 2:
             continue
         head, ablations = _split_methods(_methods_of(trows))
-        figures[f"ratio-{task}.png"] = _ratio_figure(trows, task, models, head, "")
+        figures[f"ratio-{task}.png"] = _ratio_figure(trows, task, models, head, "", styles)
         swept = {m for m in ablations if m not in _REFERENCES
                  and len({r["ratio"] for r in trows if r["method"] == m}) > 1}
         if swept:
-            figures[f"ratio-{task}-ablations.png"] = _ratio_figure(trows, task, models, ablations, " (ablations)")
+            figures[f"ratio-{task}-ablations.png"] = _ratio_figure(trows, task, models, ablations, " (ablations)", styles)
     head, ablations = _split_methods(_methods_of(rows))
-    figures["utility-vs-mia.png"] = _mia_figure(rows, models, head, "")
+    figures["utility-vs-mia.png"] = _mia_figure(rows, models, head, "", styles)
     if ablations:
-        figures["utility-vs-mia-ablations.png"] = _mia_figure(rows, models, ablations, ", ablations")
+        figures["utility-vs-mia-ablations.png"] = _mia_figure(rows, models, ablations, ", ablations", styles)
     sweep = [r for r in rows if "[hops=" in r["method"]]
     if sweep:
         figures["hop-sweep.png"] = _hop_figure(sweep, models)

@@ -118,3 +118,12 @@ def test_legend_lies_outside_every_panel(figures, name):
 def test_method_styles_are_distinct_for_many_methods():
     styles = plots.method_styles([f"m{k}" for k in range(70)])
     assert len({(s["color"], s["marker"]) for s in styles.values()}) == 70
+
+
+def test_a_method_keeps_its_style_across_figures(figures):
+    seen: dict[str, tuple] = {}
+    for name in ("ratio-interaction.png", "ratio-interaction-ablations.png", "utility-vs-mia.png",
+                 "utility-vs-mia-ablations.png"):
+        for label, colour, marker in _series(figures[name]):
+            style = (tuple(np.round(colour[:3], 3)), marker)
+            assert seen.setdefault(label, style) == style, f"{label} changes style in {name}"

@@ -67,7 +67,7 @@ def _write_json(obj, path: str) -> None:
 def _write_torch(obj, path: str) -> None:
     import torch
 
-    from recbole_unrank.checkpoints import atomic_write
+    from recbole_unrank.atomic import atomic_write
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(obj, tmp, pickle_protocol=4))

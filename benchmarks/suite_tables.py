@@ -1,6 +1,7 @@
-"""The README's result tables, rebuilt from a suite's ``summary.md`` / ``summary.csv``.
+"""The result tables of ``docs/results.md`` (and the README's sample), rebuilt from a suite's
+``summary.md`` / ``summary.csv``.
 
-Two kinds of table, each between a pair of markers in the README, so that rerunning this
+Two kinds of table, each between a pair of markers in a document, so that rerunning this
 script after the suite refreshes every number and nothing is copied by hand::
 
     <!-- suite-table headline model=WMF task=interaction ratio=0.2 methods=original,retrain,l2unrank -->
@@ -16,7 +17,8 @@ forget_hit@10 (retrain's row is the reference for both), the MIA gap to retrain,
 over retraining and how many of the requests' solves converged (each a mean over the
 evaluation seeds finished; ``n`` says how many).
 
-    python benchmarks/suite_tables.py --readme README.md benchmarks/results/suite/ml100k
+    python benchmarks/suite_tables.py benchmarks/results/suite/ml100k   # docs/results.md and README.md
+    python benchmarks/suite_tables.py benchmarks/results/suite/ml100k --doc docs/results.md
 """
 
 from __future__ import annotations
@@ -114,9 +116,9 @@ def task_table(rows: list[dict], task: str, ratio: float, methods: list[str], us
     return "\n".join(md_table(HEAD, table)) + "\n"
 
 
-# ------------------------------------------------------------------ the README
+# ------------------------------------------------------------------ the documents
 def refresh(readme: str, suite_dir: str) -> tuple[str, int]:
-    """The README text with every marked block rebuilt; and how many blocks there were."""
+    """The document's text with every marked block rebuilt; and how many blocks there were."""
     with open(os.path.join(suite_dir, "summary.md"), encoding="utf-8") as f:
         tables = headline_tables(f.read())
     with open(os.path.join(suite_dir, "summary.csv"), newline="", encoding="utf-8") as f:
@@ -135,30 +137,39 @@ def refresh(readme: str, suite_dir: str) -> tuple[str, int]:
         elif kind == "tasks":
             body = task_table(rows, args["task"], ratio, methods, args.get("users", "random"))
         else:
-            raise SystemExit(f"suite_tables: unknown table kind '{kind}' in the README (use headline or tasks)")
+            raise SystemExit(f"suite_tables: unknown table kind '{kind}' in the document (use headline or tasks)")
         return m.group(1) + body + m.group(5)
 
     return _BLOCK.sub(one, readme), count
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Rebuild the README's suite tables from summary.md / summary.csv.")
-    ap.add_argument("suite_dir", help="the suite's output folder (holds summary.md and summary.csv)")
-    ap.add_argument("--readme", default="README.md")
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README is not up to date; write nothing")
-    a = ap.parse_args(argv)
-    with open(a.readme, encoding="utf-8") as f:
-        old = f.read()
-    new, n = refresh(old, a.suite_dir)
-    if a.check:
-        print(f"{n} tables, {'up to date' if new == old else 'out of date'}")
-        return 0 if new == old else 1
-    if new != old:
-        from recbole_unrank.report import write_text
+#: The documents holding marked tables, refreshed by default (from the repository root).
+DOCS = ("docs/results.md", "README.md")
 
-        write_text(a.readme, new)
-    print(f"{n} tables refreshed in {a.readme}")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Rebuild the suite tables of docs/results.md (and the README's "
+                                             "sample) from summary.md / summary.csv.")
+    ap.add_argument("suite_dir", help="the suite's output folder (holds summary.md and summary.csv)")
+    ap.add_argument("--doc", "--readme", dest="docs", action="append",
+                    help=f"a document to refresh (repeatable; default: {', '.join(DOCS)})")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a document is not up to date; write nothing")
+    a = ap.parse_args(argv)
+    stale = []
+    for doc in a.docs or DOCS:
+        with open(doc, encoding="utf-8") as f:
+            old = f.read()
+        new, n = refresh(old, a.suite_dir)
+        if a.check:
+            print(f"{doc}: {n} tables, {'up to date' if new == old else 'out of date'}")
+            stale += [doc] if new != old else []
+            continue
+        if new != old:
+            from recbole_unrank.report import write_text
+
+            write_text(doc, new)
+        print(f"{n} tables refreshed in {doc}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

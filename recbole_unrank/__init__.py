@@ -7,7 +7,6 @@ best.json's record); bad input raises :class:`UnrankError`.
 """
 
 from recbole_unrank import compat  # noqa: F401  (must run before RecBole is imported)
-from recbole_unrank.checkpoints import load_unlearned
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.models import WMF, ShardEnsemble, get_model
 
@@ -18,7 +17,7 @@ __all__ = ["run_unrank", "run_unrank_hyper", "load_unlearned", "UnrankError", "W
 
 
 def __getattr__(name):  # the API pulls in RecBole's data and trainers: load it on first use
-    if name in ("run_unrank", "run_unrank_hyper"):
+    if name in ("run_unrank", "run_unrank_hyper", "load_unlearned"):
         from recbole_unrank import api
 
         return getattr(api, name)

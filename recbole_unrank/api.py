@@ -22,7 +22,7 @@ import yaml
 
 from recbole_unrank.errors import UnrankError, arg
 
-__all__ = ["run_unrank", "run_unrank_hyper", "run_job", "tune_job", "make_config"]
+__all__ = ["run_unrank", "run_unrank_hyper", "load_unlearned", "run_job", "tune_job", "make_config"]
 
 
 def run_unrank(
@@ -194,3 +194,48 @@ def make_config(model=None, dataset=None, config_file_list=None, config_dict=Non
                           "or settings with 'dataset:'")
     config = build_config(str(model), str(dataset), files or None, config_dict, argv=argv)
     return config, ckpt
+
+
+def load_unlearned(path: str, trust: bool = False, gpu_id: str | None = None):
+    """An unlearned checkpoint as RecBole's ``load_data_and_model`` returns a checkpoint:
+    ``(config, model, dataset, train_data, valid_data, test_data)``, where ``train_data`` is
+    the *retained* train split (the request removed) and valid / test mask only the retained
+    history, so ``Trainer(config, model).evaluate(test_data, load_best_model=False)`` gives
+    the run's ``results.json`` test metrics. A checkpoint without a request (an original
+    model) gives the full train split. ``gpu_id`` overrides the checkpoint's (``""``: the CPU);
+    a checkpoint written on a GPU loads on a machine without one."""
+    import numpy as np
+    from recbole.utils import init_seed
+
+    from recbole_unrank.adapters import get_adapter
+    from recbole_unrank.checkpoints import read_checkpoint, request_rows
+    from recbole_unrank.data import load_data, make_loaders
+    from recbole_unrank.device import config_device
+    from recbole_unrank.models import get_model
+    from recbole_unrank.provenance import check_provenance, inter_file
+    from recbole_unrank.request import ForgetRequest, split_train
+
+    ckpt = read_checkpoint(path, trust)
+    config = ckpt["config"]
+    if gpu_id is not None:
+        config["gpu_id"] = str(gpu_id)
+    config["device"] = config_device(config)
+    if not os.path.isfile(inter_file(config)):
+        raise UnrankError(f"checkpoint '{path}' was trained on {inter_file(config)}, which does not "
+                          "exist here: load it from the folder the run was started in")
+    check_provenance(config, ckpt, path)
+    data = load_data(config)
+    record = (ckpt.get("unrank") or {}).get("request")
+    retain_ds = data.train_ds
+    if isinstance(record, dict) and "train_rows" in record:
+        rows = request_rows(data, record, path)
+        request = ForgetRequest(np.sort(rows), np.empty(0), np.empty(0), "file")
+        retain_ds, _ = split_train(data.train_ds, request)
+    model_class = get_model(config["model"])
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, retain_ds).to(config["device"])
+    model.load_state_dict(ckpt["state_dict"])
+    get_adapter(model).load_extras(ckpt.get("other_parameter"))
+    model.eval()
+    train_data, valid_data, test_data = make_loaders(config, data, retain_ds)
+    return config, model, data.dataset, train_data, valid_data, test_data

@@ -68,7 +68,7 @@ def _recbole_torch_load(f, *args, **kwargs):
         if caller.split(".", 1)[0] in _TRUSTED_PACKAGES:
             kwargs["weights_only"] = False
             if "pickle_module" not in kwargs and os.environ.get(TRUST_ENV, "") != "1":
-                from recbole_unrank.checkpoints import UntrustedGlobal, restricted_pickle_module
+                from recbole_unrank.unpickle import UntrustedGlobal, restricted_pickle_module
 
                 kwargs["pickle_module"] = restricted_pickle_module()
                 try:

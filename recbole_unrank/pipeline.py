@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from recbole_unrank import compat  # noqa: F401
 from recbole_unrank.adapters.train_data import keeps_train_data
 from recbole_unrank.checkpoints import (
-    adopt_checkpoint_config,
-    check_provenance,
     forgotten_rows,
     load_checkpoint,
     read_checkpoint,
@@ -46,7 +44,8 @@ from recbole_unrank.methods import METHODS, UnlearnTask, check_finite
 from recbole_unrank.methods.partition import PartitionMethod
 from recbole_unrank.methods.retrain import Retrain
 from recbole_unrank.models import UnknownModelError, get_model
-from recbole_unrank.report import pause_point
+from recbole_unrank.provenance import adopt_checkpoint_config, check_provenance
+from recbole_unrank.hooks import pause_point
 from recbole_unrank.request import check_request_file, split_train
 from recbole_unrank.run_folder import (
     INCOMPLETE,

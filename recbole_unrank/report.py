@@ -10,13 +10,13 @@ import io
 import json
 import logging
 import os
-import sys
-import time
 
 import numpy as np
 import yaml
 
-from recbole_unrank.checkpoints import atomic_write
+from recbole_unrank.atomic import atomic_write
+from recbole_unrank.data import request_seed
+from recbole_unrank.hooks import pause_point  # noqa: F401  (report.pause_point for callers)
 from recbole_unrank.request import write_request_file
 from recbole_unrank.tables import fmt, md_table  # noqa: F401  (fmt: report.fmt for callers)
 
@@ -55,16 +55,6 @@ DERIVED_SETTINGS = {"MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec"
                     "use_gpu", "valid_neg_sample_args", "test_neg_sample_args"}
 
 
-def pause_point(stage: str) -> None:
-    """Test hook: with ``RECBOLE_UNRANK_TEST_PAUSE=<stage>`` in the environment the process
-    says so on stderr and sleeps here (a test kills it to see what an interrupted run leaves).
-    Stages: ``run_dir``, ``original``, ``method:<name>``, ``report``, ``write:<file>`` (between
-    writing a file's temporary copy and renaming it), ``finish``."""
-    if os.environ.get("RECBOLE_UNRANK_TEST_PAUSE") == stage:
-        print(f"paused at {stage}", file=sys.stderr, flush=True)
-        time.sleep(600)
-
-
 def write_text(path: str, text: str) -> str:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -100,17 +90,11 @@ def results_record(run) -> dict:
         "model": cfg["model"],
         "dataset": cfg["dataset"],
         "seed": int(cfg["seed"]),
-        "request_seed": _request_seed(run),
+        "request_seed": request_seed(run.config),
         "request": run.request.summary(),
         "original": _plain({k: v for k, v in run.original_info.items()}),
         "rows": rows,
     }
-
-
-def _request_seed(run) -> int:
-    from recbole_unrank.pipeline import request_seed
-
-    return request_seed(run.config)
 
 
 def ranks_csv(run) -> str:

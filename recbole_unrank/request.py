@@ -270,7 +270,7 @@ def write_request_file(path: str, request: ForgetRequest, dataset) -> str:
     uf, itf = dataset.uid_field, dataset.iid_field
     u_tok = dataset.id2token(uf, request.users)
     i_tok = dataset.id2token(itf, request.items)
-    from recbole_unrank.checkpoints import atomic_text
+    from recbole_unrank.atomic import atomic_text
 
     lines = [f"{uf}:token\t{itf}:token\n"] + [f"{u}\t{i}\n" for u, i in zip(u_tok, i_tok)]
     return atomic_text(path, "".join(lines))

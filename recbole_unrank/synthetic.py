@@ -178,7 +178,7 @@ def write_atomic(folder: str, name: str, users, items, timestamps) -> str:
     Written to a temporary name and renamed, so a crash never leaves half a file."""
     path = os.path.join(folder, name, f"{name}.inter")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    from recbole_unrank.checkpoints import atomic_write
+    from recbole_unrank.atomic import atomic_write
 
     users, items = np.asarray(users), np.asarray(items)
     # ``f"{t:.0f}"`` rounds half to even, as ``np.rint`` does: the same text, formatted as ints

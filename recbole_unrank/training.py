@@ -9,7 +9,8 @@ import time
 from recbole_unrank import compat  # noqa: F401
 from recbole.utils import get_trainer, init_seed
 
-from recbole_unrank.checkpoints import load_file, save_trained
+from recbole_unrank.checkpoints import save_trained
+from recbole_unrank.unpickle import load_file
 from recbole_unrank.models import get_model
 from recbole_unrank.progress import bars_shown
 

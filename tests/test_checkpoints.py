@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_unrank import api
+from recbole_unrank import atomic as A
 from recbole_unrank import checkpoints as C
+from recbole_unrank import provenance as P
+from recbole_unrank import unpickle as U
 from recbole_unrank.errors import UnrankError
 
 from conftest import REPO_ROOT, base_config_dict
@@ -87,7 +91,7 @@ def test_package_checkpoints_load_restricted_with_fingerprint(our_ckpts, model):
         ckpt = C.read_checkpoint(path)
         fp = ckpt["unrank"]["fingerprint"]
         assert fp["dataset"] == "tiny" and fp["inter_file"] == "tiny.inter"
-        assert fp["inter_sha256"] == C._sha256(str(REPO_ROOT / "dataset" / "tiny" / "tiny.inter"))
+        assert fp["inter_sha256"] == P._sha256(str(REPO_ROOT / "dataset" / "tiny" / "tiny.inter"))
         assert fp["split"]["seed"] == 2020 and fp["split"]["eval_args"]["order"] == "RO"
 
 
@@ -161,7 +165,7 @@ def test_model_class_cannot_be_called_nor_patched(tmp_path):
     # GLOBAL BPR; state (None, {"predict": 1}); BUILD -> setattr(BPR, "predict", 1) unless refused
     data = b"\x80\x02crecbole.model.general_recommender.bpr\nBPR\nN}U\x07predictK\x01s\x86b."
     with pytest.raises(pickle.UnpicklingError, match="setting attributes"):
-        C.RestrictedUnpickler(io.BytesIO(data)).load()
+        U.RestrictedUnpickler(io.BytesIO(data)).load()
     assert callable(BPR.predict)
 
 
@@ -252,14 +256,14 @@ def test_recbole_checkpoint_without_fingerprint_warns_what_is_unchecked(recbole_
     cfg.pop("seed")
     config = build_config("BPR", "tiny", config_dict=cfg)
     ckpt = C.read_checkpoint(recbole_ckpts["BPR"])
-    C.adopt_checkpoint_config(config, ckpt, "x.pth")
+    P.adopt_checkpoint_config(config, ckpt, "x.pth")
     with caplog.at_level("WARNING", logger="recbole_unrank"):
-        C.check_provenance(config, ckpt, "x.pth")
+        P.check_provenance(config, ckpt, "x.pth")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "no fingerprint" in warned[0] and "tiny.inter could not be" in warned[0]
     ckpt["config"]["dataset"] = "ml-100k"
     with pytest.raises(UnrankError, match="trained on dataset 'ml-100k'"):
-        C.check_provenance(config, ckpt, "x.pth")
+        P.check_provenance(config, ckpt, "x.pth")
 
 
 # ------------------------------------------------------------------------------ settings
@@ -274,7 +278,7 @@ def test_split_and_training_settings_adopted_from_checkpoint(recbole_ckpts, in_t
     assert config["seed"] == 2020 and config["epochs"] != 1
     ckpt = C.read_checkpoint(recbole_ckpts["BPR"])
     with caplog.at_level("INFO", logger="recbole_unrank"):
-        C.adopt_checkpoint_config(config, ckpt, "x.pth")
+        P.adopt_checkpoint_config(config, ckpt, "x.pth")
     assert config["seed"] == 7 and config["epochs"] == 1 and config["learning_rate"] == 0.01
     assert config["topk"] == [10] and config["valid_metric"] == "MRR@10"  # RecBole's defaults
     assert config["valid_metric_bigger"] is True
@@ -294,7 +298,7 @@ def test_explicit_split_mismatch_refused(recbole_ckpts, in_tmp, key, value):
     config = build_config("BPR", "tiny", config_dict=cfg)
     ckpt = C.read_checkpoint(recbole_ckpts["BPR"])
     with pytest.raises(UnrankError, match=f"another split: you set {key}=[^;]*; drop") as info:
-        C.adopt_checkpoint_config(config, ckpt, "x.pth")
+        P.adopt_checkpoint_config(config, ckpt, "x.pth")
     assert "\n" not in str(info.value)
 
 
@@ -312,7 +316,7 @@ def test_split_from_checkpoint_is_recboles_split(recbole_ckpts, in_tmp):
     cfg.pop("seed")
     config = build_config("BPR", "tiny", config_dict=cfg)
     before = pairs(load_data(config).test_ds)  # the run's own seed (2020)
-    C.adopt_checkpoint_config(config, C.read_checkpoint(recbole_ckpts["BPR"]), "x.pth")
+    P.adopt_checkpoint_config(config, C.read_checkpoint(recbole_ckpts["BPR"]), "x.pth")
     ours = pairs(load_data(config).test_ds)
     *_, theirs_test = load_data_and_model(recbole_ckpts["BPR"])
     assert ours == pairs(theirs_test._dataset) and ours != before
@@ -340,14 +344,14 @@ def test_models_keeping_train_data_pass_with_retraining_methods(tiny_config):
 # ------------------------------------------------------------------------------ atomic writer
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.txt"
-    C.atomic_text(str(target), "old")
+    A.atomic_text(str(target), "old")
 
     def broken(tmp):
         Path(tmp).write_text("half", encoding="utf-8")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        C.atomic_write(str(target), broken)
+        A.atomic_write(str(target), broken)
     assert target.read_text(encoding="utf-8") == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
@@ -387,7 +391,7 @@ def test_load_unlearned_reproduces_results_json(unlearned_run, method):
     assert rows["original"]["test"].keys() == row["test"].keys()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        config, unlearned, dataset, train_data, valid_data, test_data = C.load_unlearned(row["checkpoint"])
+        config, unlearned, dataset, train_data, valid_data, test_data = api.load_unlearned(row["checkpoint"])
         got = _recbole_evaluate(config, unlearned, test_data)
     assert config["seed"] == 7  # the split of RecBole's checkpoint, not the package default
     assert set(got) == set(row["test"])
@@ -405,7 +409,7 @@ def test_recbole_own_loader_keeps_the_full_train_split(unlearned_run):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         *_, full_train, _, _ = load_data_and_model(path)
-        *_, retained, _, _ = C.load_unlearned(path)
+        *_, retained, _, _ = api.load_unlearned(path)
     pairs = C.read_checkpoint(path)["unrank"]["request"]["pairs"]
     assert len(full_train._dataset) - len(retained._dataset) == pairs > 0
 
@@ -417,7 +421,7 @@ def test_unlearned_checkpoint_carries_request_and_retained_split(unlearned_run):
     assert req["pairs"] == len(req["user_tokens"]) == len(req["item_tokens"]) == len(req["train_rows"]) > 0
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        *_, train_data, _, _ = C.load_unlearned(rows["l2unrank"]["checkpoint"])
+        *_, train_data, _, _ = api.load_unlearned(rows["l2unrank"]["checkpoint"])
     ds = train_data._dataset
     kept = set(zip(ds.id2token(ds.uid_field, ds.inter_feat[ds.uid_field]).tolist(),
                    ds.id2token(ds.iid_field, ds.inter_feat[ds.iid_field]).tolist()))
@@ -431,7 +435,7 @@ def test_recbole_resumes_training_from_unlearned_checkpoint(unlearned_run):
     path = rows["l2unrank"]["checkpoint"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        config, model, _, train_data, valid_data, _ = C.load_unlearned(path)
+        config, model, _, train_data, valid_data, _ = api.load_unlearned(path)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         config["epochs"] = 1
         trainer = Trainer(config, model)
@@ -491,7 +495,7 @@ def test_cuda_checkpoint_loads_on_cpu_machine(unlearned_run, tmp_path):
         torch.load(str(dst), weights_only=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        config, model, *_, test_data = C.load_unlearned(str(dst))
+        config, model, *_, test_data = api.load_unlearned(str(dst))
         got = _recbole_evaluate(config, model, test_data)
     assert config["device"].type == "cpu"
     for key, value in rows["l2unrank"]["test"].items():
@@ -522,7 +526,7 @@ def test_lightgcn_cpu_checkpoint_runs_on_cuda(unlearned_run):
     path = rows["l2unrank"]["checkpoint"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        config, model, *_, test_data = C.load_unlearned(path, gpu_id="0")
+        config, model, *_, test_data = api.load_unlearned(path, gpu_id="0")
         assert model.norm_adj_matrix.device.type == "cuda"
         got = _recbole_evaluate(config, model, test_data)
     for key, value in rows["l2unrank"]["test"].items():
@@ -549,7 +553,7 @@ def test_second_request_on_unlearned_checkpoint_keeps_the_first_forgotten(unlear
         assert set(done1["train_rows"]) < set(done2["train_rows"])
         assert len(done2["train_rows"]) == done1["pairs"] + done2["pairs"]
         assert len(run.data.train_ds) == len(run.data.full_train_ds) - done1["pairs"]
-        config, unlearned, *_, train_data, _, test_data = C.load_unlearned(second["checkpoint"])
+        config, unlearned, *_, train_data, _, test_data = api.load_unlearned(second["checkpoint"])
         got = _recbole_evaluate(config, unlearned, test_data)
     assert len(train_data._dataset) == len(run.data.full_train_ds) - len(done2["train_rows"])
     for key, value in second["test"].items():
@@ -625,7 +629,7 @@ def test_recbole_load_data_and_model_refuses_crafted_pickle(tmp_path, in_tmp, mo
 
     path, marker = _crafted(tmp_path, "torch_zip")
     monkeypatch.delenv(compat.TRUST_ENV, raising=False)
-    with pytest.raises(C.UntrustedGlobal, match=f"is refused: loading it needs io.open.*{compat.TRUST_ENV}=1"):
+    with pytest.raises(U.UntrustedGlobal, match=f"is refused: loading it needs io.open.*{compat.TRUST_ENV}=1"):
         load_data_and_model(str(path))
     assert not marker.exists()
     monkeypatch.setenv(compat.TRUST_ENV, "1")
@@ -661,7 +665,7 @@ def test_container_opcodes_fill_builtin_containers_only():
     head = b"\x80\x02crecbole.config.configurator\nConfig\n)\x81"
     for body, opcode in ((b"(U\x01kK\x01u.", "SETITEMS"), (b"(K\x01e.", "APPENDS")):
         with pytest.raises(pickle.UnpicklingError, match=f"{opcode} on a Config"):
-            C.RestrictedUnpickler(io.BytesIO(head + body)).load()
+            U.RestrictedUnpickler(io.BytesIO(head + body)).load()
     # the same opcodes on builtin containers load
-    assert C.RestrictedUnpickler(io.BytesIO(b"\x80\x02}(U\x01kK\x01u.")).load() == {"k": 1}
-    assert C.RestrictedUnpickler(io.BytesIO(b"\x80\x02](K\x01K\x02e.")).load() == [1, 2]
+    assert U.RestrictedUnpickler(io.BytesIO(b"\x80\x02}(U\x01kK\x01u.")).load() == {"k": 1}
+    assert U.RestrictedUnpickler(io.BytesIO(b"\x80\x02](K\x01K\x02e.")).load() == [1, 2]

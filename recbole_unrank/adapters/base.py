@@ -27,11 +27,11 @@ from torch import nn
 from recbole.data.interaction import Interaction
 
 from recbole_unrank.device import model_device, move_tensor_attributes
+from recbole_unrank.models import extras as _extras
+from recbole_unrank.models.extras import CACHES
 
 __all__ = ["ModelAdapter", "AdapterError", "TrainingLoss", "CACHES"]
 
-#: RecBole's caches of final embeddings (rebuilt on demand): never saved, stale after any change.
-CACHES = ("restore_user_e", "restore_item_e")
 #: Pairs scored per ``predict`` call by :meth:`ModelAdapter.pair_scorer`.
 PAIR_CHUNK = 1 << 16
 
@@ -229,9 +229,7 @@ class ModelAdapter:
 
     def invalidate(self) -> None:
         """Clear every cache that a parameter change made stale. The one place it happens."""
-        for name in CACHES:
-            if hasattr(self.model, name):
-                setattr(self.model, name, None)
+        _extras.clear_caches(self.model)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def checkpoint_extras(self) -> dict:
@@ -239,19 +237,12 @@ class ModelAdapter:
         ``other_parameter()`` without caches, plus the (retained) graph of a RecBole graph model
         (``norm_adj_matrix``), on the model's device like the ``state_dict`` (RecBole's
         ``load_data_and_model`` restores it there; :meth:`load_extras` moves it)."""
-        own = self.model.other_parameter() if hasattr(self.model, "other_parameter") else None
-        extras = {k: v for k, v in dict(own or {}).items() if k not in CACHES}
-        if hasattr(self.model, "norm_adj_matrix"):
-            extras["norm_adj_matrix"] = self.model.norm_adj_matrix.detach()
-        return extras
+        return _extras.checkpoint_extras(self.model)
 
     def load_extras(self, extras: dict | None) -> None:
         """RecBole's ``load_other_parameter`` of a checkpoint's ``extras``, tensors on the
         model's device, caches left out (and cleared)."""
         if not extras:
             return
-        device = self.device
-        extras = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in extras.items()
-                  if k not in CACHES}
-        self.model.load_other_parameter(extras)
+        _extras.load_extras(self.model, extras)
         self.invalidate()

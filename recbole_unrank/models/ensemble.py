@@ -18,6 +18,8 @@ from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
+from recbole_unrank.models.extras import checkpoint_extras, load_extras
+
 __all__ = ["ShardEnsemble"]
 
 class ShardEnsemble(GeneralRecommender):
@@ -95,18 +97,14 @@ class ShardEnsemble(GeneralRecommender):
 
     def other_parameter(self) -> dict:
         """Each sub-model's non-parameter state (its graph), caches left out."""
-        from recbole_unrank.adapters import get_adapter  # adapters import models: not at the top
-
         return {f"models.{k}.{key}": value for k, model in enumerate(self.models)
-                for key, value in get_adapter(model).checkpoint_extras().items()}
+                for key, value in checkpoint_extras(model).items()}
 
     def load_other_parameter(self, para) -> None:
         """Route ``models.<k>.<name>`` entries to sub-model k, on that model's device; clear caches."""
-        from recbole_unrank.adapters import get_adapter
-
         per_model: dict[int, dict] = {}
         for key, value in (para or {}).items():
             _, k, name = key.split(".", 2)
             per_model.setdefault(int(k), {})[name] = value
         for k, model in enumerate(self.models):
-            get_adapter(model).load_extras(per_model.get(k))
+            load_extras(model, per_model.get(k))

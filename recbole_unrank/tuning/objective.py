@@ -64,7 +64,7 @@ def _number(config, key: str) -> float:
 def check_design_seed(config) -> int:
     """Settings are chosen on design request seeds only: a request seed listed in
     ``unrank_eval_seeds`` (kept for reporting) is refused. Returns the request seed."""
-    from recbole_unrank.pipeline import request_seed
+    from recbole_unrank.data import request_seed
 
     seed = request_seed(config)
     reserved = [int(s) for s in (tune_setting(config, "unrank_eval_seeds") or [])]

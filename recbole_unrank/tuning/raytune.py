@@ -5,7 +5,7 @@ instance (``ray.init(num_cpus=1, include_dashboard=False)``).
 
 The compat patches do not reach Ray's worker processes, and ``ray.tune`` itself needs them
 there (``np.bool8``), so the instance is started with a ``worker_process_setup_hook`` that
-imports ``recbole_unrank`` first; the prepared search is pickled once (without its loaders,
+imports ``recbole_unrank.compat`` first; the prepared search is pickled once (without its loaders,
 rebuilt in the worker) and handed to the workers through ``tune.with_parameters`` (Ray's object
 store). Ray Tune 2.x also needs ``pyarrow``. A Ray instance started by the caller is used as it
 is, and must have been given the same hook."""
@@ -48,11 +48,11 @@ def check_ray(algo: str) -> None:
 def _worker_setup() -> None:
     """Run in every Ray worker before anything else: the compat patches (numpy 2 aliases that
     ray.tune itself needs, torch.load for RecBole checkpoints) do not travel from the driver."""
-    import recbole_unrank  # noqa: F401
+    from recbole_unrank import compat  # noqa: F401  (the patches, before ray.tune runs)
 
 
 def start_ray() -> bool:
-    """A local Ray instance (1 CPU, no dashboard) whose workers import recbole_unrank first;
+    """A local Ray instance (1 CPU, no dashboard) whose workers import recbole_unrank.compat first;
     returns whether it was started here (then the caller shuts it down at the end)."""
     import ray
 
@@ -75,7 +75,7 @@ def _trainable(config: dict, blob: bytes | None = None) -> None:
     """Ray Tune function trainable: one trial on the search prepared by the driver."""
     import hashlib
 
-    import recbole_unrank  # noqa: F401  (compat inside the worker, before RecBole is unpickled)
+    from recbole_unrank import compat  # noqa: F401  (inside the worker, before RecBole is unpickled)
     from ray.air import session
 
     key = hashlib.sha1(blob).hexdigest()

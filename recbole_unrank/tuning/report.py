@@ -13,7 +13,7 @@ import os
 
 import yaml
 
-from recbole_unrank.checkpoints import atomic_write
+from recbole_unrank.atomic import atomic_write
 from recbole_unrank.methods import METHODS
 from recbole_unrank.report import write_text
 from recbole_unrank.tables import fmt, md_table

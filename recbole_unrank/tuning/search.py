@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from recbole_unrank.checkpoints import atomic_write
+from recbole_unrank.atomic import atomic_write
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.tables import fmt
 from recbole_unrank.tuning.objective import Objective

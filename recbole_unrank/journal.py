@@ -303,13 +303,14 @@ class Journal:
                 found.append((int(m.group(1)), os.path.join(self.folder, name)))
         return sorted(found, reverse=True)
 
-    def snapshot(self, stream) -> str:
-        """Write the stream's model as an unlearned checkpoint covering the journal up to now
-        (a temporary file, renamed), then reload the stream's model from it (see the module
-        docstring). Returns its path."""
-        position = self.position
+    def snapshot(self, stream, position: int | None = None) -> str:
+        """Write the stream's model as an unlearned checkpoint covering the journal up to
+        ``position`` (default: now; a replay passes the record it has reached), to a temporary
+        file then renamed, and reload the stream's model from it (see the module docstring).
+        Returns its path."""
+        position = self.position if position is None else int(position)
         path = self.snapshot_path(position)
-        digest = self.requests[-1]["digest"] if self.requests else self.header["base_digest"]
+        digest = self.records[position]["digest"] if position else self.header["base_digest"]
         data = stream.data
         n = len(data.train_ds.inter_feat)
         gone = np.setdiff1d(np.arange(n), stream.kept, assume_unique=True)
@@ -524,6 +525,10 @@ def _check_identity(journal: Journal, config, digest: str, method: str, settings
         if h["settings"].get(key) != value:
             raise UnrankError(f"--{key}={value} differs from the journal's {h['settings'].get(key)!r}: replay "
                               "would not give the journaled models; use the journal's or a new --journal folder")
+    if h["snapshot_every"] != journal.snapshot_every:
+        raise UnrankError(f"--snapshot_every={journal.snapshot_every} differs from the journal's "
+                          f"{h['snapshot_every']} (a live stream reloads its model at each snapshot, so replay "
+                          "needs the same points): use the journal's, or a new --journal folder")
     for key, value in (("unrank_stream_guard", stream_settings.guard), ("unrank_stream_policy", stream_settings.policy)):
         if h[key.replace("unrank_", "")] != value:
             raise UnrankError(f"--{key}={value} differs from the journal's {h[key.replace('unrank_', '')]!r}: use "
@@ -607,6 +612,7 @@ def open_journaled_stream(config, ckpt: dict, checkpoint: str, journal: Journal)
                            valid_reference=None if header is None else header["valid_reference"])
     if header is None:
         identity = _identity(config, digest, name, settings, stream_settings, stream.valid_reference)
+        identity["snapshot_every"] = journal.snapshot_every
         identity["base_forgotten"] = [] if prior is None else [int(r) for r in prior]
         journal.start(identity)
         logger.info("journal '%s' started", journal.folder)
@@ -632,6 +638,8 @@ def _replay(stream, journal: Journal, start: int) -> None:
                               f"{r['position']}) gives another model than the journaled one (digest "
                               f"{now[:12]}..., journaled {r['digest'][:12]}...): the code, the data or the "
                               "machine changed; resume with the code and machine that wrote it")
+        if r["position"] % journal.snapshot_every == 0:  # as the live run did: write it, reload from it
+            journal.snapshot(stream, r["position"])
     if todo:
         logger.info("journal '%s': resumed from position %d, replayed %d request(s)", journal.folder, start,
                     len(todo))

@@ -163,7 +163,7 @@ def test_a_torn_last_line_is_dropped_and_a_broken_one_refused(mixed, tmp_path):
     with Journal(journal) as j:
         assert j.torn and j.position == 5
     damaged = lines[:]
-    damaged[2] = damaged[2].replace(b'"applied"', b'"refused"')
+    damaged[2] = damaged[2].replace(b'"position":2', b'"position":9')
     path.write_bytes(b"\n".join(damaged))
     with pytest.raises(UnrankError, match="line 3 is broken"):
         Journal(journal)
@@ -237,7 +237,7 @@ def test_a_journal_of_another_checkpoint_is_refused_and_nothing_written(base, mi
     (journal / JOURNAL_FILE).write_bytes(b"\n".join([json.dumps(header).encode()] + lines[1:]))
     before = {p.name: p.read_bytes() for p in journal.iterdir()}
     assert "belongs to a BPR model" in refused(base["ckpt"])
-    lines[2] = lines[2].replace(b'"applied"', b'"failed"')
+    lines[2] = lines[2].replace(b'"position":2', b'"position":9')
     (journal / JOURNAL_FILE).write_bytes(b"\n".join(lines))
     before = {p.name: p.read_bytes() for p in journal.iterdir()}
     assert "line 3 is broken" in refused(base["ckpt"])

@@ -36,8 +36,8 @@ import re
 import sys
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,8 +57,17 @@ from recbole_unrank.errors import UnrankError
 from recbole_unrank.report import pause_point
 from recbole_unrank.request import ForgetRequest, _read_token_file, request_from_pairs
 
-__all__ = ["Journal", "RawRequest", "model_digest", "read_requests", "open_journaled_stream", "serve",
-           "stream_job", "JOURNAL_FILE", "LOCK_FILE"]
+__all__ = [
+    "JOURNAL_FILE",
+    "LOCK_FILE",
+    "Journal",
+    "RawRequest",
+    "model_digest",
+    "open_journaled_stream",
+    "read_requests",
+    "serve",
+    "stream_job",
+]
 
 logger = logging.getLogger("recbole_unrank")
 

@@ -24,13 +24,19 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import DATA_PATH, REPO_ROOT, subprocess_env
+
 from recbole_unrank import pipeline
 from recbole_unrank.checkpoints import forgotten_rows, load_unlearned, read_checkpoint
 from recbole_unrank.cli import main_stream
 from recbole_unrank.errors import UnrankError
-from recbole_unrank.journal import JOURNAL_FILE, Journal, _checksum, model_digest, open_journaled_stream
+from recbole_unrank.journal import (
+    JOURNAL_FILE,
+    Journal,
+    _checksum,
+    model_digest,
+    open_journaled_stream,
+)
 from recbole_unrank.stream import recent_requests
 
 TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}
@@ -139,7 +145,7 @@ def test_records_carry_checksums_digests_and_reasons(base, mixed):
     # the last snapshot is an unlearned RecBole checkpoint holding the journaled model
     last = out.strip().splitlines()[-1]
     assert os.path.basename(last) == "snapshot-000006.pth"
-    config, model, *_ = load_unlearned(last, gpu_id="")
+    _, model, *_ = load_unlearned(last, gpu_id="")
     assert model_digest(model) == req[-1]["digest"]
     gone = forgotten_rows(base["data"], read_checkpoint(last), last)
     applied = np.concatenate([r["train_rows"] for r in req if r["status"] == "applied"])
@@ -174,7 +180,7 @@ def test_the_lock_refuses_a_second_process(tmp_path):
             "try:\n    Journal(sys.argv[1])\nexcept UnrankError as e:\n    print(e)\n    sys.exit(3)\n")
     with Journal(tmp_path / "J"):
         held = subprocess.run([sys.executable, "-c", code, str(tmp_path / "J")], env=subprocess_env(),
-                              capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+                              capture_output=True, text=True, timeout=120, cwd=str(tmp_path), check=False)
         with pytest.raises(UnrankError, match="in use by another process"):
             Journal(tmp_path / "J")  # a second open in this process too
     assert held.returncode == 3 and "in use by another process" in held.stdout
@@ -278,7 +284,7 @@ def test_kill_9_at_five_points_loses_no_acknowledged_request(base, tmp_path):
     journaled), between request k's journal write and its acknowledgement, inside the
     snapshot write at 4, 8 or 12. Each kill is followed by a restart of the same command."""
     ckpt, inbox = base["ckpt"], base["inbox"]
-    whole, whole_out, whole_err = _launch(_argv(ckpt, tmp_path / "J-whole", inbox), tmp_path, "whole")
+    whole, _, whole_err = _launch(_argv(ckpt, tmp_path / "J-whole", inbox), tmp_path, "whole")
     points = [(k, 0, "apply") for k in range(1, N_REQUESTS + 1)]
     points += [(k, 1, "journaled") for k in range(1, N_REQUESTS + 1)]
     points += [(k, 2, "snapshot") for k in (4, 8, 12)]

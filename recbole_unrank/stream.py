@@ -37,15 +37,8 @@ from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS, UnlearnTask
 from recbole_unrank.request import request_from_pairs
 
-__all__ = [
-    "POLICIES",
-    "RequestStream",
-    "StreamSettings",
-    "pair_ranks",
-    "recent_requests",
-    "score_auc",
-    "user_ndcg",
-]
+__all__ = ["POLICIES", "RequestStream", "StreamSettings", "pair_ranks", "score_auc", "user_ndcg",
+           "recent_requests"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -67,7 +60,7 @@ class StreamSettings:
         self.guard = float(self.guard)
 
     @classmethod
-    def from_config(cls, config) -> StreamSettings:
+    def from_config(cls, config) -> "StreamSettings":
         return cls(guard=config["unrank_stream_guard"] or 0.0, policy=config["unrank_stream_policy"] or "refuse")
 
 

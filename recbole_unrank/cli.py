@@ -19,17 +19,8 @@ import warnings
 
 from recbole_unrank.errors import UnrankError, cli_names
 
-__all__ = [
-    "fail",
-    "hyper_parser",
-    "main_hyper",
-    "main_stream",
-    "main_unrank",
-    "parse_args",
-    "setup_logging",
-    "stream_parser",
-    "unrank_parser",
-]
+__all__ = ["main_unrank", "main_hyper", "main_stream", "unrank_parser", "hyper_parser", "stream_parser",
+           "parse_args", "setup_logging", "fail"]
 
 UNRANK_PROG = "run_unrank"
 HYPER_PROG = "run_unrank_hyper"
@@ -88,7 +79,7 @@ status: 0 done; 2 bad input or a journal that does not belong to the checkpoint 
 class _OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage block), exit status 2."""
 
-    def error(self, message: str):
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
         fail(self.prog, f"{message} (see --help)")
 
 
@@ -178,7 +169,7 @@ def stream_parser() -> argparse.ArgumentParser:
 def _normalise(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """``--key value`` -> ``--key=value`` for every long option that takes a value (ours and
     RecBole's); short options and flags are left to argparse."""
-    own = parser._option_string_actions
+    own = parser._option_string_actions  # noqa: SLF001 (argparse has no public lookup)
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -214,8 +205,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argpar
     tokens = _normalise(parser, argv)
     # RecBole's Config raises a bare SyntaxError (a traceback) on a key given twice with
     # different values: refuse it here, as bad input.
-    repeatable = {name for name, action in parser._option_string_actions.items()
-                  if isinstance(action, argparse._AppendAction)}
+    repeatable = {name for name, action in parser._option_string_actions.items()  # noqa: SLF001
+                  if isinstance(action, argparse._AppendAction)}  # noqa: SLF001 (--preset)
     seen: dict[str, str] = {}
     for token in tokens:
         if token.startswith("--") and "=" in token and token.split("=", 1)[0] not in repeatable:

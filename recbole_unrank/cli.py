@@ -19,10 +19,12 @@ import warnings
 
 from recbole_unrank.errors import UnrankError, cli_names
 
-__all__ = ["main_unrank", "main_hyper", "unrank_parser", "hyper_parser", "parse_args", "setup_logging", "fail"]
+__all__ = ["main_unrank", "main_hyper", "main_stream", "unrank_parser", "hyper_parser", "stream_parser",
+           "parse_args", "setup_logging", "fail"]
 
 UNRANK_PROG = "run_unrank"
 HYPER_PROG = "run_unrank_hyper"
+STREAM_PROG = "run_unrank_stream"
 
 UNRANK_DESCRIPTION = """\
 Unlearn with recbole-unrank, the way RecBole's run_recbole.py trains.
@@ -54,6 +56,23 @@ scored on the validation split and the request only (see recbole_unrank/tuning/)
 settings and the defaults are then run once more and evaluated on test. The run folder
 (trials.csv / trials.md / best.yaml / best.json / trials.png) is the last line printed;
 best.yaml feeds recbole-unrank --config_files.
+"""
+
+STREAM_DESCRIPTION = """\
+Serve forget requests on a model with an append-only journal (recbole_unrank/journal.py).
+
+  recbole-unrank-stream --checkpoint saved/WMF.pth --journal journal/ --requests inbox/
+  tail -f requests.jsonl | recbole-unrank-stream --checkpoint saved/WMF.pth --journal journal/ --requests -
+
+--requests: a folder of request files (user_id:token<TAB>item_id:token, as --unrank_request_file),
+processed in name order, the file name being the request id; or a file (or -, standard input)
+with one JSON request per line: {"id": "r1", "user_id": ["196"], "item_id": ["242"]}. Each
+request is applied, then journaled (flushed to disk), then acknowledged on stdout:
+ack<TAB>id<TAB>applied|refused|failed<TAB>pairs forgotten<TAB>reason. A snapshot (an unlearned
+RecBole checkpoint) is written every --snapshot_every requests and at the end; its path is the
+last line printed. Rerun the same command after a crash: it resumes from the last snapshot,
+replays the journal (checking each model digest) and skips requests already journaled. Exit
+status: 0 done; 2 bad input or a journal that does not belong to the checkpoint (one line).
 """
 
 
@@ -131,6 +150,18 @@ def hyper_parser() -> argparse.ArgumentParser:
                         "loss (RecBole's HyperTuning early stop; default 10, as RecBole's)")
     p.add_argument("--tool", default="hyperopt", type=str.lower, choices=["hyperopt", "ray"],
                    help="hyperopt: RecBole's HyperTuning (default); ray: Ray Tune on a local Ray instance")
+    _add_unrank_keys(p)
+    return p
+
+
+def stream_parser() -> argparse.ArgumentParser:
+    p = _base_parser(STREAM_PROG, STREAM_DESCRIPTION)
+    p.add_argument("--journal", default=None, metavar="DIR",
+                   help="the journal folder (journal.jsonl, snapshots, lock); created if missing")
+    p.add_argument("--requests", default=None, metavar="SRC",
+                   help="a folder of request files (name order), a file with one JSON request per line, or -")
+    p.add_argument("--snapshot_every", type=int, default=100, metavar="N",
+                   help="write a snapshot every N requests (and at the end); default 100")
     _add_unrank_keys(p)
     return p
 
@@ -261,3 +292,12 @@ def main_hyper(argv: list[str] | None = None) -> None:
     result = _run(HYPER_PROG, hyper_parser(), argv, api.tune_job,
                   extra=("params_file", "algo", "max_evals", "tool", "early_stop"))
     print(result.run_dir, flush=True)
+
+
+def main_stream(argv: list[str] | None = None) -> None:
+    """``recbole-unrank-stream`` / ``python run_unrank_stream.py``."""
+    from recbole_unrank import journal
+
+    path = _run(STREAM_PROG, stream_parser(), argv, journal.stream_job,
+                extra=("journal", "requests", "snapshot_every"))
+    print(path, flush=True)

@@ -236,6 +236,7 @@ class RequestStream:
     applied: list = field(default_factory=list)  # per applied request: its rows of the original train split
     records: list = field(default_factory=list)
     valid_reference: float | None = None
+    journal: object = None  # a recbole_unrank.journal.Journal: every apply is journaled (issue 23)
 
     def __post_init__(self):
         train = self.data.train_ds
@@ -276,7 +277,11 @@ class RequestStream:
     # ---- one request --------------------------------------------------------------------
     def apply(self, rows: np.ndarray, seed: int | None = None) -> dict:
         """Unlearn the train rows ``rows`` (of the original train split; all still retained)
-        from the current model; returns the request's record."""
+        from the current model; returns the request's record. With a ``journal`` the request
+        goes through :meth:`~recbole_unrank.journal.Journal.apply` (journaled; a failure leaves
+        the model as it was)."""
+        if self.journal is not None and not self.journal._inside:
+            return self.journal.apply(self, rows, seed)
         rows = np.asarray(rows, dtype=np.int64)
         pos = np.searchsorted(self.kept, rows)
         if (pos >= self.kept.size).any() or not np.array_equal(self.kept[np.minimum(pos, self.kept.size - 1)], rows):

@@ -627,8 +627,9 @@ def test_console_scripts_and_presets_are_packaged():
     meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     scripts = meta["project"]["scripts"]
     assert scripts == {"recbole-unrank": "recbole_unrank.cli:main_unrank",
-                       "recbole-unrank-hyper": "recbole_unrank.cli:main_hyper"}
-    assert callable(cli.main_unrank) and callable(cli.main_hyper)
+                       "recbole-unrank-hyper": "recbole_unrank.cli:main_hyper",
+                       "recbole-unrank-stream": "recbole_unrank.cli:main_stream"}
+    assert callable(cli.main_unrank) and callable(cli.main_hyper) and callable(cli.main_stream)
     globs = meta["tool"]["setuptools"]["package-data"]["recbole_unrank"]
     package = REPO_ROOT / "recbole_unrank"
     shipped = [p.relative_to(package).as_posix() for p in (package / "presets").rglob("*") if p.is_file()]

@@ -1,0 +1,272 @@
+"""``l2unrank_twosided``: the scoped two-sided block update (DESIGN.md 10.2, issue 22).
+
+``l2unrank`` moves only the request users' own blocks, so a forgotten item's own parameters,
+fitted towards its users while the pairs were in the data, never move. This method moves the
+blocks of both sides in the scope:
+
+* **scope** (:func:`~recbole_unrank.influence.blocks.scope_blocks`): the request's users and
+  items, plus their neighbours on the retained graph for each of ``unrank_twosided_hops``;
+* **target, difference form**: with ``theta0`` the model now, each block's residual is
+  ``r_b(theta) = grad_b L_ret(theta) - grad_b L_full(theta0)`` (``L``: the model's own training
+  loss, L2 included; ``L_ret`` over the retained rows, ``L_full`` over every train row). At
+  ``theta0`` ``r_b = -grad_b L_forget(theta0)``: only what the forgotten rows put into a block
+  is removed, so a model that training left short of its optimum is not "finished" by the
+  update (DESIGN.md 10.2);
+* **sweeps** (Gauss-Seidel): every scope user at once (one batched ``d x d`` solve of
+  ``(H_b,ret + lambda I) Delta_b = -r_b``, ``H`` the Gauss-Newton block, exact for WMF), then
+  every scope item at the point the users reached, then users again ..., until
+  ``||r_scope|| <= unrank_twosided_tol * ||r_scope(theta0)||`` or ``unrank_twosided_sweeps``
+  sweeps. ``lambda = unrank_damping`` damps the path only: the fixed point is ``r = 0``;
+* **whole blocks**: a user with no retained row, an item with no retained (positive) row, has
+  no retained data of its own: it goes to its retained optimum without a guard. With an L2
+  term (WMF) that optimum is 0 (WMF's all-entries term is also minimised at 0); a loss without
+  L2 (NeuMF, RecBole's BPR) has none, and the block takes 0, the mean of the embeddings' prior
+  (their initialisation), as documented here.
+
+Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
+rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
+stays fixed). LightGCN is refused: its block curvature through propagation is not built yet.
+No step search and no influence weights: every setting this method reads acts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recbole_unrank.adapters import AdapterError, ModelAdapter, get_adapter
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.influence.blocks import block_gradients, block_step, row_map, scope_blocks
+from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.methods.objective import Objective, row_loss
+
+__all__ = ["TwoSided", "TwoSidedProblem", "TWOSIDED_SETTINGS"]
+
+TWOSIDED_SETTINGS = {
+    "hops": "unrank_twosided_hops",
+    "sweeps": "unrank_twosided_sweeps",
+    "tol": "unrank_twosided_tol",
+    "damping": "unrank_damping",
+}
+
+
+class TwoSidedProblem:
+    """The block problem of one request on one model (see the module docstring).
+
+    Args:
+        adapter: the model's adapter (user and item blocks).
+        obj: the training loss over the train rows (with its sampled negatives).
+        keep: bool [N], the retained rows.
+        user_mask, item_mask: bool [n_users], [n_items], the scope's blocks.
+        damping: ``lambda >= 0`` of the block solves.
+
+    On construction the targets ``grad_b L_full(theta0)`` are taken at the model as it is;
+    :meth:`zero_whole_blocks`, :meth:`half_sweep` and :meth:`run` then move it in place.
+    """
+
+    def __init__(self, adapter: ModelAdapter, obj: Objective, keep: Tensor, user_mask: Tensor,
+                 item_mask: Tensor, damping: float):
+        self.a, self.obj, self.damping = adapter, obj, float(damping)
+        users, items = obj.users, obj.items
+        device = users.device
+        ret_users = torch.bincount(users[keep], minlength=adapter.n_users)
+        ret_items = torch.bincount(items[keep], minlength=adapter.n_items)
+        self.whole_users = (user_mask & (ret_users == 0)).nonzero().squeeze(1)
+        self.whole_items = (item_mask & (ret_items == 0)).nonzero().squeeze(1)
+        self.ids, self.row_of, self.rows, self.rows_full = {}, {}, {}, {}
+        neg = obj.neg
+        for side, mask, ret, ids_of_row in (("user", user_mask, ret_users, users), ("item", item_mask, ret_items, items)):
+            ids, row_of = row_map(mask & (ret > 0))
+            self.ids[side], self.row_of[side] = ids, row_of
+            touch = row_of[ids_of_row] >= 0
+            if side == "item" and neg is not None:  # an item block also lives in the rows it is the negative of
+                touch = touch | (row_of[neg] >= 0).any(1)
+            self.rows_full[side] = touch.nonzero().squeeze(1)
+            self.rows[side] = self.rows_full[side][keep[self.rows_full[side]]]
+        # Users whose all-entries term (WMF) is in each loss: those with at least one row in it.
+        self.active_full = torch.bincount(users, minlength=adapter.n_users) > 0
+        self.active_ret = ret_users > 0
+        self.g0 = {side: self.terms(side, self.rows_full[side], self.active_full, hessian=False)[0]
+                   for side in ("user", "item")}
+        self.device = device
+
+    # ---- the block terms ---------------------------------------------------------------------
+    def block(self, side: str) -> Tensor:
+        return self.a.user_block(self.ids[side]) if side == "user" else self.a.item_block(self.ids[side])
+
+    @torch.no_grad()
+    def terms(self, side: str, index: Tensor, active: Tensor, hessian: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Gradient [B, d] and Gauss-Newton blocks [B, d, d] of the training loss over rows
+        ``index`` with respect to each scope block of ``side`` (``active``: the users whose
+        all-entries term the loss holds)."""
+        a, obj, s = self.a, self.obj, self.obj.spec
+        ids, row_of = self.ids[side], self.row_of[side]
+        theta = self.block(side)
+        g = torch.zeros_like(theta)
+        H = theta.new_zeros(theta.shape[0], theta.shape[1], theta.shape[1]) if hessian else None
+        if ids.numel() == 0:
+            return g, H
+        for p in obj._pieces(index, None):
+            z = obj._z(p)
+            w = p.w.to(z.dtype)
+            d1 = w * row_loss(p.kind, z, s.alpha, s.w0, 1)
+            d2 = w * row_loss(p.kind, z, s.alpha, s.w0, 2) if hessian else None
+            if side == "user":
+                m = row_of[p.users] >= 0
+                jac = a.user_block_jacobian(p.users[m], p.items[m])
+                if p.minus is not None:
+                    jac = jac - a.user_block_jacobian(p.users[m], p.minus[m])
+                block_gradients(row_of[p.users[m]], jac, d1[m], None if d2 is None else d2[m], g, H)
+                continue
+            for its, sign in ((p.items, 1.0), (p.minus, -1.0)):
+                if its is None:
+                    continue
+                m = row_of[its] >= 0
+                jac = sign * a.item_block_jacobian(p.users[m], its[m])
+                block_gradients(row_of[its[m]], jac, d1[m], None if d2 is None else d2[m], g, H)
+        reg = s.reg_user if side == "user" else s.reg_item
+        if a.reg_tables() is not None and reg > 0:
+            cu, ci = obj._reg_counts(index, None)
+            c = (cu if side == "user" else ci)[ids].to(theta.dtype)
+            g += 2 * reg * c[:, None] * theta
+            if H is not None:
+                H += 2 * reg * c[:, None, None] * torch.eye(theta.shape[1], dtype=theta.dtype, device=theta.device)
+        if obj.has_gram:  # w0 sum_{u active} sum_i (p_u . q_i)^2
+            if side == "user":
+                G = a.gram().detach().to(theta.dtype)
+            else:
+                P = a.user_tables()[0].detach()[active]
+                G = (P.T @ P).to(theta.dtype)
+            g += 2 * s.w0 * theta @ G
+            if H is not None:
+                H += 2 * s.w0 * G
+        return g, H
+
+    def residual(self, side: str, hessian: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``r_b = grad_b L_ret(theta) - grad_b L_full(theta0)`` and ``H_b,ret(theta)``."""
+        g, H = self.terms(side, self.rows[side], self.active_ret, hessian)
+        return g - self.g0[side], H
+
+    # ---- moves -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def zero_whole_blocks(self) -> None:
+        """Blocks with no retained row go to their retained optimum, 0 (module docstring)."""
+        if self.whole_users.numel():
+            self.a.apply_user_delta(self.whole_users, -self.a.user_block(self.whole_users))
+        if self.whole_items.numel():
+            self.a.apply_item_delta(self.whole_items, -self.a.item_block(self.whole_items))
+
+    @torch.no_grad()
+    def half_sweep(self, side: str) -> Tensor:
+        """One block step on every scope block of ``side`` at the current point; returns the
+        residual it started from [B, d]."""
+        r, H = self.residual(side)
+        if r.shape[0]:
+            delta = block_step(H, r, self.damping)
+            if side == "user":
+                self.a.apply_user_delta(self.ids[side], delta)
+            else:
+                self.a.apply_item_delta(self.ids[side], delta)
+        return r
+
+    def norm(self) -> float:
+        """``||r_scope||`` over both sides at the current point."""
+        ru, _ = self.residual("user", hessian=False)
+        ri, _ = self.residual("item", hessian=False)
+        return math.sqrt(float(ru.pow(2).sum()) + float(ri.pow(2).sum()))
+
+    def run(self, sweeps: int, tol: float) -> dict[str, Any]:
+        """Whole blocks to 0, then sweeps (users, items) until the residual falls to ``tol`` of
+        its value at ``theta0`` or ``sweeps`` sweeps are done."""
+        r0 = self.norm()
+        self.zero_whole_blocks()
+        residuals = [r0]
+        done, converged = 0, r0 == 0.0
+        while not converged and done < sweeps:
+            self.half_sweep("user")
+            self.half_sweep("item")
+            done += 1
+            residuals.append(self.norm())
+            converged = residuals[-1] <= tol * r0
+        return {
+            "sweeps": done, "residuals": residuals, "rel_residual": residuals[-1] / r0 if r0 > 0 else 0.0,
+            "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
+            "items_moved": int(self.ids["item"].numel()), "whole_users": int(self.whole_users.numel()),
+            "whole_items": int(self.whole_items.numel()),
+            "rows_user_side": int(self.rows["user"].numel()), "rows_item_side": int(self.rows["item"].numel()),
+        }
+
+
+class TwoSided(UnlearningMethod):
+    """The project's scoped two-sided block update (module docstring)."""
+
+    name = "l2unrank_twosided"
+    settings = dict(TWOSIDED_SETTINGS)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        s = {k: kwargs.get(k) for k in self.settings}
+        for k, v in s.items():
+            if v is None:
+                raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")
+        if int(s["hops"]) < 0:
+            raise UnrankError(f"unrank_twosided_hops={s['hops']} is negative: use 0 (the request's users and "
+                              "items) or more")
+        if int(s["sweeps"]) < 1:
+            raise UnrankError(f"unrank_twosided_sweeps={s['sweeps']} moves nothing: use at least 1 sweep")
+        if not 0.0 < float(s["tol"]) < 1.0:
+            raise UnrankError(f"unrank_twosided_tol={s['tol']} must lie in (0, 1) (a share of the starting "
+                              "residual, e.g. 1e-3)")
+        if not float(s["damping"]) > 0:
+            raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+        self.s = s
+
+    def unlearn(self, task: UnlearnTask) -> UnlearnResult:
+        s, name = self.s, self.name
+        try:
+            adapter = get_adapter(task.model)
+        except AdapterError as exc:
+            raise UnrankError(f"{task.model_name} cannot be unlearned by {name}: {exc}") from None
+        if adapter.is_graph:
+            raise UnrankError(f"{name} does not support {task.model_name} yet: block curvature through graph "
+                              "propagation is not implemented; use l2unrank")
+        if not (adapter.supports_user_blocks and adapter.supports_item_blocks):
+            raise UnrankError(f"{task.model_name} has no per-user and per-item parameter blocks: {name} needs "
+                              "both; use l2unrank or if")
+        task.model.eval()  # NeuMF's dropout off: scores and Jacobians are deterministic
+        device = adapter.device
+        stages: dict[str, float] = {}
+        t0 = time.perf_counter()
+        feat = task.train_ds.inter_feat
+        users = feat[task.train_ds.uid_field].to(device)
+        items = feat[task.train_ds.iid_field].to(device)
+        target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
+        if target.numel() == 0:
+            raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
+                              "unrank_request and its file or ids")
+        keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
+        keep[target] = False
+        hops = int(s["hops"])
+        user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, adapter.n_users,
+                                                   adapter.n_items)
+        idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
+        if idle:  # a hop that adds no block: every later one adds none either
+            raise UnrankError(f"unrank_twosided_hops={hops} acts like {idle[0] - 1} on this request (the retained "
+                              f"graph reaches no further block): use {idle[0] - 1}")
+        gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
+        neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
+        obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))
+        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]))
+        stages["scope_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        solve = problem.run(int(s["sweeps"]), float(s["tol"]))
+        adapter.invalidate()
+        stages["solve_s"] = time.perf_counter() - t0
+        info = {"loss": obj.spec.note, "hops": hops, "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
+                "scope_per_hop": sizes, "solve": {"method": "block_gauss_seidel", **solve},
+                "train_size": int(users.numel())}
+        return UnlearnResult(task.model, stages=stages, info=info)

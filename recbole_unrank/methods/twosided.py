@@ -92,6 +92,15 @@ class TwoSidedProblem:
         self.active_ret = ret_users > 0
         self.g0 = {side: self.terms(side, self.rows_full[side], self.active_full, hessian=False)[0]
                    for side in ("user", "item")}
+        # Without an L2 term (NeuMF, BPR) phi_b = L_ret,b - g0 . theta_b can be unbounded below (the
+        # loss saturates, the linear term does not): no retained fixed point need exist. There the
+        # blocks are anchored at theta0 with (anchor / 2) ||theta_b - theta_b0||^2, anchor =
+        # the damping, which bounds every block's problem; with an L2 term the anchor is 0 and
+        # the fixed point is the exact r = 0.
+        spec = obj.spec
+        has_l2 = adapter.reg_tables() is not None and (spec.reg_user > 0 or spec.reg_item > 0)
+        self.anchor = 0.0 if (has_l2 or obj.has_gram) else self.damping
+        self.theta0 = {side: self.block(side).clone() for side in ("user", "item")}
         self.device = device
 
     # ---- the block terms ---------------------------------------------------------------------
@@ -146,10 +155,49 @@ class TwoSidedProblem:
                 H += 2 * s.w0 * G
         return g, H
 
+    @torch.no_grad()
+    def objective(self, side: str) -> Tensor:
+        """Per scope block of ``side``, the scalar whose gradient is the residual:
+        ``phi_b(theta) = L_ret,b(theta) - grad_b L_full(theta0) . theta_b`` [B] (``L_ret,b``: the
+        retained loss's terms that touch block ``b``), for the line search of a block step."""
+        a, obj, s = self.a, self.obj, self.obj.spec
+        ids, row_of = self.ids[side], self.row_of[side]
+        theta = self.block(side)
+        out = theta.new_zeros(theta.shape[0])
+        if ids.numel() == 0:
+            return out
+        index = self.rows[side]
+        for p in obj._pieces(index, None):
+            val = p.w.to(theta.dtype) * row_loss(p.kind, obj._z(p).to(theta.dtype), s.alpha, s.w0)
+            owners = (p.users,) if side == "user" else tuple(x for x in (p.items, p.minus) if x is not None)
+            for who in owners:
+                m = row_of[who] >= 0
+                out.index_add_(0, row_of[who[m]], val[m])
+        reg = s.reg_user if side == "user" else s.reg_item
+        if a.reg_tables() is not None and reg > 0:
+            cu, ci = obj._reg_counts(index, None)
+            out += reg * (cu if side == "user" else ci)[ids].to(theta.dtype) * theta.pow(2).sum(1)
+        if obj.has_gram:
+            if side == "user":
+                G = a.gram().detach().to(theta.dtype)
+            else:
+                P = a.user_tables()[0].detach()[self.active_ret]
+                G = (P.T @ P).to(theta.dtype)
+            out += s.w0 * ((theta @ G) * theta).sum(1)
+        out = out - (self.g0[side] * theta).sum(1)
+        if self.anchor > 0:
+            out = out + 0.5 * self.anchor * (theta - self.theta0[side]).pow(2).sum(1)
+        return out
+
     def residual(self, side: str, hessian: bool = True) -> tuple[Tensor, Tensor | None]:
         """``r_b = grad_b L_ret(theta) - grad_b L_full(theta0)`` and ``H_b,ret(theta)``."""
         g, H = self.terms(side, self.rows[side], self.active_ret, hessian)
-        return g - self.g0[side], H
+        r = g - self.g0[side]
+        if self.anchor > 0:
+            r = r + self.anchor * (self.block(side) - self.theta0[side])
+            if H is not None:
+                H = H + self.anchor * torch.eye(H.shape[1], dtype=H.dtype, device=H.device)
+        return r, H
 
     # ---- moves -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -160,18 +208,43 @@ class TwoSidedProblem:
         if self.whole_items.numel():
             self.a.apply_item_delta(self.whole_items, -self.a.item_block(self.whole_items))
 
+    def _apply(self, side: str, delta: Tensor) -> None:
+        if side == "user":
+            self.a.apply_user_delta(self.ids[side], delta)
+        else:
+            self.a.apply_item_delta(self.ids[side], delta)
+
     @torch.no_grad()
-    def half_sweep(self, side: str) -> Tensor:
+    def half_sweep(self, side: str, line_search: bool = True, halvings: int = 30) -> Tensor:
         """One block step on every scope block of ``side`` at the current point; returns the
-        residual it started from [B, d]."""
+        scale each block took [B].
+
+        The step ``Delta_b = -(H_b + lambda I)^-1 r_b`` descends ``phi_b`` (:meth:`objective`:
+        ``r_b . Delta_b < 0``, ``H`` PSD). Where ``phi_b`` is quadratic in its block (WMF, a
+        dot-product model's user side) the whole step is its minimiser; elsewhere (NeuMF, whose
+        Gauss-Newton block can be nearly singular where the loss has no L2 term) each block
+        halves its step until ``phi_b`` falls by the Armijo rule (a block that finds no
+        decrease stays put). ``line_search=False`` takes every whole step (tests)."""
         r, H = self.residual(side)
-        if r.shape[0]:
-            delta = block_step(H, r, self.damping)
-            if side == "user":
-                self.a.apply_user_delta(self.ids[side], delta)
-            else:
-                self.a.apply_item_delta(self.ids[side], delta)
-        return r
+        if r.shape[0] == 0:
+            return r.new_zeros(0)
+        delta = block_step(H, r, self.damping)
+        t = torch.ones(r.shape[0], dtype=r.dtype, device=r.device)
+        if not line_search:
+            self._apply(side, delta)
+            return t
+        before = self.objective(side)
+        slope = (r * delta).sum(1)
+        applied = torch.zeros_like(t)
+        for _ in range(halvings):
+            self._apply(side, (t - applied)[:, None] * delta)
+            applied = t.clone()
+            bad = ~(self.objective(side) <= before + 1e-4 * t * slope + 1e-12 * before.abs())
+            if not bool(bad.any()):
+                return t
+            t = torch.where(bad, t / 2, t)
+        self._apply(side, (torch.where(bad, torch.zeros_like(t), t) - applied)[:, None] * delta)
+        return torch.where(bad, torch.zeros_like(t), t)
 
     def norm(self) -> float:
         """``||r_scope||`` over both sides at the current point."""
@@ -196,7 +269,7 @@ class TwoSidedProblem:
             "sweeps": done, "residuals": residuals, "rel_residual": residuals[-1] / r0 if r0 > 0 else 0.0,
             "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
             "items_moved": int(self.ids["item"].numel()), "whole_users": int(self.whole_users.numel()),
-            "whole_items": int(self.whole_items.numel()),
+            "whole_items": int(self.whole_items.numel()), "anchor": self.anchor,
             "rows_user_side": int(self.rows["user"].numel()), "rows_item_side": int(self.rows["item"].numel()),
         }
 

@@ -254,20 +254,40 @@ class TwoSidedProblem:
 
     def run(self, sweeps: int, tol: float) -> dict[str, Any]:
         """Whole blocks to 0, then sweeps (users, items) until the residual falls to ``tol`` of
-        its value at ``theta0`` or ``sweeps`` sweeps are done."""
+        its value at ``theta0``, or ``sweeps`` sweeps are done, or a sweep raises the residual.
+
+        Each half-sweep lowers the scope's joint objective ``Phi = sum_b phi_b`` (block line
+        searches), but where ``Phi`` has no minimum near ``theta0`` (a loss without L2 on a model
+        that training left far from its optimum: NeuMF) the iterates run away from it while
+        ``||r||`` grows. So, for such a loss (``anchor > 0``), the sweeps stop at the first one
+        that raises ``||r||``; in every case the iterate with the smallest residual after the
+        first sweep is kept (the first sweep, the two-sided influence step itself, always is).
+        With an L2 term (WMF) ``Phi`` is bounded below and the sweeps run to ``tol`` or the cap."""
         r0 = self.norm()
         self.zero_whole_blocks()
         residuals = [r0]
-        done, converged = 0, r0 == 0.0
+        done, converged, stop = 0, r0 == 0.0, "converged" if r0 == 0.0 else "sweeps"
+        best, best_at = None, 0
         while not converged and done < sweeps:
             self.half_sweep("user")
             self.half_sweep("item")
             done += 1
             residuals.append(self.norm())
             converged = residuals[-1] <= tol * r0
+            if best is None or residuals[-1] < residuals[best_at]:
+                best = {side: self.block(side).clone() for side in ("user", "item")}
+                best_at = done
+            if converged:
+                stop = "converged"
+            elif self.anchor > 0 and done > 1 and residuals[-1] > residuals[-2]:
+                stop = "residual_rose"
+                break
+        if best is not None and best_at != done:
+            for side in ("user", "item"):
+                self._apply(side, best[side] - self.block(side))
         return {
-            "sweeps": done, "residuals": residuals, "rel_residual": residuals[-1] / r0 if r0 > 0 else 0.0,
-            "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
+            "sweeps": done, "kept_sweep": best_at, "stop": stop, "residuals": residuals,
+            "rel_residual": residuals[best_at] / r0 if r0 > 0 else 0.0, "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
             "items_moved": int(self.ids["item"].numel()), "whole_users": int(self.whole_users.numel()),
             "whole_items": int(self.whole_items.numel()), "anchor": self.anchor,
             "rows_user_side": int(self.rows["user"].numel()), "rows_item_side": int(self.rows["item"].numel()),

@@ -18,9 +18,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_config
 from torch import nn
 
-from conftest import make_tiny_config
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.errors import UnrankError
@@ -168,7 +168,7 @@ def test_one_half_sweep_equals_the_dense_block_solve(name):
         torch.testing.assert_close(after - before, expected, rtol=1e-8, atol=1e-10)
         assert expected.abs().max() > 1e-4  # the step is not trivially zero
     # The target at theta0 is the full loss's gradient: the difference form's r(theta0) = -grad L_forget.
-    _, obj2, keep2, prob2 = _problem(copy.deepcopy(model), users, items, neg, target)
+    _, obj2, _keep2, prob2 = _problem(copy.deepcopy(model), users, items, neg, target)
     tables = _tables(prob2.a, "item")
     torch.testing.assert_close(prob2.g0["item"], _block_grad(obj2.loss(all_rows, gram=True), tables,
                                                               prob2.ids["item"]), rtol=1e-10, atol=1e-12)
@@ -234,7 +234,7 @@ def test_converged_sweeps_equal_the_dense_joint_solution(name, target, damping, 
     target = torch.tensor(target)
     m = copy.deepcopy(model)
     sol, linear = _dense_joint(lambda: copy.deepcopy(model), users, items, neg, target, True, damping)
-    adapter, obj, keep, prob = _problem(m, users, items, neg, target, damping=damping)
+    adapter, _obj, _keep, prob = _problem(m, users, items, neg, target, damping=damping)
     assert prob.anchor == (0.0 if name == "WMF" else damping)
     before = {s: prob.block(s).clone() for s in ("user", "item")}
     info = prob.run(sweeps=1000, tol=1e-10)
@@ -400,10 +400,10 @@ def test_item_task_pushes_forgotten_items_down_for_every_user(runs, model, capsy
 
 def test_bad_settings_are_refused_with_one_line(runs, tmp_path):
     cls = METHODS["l2unrank_twosided"]
-    ok = dict(hops=0, sweeps=8, tol=1e-3, damping=1e-2)
-    for bad, key in ((dict(sweeps=0), "unrank_twosided_sweeps"), (dict(tol=0.0), "unrank_twosided_tol"),
-                     (dict(tol=1.0), "unrank_twosided_tol"), (dict(hops=-1), "unrank_twosided_hops"),
-                     (dict(damping=0.0), "unrank_damping")):
+    ok = {"hops": 0, "sweeps": 8, "tol": 1e-3, "damping": 1e-2}
+    for bad, key in (({"sweeps": 0}, "unrank_twosided_sweeps"), ({"tol": 0.0}, "unrank_twosided_tol"),
+                     ({"tol": 1.0}, "unrank_twosided_tol"), ({"hops": -1}, "unrank_twosided_hops"),
+                     ({"damping": 0.0}, "unrank_damping")):
         with pytest.raises(UnrankError, match=key) as exc:
             cls(**{**ok, **bad})
         assert "\n" not in str(exc.value)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["scope_blocks", "block_gradients", "block_step", "row_map"]
+__all__ = ["block_gradients", "block_step", "row_map", "scope_blocks"]
 
 
 def scope_blocks(users: Tensor, items: Tensor, keep: Tensor, target: Tensor, hops: int,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ from recbole_unrank.influence.blocks import block_gradients, block_step, row_map
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.methods.objective import Objective, row_loss
 
-__all__ = ["TwoSided", "TwoSidedProblem", "TWOSIDED_SETTINGS"]
+__all__ = ["TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
 
 TWOSIDED_SETTINGS = {
     "hops": "unrank_twosided_hops",
@@ -298,7 +298,7 @@ class TwoSided(UnlearningMethod):
     """The project's scoped two-sided block update (module docstring)."""
 
     name = "l2unrank_twosided"
-    settings = dict(TWOSIDED_SETTINGS)
+    settings: ClassVar[dict[str, str]] = dict(TWOSIDED_SETTINGS)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

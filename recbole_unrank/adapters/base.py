@@ -219,6 +219,12 @@ class ModelAdapter:
     def item_dim(self) -> int:
         return sum(t.shape[1] for t in self.item_tables())
 
+    def init_std(self, table: torch.Tensor) -> float:
+        """Standard deviation of the normal draw the model initialises ``table`` with: RecBole's
+        ``xavier_normal_initialization`` of an ``nn.Embedding`` [n, d] by default,
+        ``sqrt(2 / (n + d))`` (WMF, BPR, LightGCN)."""
+        return float((2.0 / (table.shape[0] + table.shape[1])) ** 0.5)
+
     def item_block_jacobian(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``d y_ui / d theta_i`` for each pair, [B, item_dim]."""
         raise AdapterError(f"{type(self.model).__name__} has no per-item parameter block")

@@ -160,6 +160,9 @@ class NeuMFAdapter(ModelAdapter):
         m = self.model
         return [m.item_mf_embedding.weight, m.item_mlp_embedding.weight]
 
+    def init_std(self, table):
+        return 0.01  # NeuMF._init_weights: normal_(std=0.01) on every embedding
+
     def item_block_jacobian(self, users, items):
         # theta_i = [q_i^mf ; q_i^mlp]; a leaf copy per pair gives per-pair gradients in one backward.
         m = self.model

@@ -18,10 +18,15 @@ blocks of both sides in the scope:
   ``||r_scope|| <= unrank_twosided_tol * ||r_scope(theta0)||`` or ``unrank_twosided_sweeps``
   sweeps. ``lambda = unrank_damping`` damps the path only: the fixed point is ``r = 0``;
 * **whole blocks**: a user with no retained row, an item with no retained (positive) row, has
-  no retained data of its own: it goes to its retained optimum without a guard. With an L2
-  term (WMF) that optimum is 0 (WMF's all-entries term is also minimised at 0); a loss without
-  L2 (NeuMF, RecBole's BPR) has none, and the block takes 0, the mean of the embeddings' prior
-  (their initialisation), as documented here.
+  no retained data of its own: it goes where retraining leaves it, without a guard. An item:
+  0, its retained optimum under WMF (the all-entries term pins it there) and, for losses
+  without L2 (NeuMF, RecBole's BPR, whose retained loss meets the item only as a sampled
+  negative and has no minimum), the mean of the embeddings' prior. A user: its retained loss
+  is empty (no row, no L2 row, and WMF's all-entries term covers users with rows only), so
+  retraining never moves it from its initialisation; the block takes a fresh draw from the
+  model's initialisation (seeded by the run's seed). Not 0: a zero user scores every item 0,
+  and the ranking is then the tie-break order (measured on tiny: WMF's user task gave
+  forget_hit@10 1.0 with 0, against retraining's 0.18).
 
 Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
 rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
@@ -63,14 +68,15 @@ class TwoSidedProblem:
         keep: bool [N], the retained rows.
         user_mask, item_mask: bool [n_users], [n_items], the scope's blocks.
         damping: ``lambda >= 0`` of the block solves.
+        seed: of the fresh draw a whole user's block takes (:meth:`reset_whole_blocks`).
 
     On construction the targets ``grad_b L_full(theta0)`` are taken at the model as it is;
-    :meth:`zero_whole_blocks`, :meth:`half_sweep` and :meth:`run` then move it in place.
+    :meth:`reset_whole_blocks`, :meth:`half_sweep` and :meth:`run` then move it in place.
     """
 
     def __init__(self, adapter: ModelAdapter, obj: Objective, keep: Tensor, user_mask: Tensor,
-                 item_mask: Tensor, damping: float):
-        self.a, self.obj, self.damping = adapter, obj, float(damping)
+                 item_mask: Tensor, damping: float, seed: int = 0):
+        self.a, self.obj, self.damping, self.seed = adapter, obj, float(damping), int(seed)
         users, items = obj.users, obj.items
         device = users.device
         ret_users = torch.bincount(users[keep], minlength=adapter.n_users)
@@ -201,10 +207,15 @@ class TwoSidedProblem:
 
     # ---- moves -------------------------------------------------------------------------------
     @torch.no_grad()
-    def zero_whole_blocks(self) -> None:
-        """Blocks with no retained row go to their retained optimum, 0 (module docstring)."""
-        if self.whole_users.numel():
-            self.a.apply_user_delta(self.whole_users, -self.a.user_block(self.whole_users))
+    def reset_whole_blocks(self) -> None:
+        """Blocks with no retained row take what retraining leaves them (module docstring): a
+        whole item 0, a whole user a fresh seeded draw from the model's initialisation."""
+        users = self.whole_users
+        if users.numel():
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            fresh = torch.cat([torch.randn(users.numel(), t.shape[1], generator=gen, dtype=t.dtype) * self.a.init_std(t)
+                               for t in self.a.user_tables()], -1).to(users.device)
+            self.a.apply_user_delta(users, fresh - self.a.user_block(users))
         if self.whole_items.numel():
             self.a.apply_item_delta(self.whole_items, -self.a.item_block(self.whole_items))
 
@@ -253,7 +264,7 @@ class TwoSidedProblem:
         return math.sqrt(float(ru.pow(2).sum()) + float(ri.pow(2).sum()))
 
     def run(self, sweeps: int, tol: float) -> dict[str, Any]:
-        """Whole blocks to 0, then sweeps (users, items) until the residual falls to ``tol`` of
+        """Whole blocks reset, then sweeps (users, items) until the residual falls to ``tol`` of
         its value at ``theta0``, or ``sweeps`` sweeps are done, or a sweep raises the residual.
 
         Each half-sweep lowers the scope's joint objective ``Phi = sum_b phi_b`` (block line
@@ -264,7 +275,7 @@ class TwoSidedProblem:
         first sweep is kept (the first sweep, the two-sided influence step itself, always is).
         With an L2 term (WMF) ``Phi`` is bounded below and the sweeps run to ``tol`` or the cap."""
         r0 = self.norm()
-        self.zero_whole_blocks()
+        self.reset_whole_blocks()
         residuals = [r0]
         done, converged, stop = 0, r0 == 0.0, "converged" if r0 == 0.0 else "sweeps"
         best, best_at = None, 0
@@ -353,7 +364,7 @@ class TwoSided(UnlearningMethod):
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))
-        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]))
+        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]), int(task.seed))
         stages["scope_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         solve = problem.run(int(s["sweeps"]), float(s["tol"]))

@@ -206,6 +206,41 @@ class ModelAdapter:
         """``theta_u += delta_u`` in place, then :meth:`invalidate`."""
         raise NotImplementedError
 
+    # ---- item blocks (the two-sided update, methods/twosided.py) ---------------------------
+    #: The adapter exposes per-item blocks ``theta_i`` (the item side of ``l2unrank_twosided``).
+    supports_item_blocks: bool = False
+
+    def item_tables(self) -> list[torch.Tensor]:
+        """The tables whose rows make an item's block, in block order."""
+        raise AdapterError(f"{type(self.model).__name__} has no per-item parameter block")
+
+    @torch.no_grad()
+    def item_block(self, items: torch.Tensor) -> torch.Tensor:
+        """``theta_i`` of ``items``, [I, item_dim]."""
+        return torch.cat([t[items] for t in self.item_tables()], -1).detach()
+
+    def item_dim(self) -> int:
+        return sum(t.shape[1] for t in self.item_tables())
+
+    def init_std(self, table: torch.Tensor) -> float:
+        """Standard deviation of the normal draw the model initialises ``table`` with: RecBole's
+        ``xavier_normal_initialization`` of an ``nn.Embedding`` [n, d] by default,
+        ``sqrt(2 / (n + d))`` (WMF, BPR, LightGCN)."""
+        return float((2.0 / (table.shape[0] + table.shape[1])) ** 0.5)
+
+    def item_block_jacobian(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``d y_ui / d theta_i`` for each pair, [B, item_dim]."""
+        raise AdapterError(f"{type(self.model).__name__} has no per-item parameter block")
+
+    @torch.no_grad()
+    def apply_item_delta(self, items: torch.Tensor, delta: torch.Tensor) -> None:
+        """``theta_i += delta_i`` in place (``items`` distinct), then :meth:`invalidate`."""
+        start = 0
+        for t in self.item_tables():
+            t.index_add_(0, items, delta[:, start:start + t.shape[1]].to(t.dtype))
+            start += t.shape[1]
+        self.invalidate()
+
     # ---- state ---------------------------------------------------------------------------
     def use_training_data(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Make the model's data-derived state that of these train pairs (the retained ones,

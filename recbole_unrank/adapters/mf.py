@@ -74,6 +74,15 @@ class DotProductAdapter(ModelAdapter):
     def user_block_jacobian(self, users, items):
         return self.Q[items].detach()
 
+    supports_item_blocks = True
+
+    def item_tables(self):
+        return [self.Q]
+
+    @torch.no_grad()
+    def item_block_jacobian(self, users, items):
+        return self.P[users].detach()
+
     @torch.no_grad()
     def prepare_user_delta(self, users, delta, others=None):
         # Scores are linear in the step: s(eta) = S0 + eta * (delta Q^T).
@@ -142,6 +151,29 @@ class NeuMFAdapter(ModelAdapter):
         theta.requires_grad_(True)
         with torch.enable_grad():
             y = self._logits(theta[:, : self.d_mf], theta[:, self.d_mf :], items)
+            (jac,) = torch.autograd.grad(y.sum(), theta)
+        return jac.detach()
+
+    supports_item_blocks = True
+
+    def item_tables(self):
+        m = self.model
+        return [m.item_mf_embedding.weight, m.item_mlp_embedding.weight]
+
+    def init_std(self, table):
+        return 0.01  # NeuMF._init_weights: normal_(std=0.01) on every embedding
+
+    def item_block_jacobian(self, users, items):
+        # theta_i = [q_i^mf ; q_i^mlp]; a leaf copy per pair gives per-pair gradients in one backward.
+        m = self.model
+        theta = torch.cat((m.item_mf_embedding(items), m.item_mlp_embedding(items)), -1).detach()
+        theta.requires_grad_(True)
+        d_mf = m.item_mf_embedding.weight.shape[1]
+        with torch.enable_grad():
+            u_mf, u_mlp = m.user_mf_embedding(users).detach(), m.user_mlp_embedding(users).detach()
+            mf = u_mf * theta[:, :d_mf]
+            mlp = m.mlp_layers(torch.cat((u_mlp, theta[:, d_mf:]), -1))
+            y = m.predict_layer(torch.cat((mf, mlp), -1)).squeeze(-1)
             (jac,) = torch.autograd.grad(y.sum(), theta)
         return jac.detach()
 

@@ -11,6 +11,7 @@ from recbole_unrank.methods.l2unrank import VARIANTS, L2UnRank, L2UnRankPaper
 from recbole_unrank.methods.partition import RecEraser, ShardEnsemble, SISA
 from recbole_unrank.methods.pipeline import InfluencePipeline, Steps, declare
 from recbole_unrank.methods.retrain import Retrain
+from recbole_unrank.methods.twosided import TwoSided
 
 METHODS: dict[str, type[UnlearningMethod]] = {
     "retrain": Retrain,
@@ -20,6 +21,7 @@ METHODS: dict[str, type[UnlearningMethod]] = {
     "receraser": RecEraser,
     **BASELINES,
     **VARIANTS,
+    "l2unrank_twosided": TwoSided,
 }
 
 __all__ = [
@@ -38,5 +40,6 @@ __all__ = [
     "declare",
     "L2UnRank",
     "L2UnRankPaper",
+    "TwoSided",
     "check_finite",
 ]

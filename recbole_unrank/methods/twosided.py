@@ -1,0 +1,376 @@
+"""``l2unrank_twosided``: the scoped two-sided block update (DESIGN.md 10.2, issue 22).
+
+``l2unrank`` moves only the request users' own blocks, so a forgotten item's own parameters,
+fitted towards its users while the pairs were in the data, never move. This method moves the
+blocks of both sides in the scope:
+
+* **scope** (:func:`~recbole_unrank.influence.blocks.scope_blocks`): the request's users and
+  items, plus their neighbours on the retained graph for each of ``unrank_twosided_hops``;
+* **target, difference form**: with ``theta0`` the model now, each block's residual is
+  ``r_b(theta) = grad_b L_ret(theta) - grad_b L_full(theta0)`` (``L``: the model's own training
+  loss, L2 included; ``L_ret`` over the retained rows, ``L_full`` over every train row). At
+  ``theta0`` ``r_b = -grad_b L_forget(theta0)``: only what the forgotten rows put into a block
+  is removed, so a model that training left short of its optimum is not "finished" by the
+  update (DESIGN.md 10.2);
+* **sweeps** (Gauss-Seidel): every scope user at once (one batched ``d x d`` solve of
+  ``(H_b,ret + lambda I) Delta_b = -r_b``, ``H`` the Gauss-Newton block, exact for WMF), then
+  every scope item at the point the users reached, then users again ..., until
+  ``||r_scope|| <= unrank_twosided_tol * ||r_scope(theta0)||`` or ``unrank_twosided_sweeps``
+  sweeps. ``lambda = unrank_damping`` damps the path only: the fixed point is ``r = 0``;
+* **whole blocks**: a user with no retained row, an item with no retained (positive) row, has
+  no retained data of its own: it goes where retraining leaves it, without a guard. An item:
+  0, its retained optimum under WMF (the all-entries term pins it there) and, for losses
+  without L2 (NeuMF, RecBole's BPR, whose retained loss meets the item only as a sampled
+  negative and has no minimum), the mean of the embeddings' prior. A user: its retained loss
+  is empty (no row, no L2 row, and WMF's all-entries term covers users with rows only), so
+  retraining never moves it from its initialisation; the block takes a fresh draw from the
+  model's initialisation (seeded by the run's seed). Not 0: a zero user scores every item 0,
+  and the ranking is then the tie-break order (measured on tiny: WMF's user task gave
+  forget_hit@10 1.0 with 0, against retraining's 0.18).
+
+Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
+rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
+stays fixed). LightGCN is refused: its block curvature through propagation is not built yet.
+No step search and no influence weights: every setting this method reads acts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from recbole_unrank.adapters import AdapterError, ModelAdapter, get_adapter
+from recbole_unrank.errors import UnrankError
+from recbole_unrank.influence.blocks import block_gradients, block_step, row_map, scope_blocks
+from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.methods.objective import Objective, row_loss
+
+__all__ = ["TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
+
+TWOSIDED_SETTINGS = {
+    "hops": "unrank_twosided_hops",
+    "sweeps": "unrank_twosided_sweeps",
+    "tol": "unrank_twosided_tol",
+    "damping": "unrank_damping",
+}
+
+
+class TwoSidedProblem:
+    """The block problem of one request on one model (see the module docstring).
+
+    Args:
+        adapter: the model's adapter (user and item blocks).
+        obj: the training loss over the train rows (with its sampled negatives).
+        keep: bool [N], the retained rows.
+        user_mask, item_mask: bool [n_users], [n_items], the scope's blocks.
+        damping: ``lambda >= 0`` of the block solves.
+        seed: of the fresh draw a whole user's block takes (:meth:`reset_whole_blocks`).
+
+    On construction the targets ``grad_b L_full(theta0)`` are taken at the model as it is;
+    :meth:`reset_whole_blocks`, :meth:`half_sweep` and :meth:`run` then move it in place.
+    """
+
+    def __init__(self, adapter: ModelAdapter, obj: Objective, keep: Tensor, user_mask: Tensor,
+                 item_mask: Tensor, damping: float, seed: int = 0):
+        self.a, self.obj, self.damping, self.seed = adapter, obj, float(damping), int(seed)
+        users, items = obj.users, obj.items
+        device = users.device
+        ret_users = torch.bincount(users[keep], minlength=adapter.n_users)
+        ret_items = torch.bincount(items[keep], minlength=adapter.n_items)
+        self.whole_users = (user_mask & (ret_users == 0)).nonzero().squeeze(1)
+        self.whole_items = (item_mask & (ret_items == 0)).nonzero().squeeze(1)
+        self.ids, self.row_of, self.rows, self.rows_full = {}, {}, {}, {}
+        neg = obj.neg
+        for side, mask, ret, ids_of_row in (("user", user_mask, ret_users, users), ("item", item_mask, ret_items, items)):
+            ids, row_of = row_map(mask & (ret > 0))
+            self.ids[side], self.row_of[side] = ids, row_of
+            touch = row_of[ids_of_row] >= 0
+            if side == "item" and neg is not None:  # an item block also lives in the rows it is the negative of
+                touch = touch | (row_of[neg] >= 0).any(1)
+            self.rows_full[side] = touch.nonzero().squeeze(1)
+            self.rows[side] = self.rows_full[side][keep[self.rows_full[side]]]
+        # Users whose all-entries term (WMF) is in each loss: those with at least one row in it.
+        self.active_full = torch.bincount(users, minlength=adapter.n_users) > 0
+        self.active_ret = ret_users > 0
+        self.g0 = {side: self.terms(side, self.rows_full[side], self.active_full, hessian=False)[0]
+                   for side in ("user", "item")}
+        # Without an L2 term (NeuMF, BPR) phi_b = L_ret,b - g0 . theta_b can be unbounded below (the
+        # loss saturates, the linear term does not): no retained fixed point need exist. There the
+        # blocks are anchored at theta0 with (anchor / 2) ||theta_b - theta_b0||^2, anchor =
+        # the damping, which bounds every block's problem; with an L2 term the anchor is 0 and
+        # the fixed point is the exact r = 0.
+        spec = obj.spec
+        has_l2 = adapter.reg_tables() is not None and (spec.reg_user > 0 or spec.reg_item > 0)
+        self.anchor = 0.0 if (has_l2 or obj.has_gram) else self.damping
+        self.theta0 = {side: self.block(side).clone() for side in ("user", "item")}
+        self.device = device
+
+    # ---- the block terms ---------------------------------------------------------------------
+    def block(self, side: str) -> Tensor:
+        return self.a.user_block(self.ids[side]) if side == "user" else self.a.item_block(self.ids[side])
+
+    @torch.no_grad()
+    def terms(self, side: str, index: Tensor, active: Tensor, hessian: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Gradient [B, d] and Gauss-Newton blocks [B, d, d] of the training loss over rows
+        ``index`` with respect to each scope block of ``side`` (``active``: the users whose
+        all-entries term the loss holds)."""
+        a, obj, s = self.a, self.obj, self.obj.spec
+        ids, row_of = self.ids[side], self.row_of[side]
+        theta = self.block(side)
+        g = torch.zeros_like(theta)
+        H = theta.new_zeros(theta.shape[0], theta.shape[1], theta.shape[1]) if hessian else None
+        if ids.numel() == 0:
+            return g, H
+        for p in obj._pieces(index, None):
+            z = obj._z(p)
+            w = p.w.to(z.dtype)
+            d1 = w * row_loss(p.kind, z, s.alpha, s.w0, 1)
+            d2 = w * row_loss(p.kind, z, s.alpha, s.w0, 2) if hessian else None
+            if side == "user":
+                m = row_of[p.users] >= 0
+                jac = a.user_block_jacobian(p.users[m], p.items[m])
+                if p.minus is not None:
+                    jac = jac - a.user_block_jacobian(p.users[m], p.minus[m])
+                block_gradients(row_of[p.users[m]], jac, d1[m], None if d2 is None else d2[m], g, H)
+                continue
+            for its, sign in ((p.items, 1.0), (p.minus, -1.0)):
+                if its is None:
+                    continue
+                m = row_of[its] >= 0
+                jac = sign * a.item_block_jacobian(p.users[m], its[m])
+                block_gradients(row_of[its[m]], jac, d1[m], None if d2 is None else d2[m], g, H)
+        reg = s.reg_user if side == "user" else s.reg_item
+        if a.reg_tables() is not None and reg > 0:
+            cu, ci = obj._reg_counts(index, None)
+            c = (cu if side == "user" else ci)[ids].to(theta.dtype)
+            g += 2 * reg * c[:, None] * theta
+            if H is not None:
+                H += 2 * reg * c[:, None, None] * torch.eye(theta.shape[1], dtype=theta.dtype, device=theta.device)
+        if obj.has_gram:  # w0 sum_{u active} sum_i (p_u . q_i)^2
+            if side == "user":
+                G = a.gram().detach().to(theta.dtype)
+            else:
+                P = a.user_tables()[0].detach()[active]
+                G = (P.T @ P).to(theta.dtype)
+            g += 2 * s.w0 * theta @ G
+            if H is not None:
+                H += 2 * s.w0 * G
+        return g, H
+
+    @torch.no_grad()
+    def objective(self, side: str) -> Tensor:
+        """Per scope block of ``side``, the scalar whose gradient is the residual:
+        ``phi_b(theta) = L_ret,b(theta) - grad_b L_full(theta0) . theta_b`` [B] (``L_ret,b``: the
+        retained loss's terms that touch block ``b``), for the line search of a block step."""
+        a, obj, s = self.a, self.obj, self.obj.spec
+        ids, row_of = self.ids[side], self.row_of[side]
+        theta = self.block(side)
+        out = theta.new_zeros(theta.shape[0])
+        if ids.numel() == 0:
+            return out
+        index = self.rows[side]
+        for p in obj._pieces(index, None):
+            val = p.w.to(theta.dtype) * row_loss(p.kind, obj._z(p).to(theta.dtype), s.alpha, s.w0)
+            owners = (p.users,) if side == "user" else tuple(x for x in (p.items, p.minus) if x is not None)
+            for who in owners:
+                m = row_of[who] >= 0
+                out.index_add_(0, row_of[who[m]], val[m])
+        reg = s.reg_user if side == "user" else s.reg_item
+        if a.reg_tables() is not None and reg > 0:
+            cu, ci = obj._reg_counts(index, None)
+            out += reg * (cu if side == "user" else ci)[ids].to(theta.dtype) * theta.pow(2).sum(1)
+        if obj.has_gram:
+            if side == "user":
+                G = a.gram().detach().to(theta.dtype)
+            else:
+                P = a.user_tables()[0].detach()[self.active_ret]
+                G = (P.T @ P).to(theta.dtype)
+            out += s.w0 * ((theta @ G) * theta).sum(1)
+        out = out - (self.g0[side] * theta).sum(1)
+        if self.anchor > 0:
+            out = out + 0.5 * self.anchor * (theta - self.theta0[side]).pow(2).sum(1)
+        return out
+
+    def residual(self, side: str, hessian: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``r_b = grad_b L_ret(theta) - grad_b L_full(theta0)`` and ``H_b,ret(theta)``."""
+        g, H = self.terms(side, self.rows[side], self.active_ret, hessian)
+        r = g - self.g0[side]
+        if self.anchor > 0:
+            r = r + self.anchor * (self.block(side) - self.theta0[side])
+            if H is not None:
+                H = H + self.anchor * torch.eye(H.shape[1], dtype=H.dtype, device=H.device)
+        return r, H
+
+    # ---- moves -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_whole_blocks(self) -> None:
+        """Blocks with no retained row take what retraining leaves them (module docstring): a
+        whole item 0, a whole user a fresh seeded draw from the model's initialisation."""
+        users = self.whole_users
+        if users.numel():
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            fresh = torch.cat([torch.randn(users.numel(), t.shape[1], generator=gen, dtype=t.dtype) * self.a.init_std(t)
+                               for t in self.a.user_tables()], -1).to(users.device)
+            self.a.apply_user_delta(users, fresh - self.a.user_block(users))
+        if self.whole_items.numel():
+            self.a.apply_item_delta(self.whole_items, -self.a.item_block(self.whole_items))
+
+    def _apply(self, side: str, delta: Tensor) -> None:
+        if side == "user":
+            self.a.apply_user_delta(self.ids[side], delta)
+        else:
+            self.a.apply_item_delta(self.ids[side], delta)
+
+    @torch.no_grad()
+    def half_sweep(self, side: str, line_search: bool = True, halvings: int = 30) -> Tensor:
+        """One block step on every scope block of ``side`` at the current point; returns the
+        scale each block took [B].
+
+        The step ``Delta_b = -(H_b + lambda I)^-1 r_b`` descends ``phi_b`` (:meth:`objective`:
+        ``r_b . Delta_b < 0``, ``H`` PSD). Where ``phi_b`` is quadratic in its block (WMF, a
+        dot-product model's user side) the whole step is its minimiser; elsewhere (NeuMF, whose
+        Gauss-Newton block can be nearly singular where the loss has no L2 term) each block
+        halves its step until ``phi_b`` falls by the Armijo rule (a block that finds no
+        decrease stays put). ``line_search=False`` takes every whole step (tests)."""
+        r, H = self.residual(side)
+        if r.shape[0] == 0:
+            return r.new_zeros(0)
+        delta = block_step(H, r, self.damping)
+        t = torch.ones(r.shape[0], dtype=r.dtype, device=r.device)
+        if not line_search:
+            self._apply(side, delta)
+            return t
+        before = self.objective(side)
+        slope = (r * delta).sum(1)
+        applied = torch.zeros_like(t)
+        for _ in range(halvings):
+            self._apply(side, (t - applied)[:, None] * delta)
+            applied = t.clone()
+            bad = ~(self.objective(side) <= before + 1e-4 * t * slope + 1e-12 * before.abs())
+            if not bool(bad.any()):
+                return t
+            t = torch.where(bad, t / 2, t)
+        self._apply(side, (torch.where(bad, torch.zeros_like(t), t) - applied)[:, None] * delta)
+        return torch.where(bad, torch.zeros_like(t), t)
+
+    def norm(self) -> float:
+        """``||r_scope||`` over both sides at the current point."""
+        ru, _ = self.residual("user", hessian=False)
+        ri, _ = self.residual("item", hessian=False)
+        return math.sqrt(float(ru.pow(2).sum()) + float(ri.pow(2).sum()))
+
+    def run(self, sweeps: int, tol: float) -> dict[str, Any]:
+        """Whole blocks reset, then sweeps (users, items) until the residual falls to ``tol`` of
+        its value at ``theta0``, or ``sweeps`` sweeps are done, or a sweep raises the residual.
+
+        Each half-sweep lowers the scope's joint objective ``Phi = sum_b phi_b`` (block line
+        searches), but where ``Phi`` has no minimum near ``theta0`` (a loss without L2 on a model
+        that training left far from its optimum: NeuMF) the iterates run away from it while
+        ``||r||`` grows. So, for such a loss (``anchor > 0``), the sweeps stop at the first one
+        that raises ``||r||``; in every case the iterate with the smallest residual after the
+        first sweep is kept (the first sweep, the two-sided influence step itself, always is).
+        With an L2 term (WMF) ``Phi`` is bounded below and the sweeps run to ``tol`` or the cap."""
+        r0 = self.norm()
+        self.reset_whole_blocks()
+        residuals = [r0]
+        done, converged, stop = 0, r0 == 0.0, "converged" if r0 == 0.0 else "sweeps"
+        best, best_at = None, 0
+        while not converged and done < sweeps:
+            self.half_sweep("user")
+            self.half_sweep("item")
+            done += 1
+            residuals.append(self.norm())
+            converged = residuals[-1] <= tol * r0
+            if best is None or residuals[-1] < residuals[best_at]:
+                best = {side: self.block(side).clone() for side in ("user", "item")}
+                best_at = done
+            if converged:
+                stop = "converged"
+            elif self.anchor > 0 and done > 1 and residuals[-1] > residuals[-2]:
+                stop = "residual_rose"
+                break
+        if best is not None and best_at != done:
+            for side in ("user", "item"):
+                self._apply(side, best[side] - self.block(side))
+        return {
+            "sweeps": done, "kept_sweep": best_at, "stop": stop, "residuals": residuals,
+            "rel_residual": residuals[best_at] / r0 if r0 > 0 else 0.0, "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
+            "items_moved": int(self.ids["item"].numel()), "whole_users": int(self.whole_users.numel()),
+            "whole_items": int(self.whole_items.numel()), "anchor": self.anchor,
+            "rows_user_side": int(self.rows["user"].numel()), "rows_item_side": int(self.rows["item"].numel()),
+        }
+
+
+class TwoSided(UnlearningMethod):
+    """The project's scoped two-sided block update (module docstring)."""
+
+    name = "l2unrank_twosided"
+    settings: ClassVar[dict[str, str]] = dict(TWOSIDED_SETTINGS)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        s = {k: kwargs.get(k) for k in self.settings}
+        for k, v in s.items():
+            if v is None:
+                raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")
+        if int(s["hops"]) < 0:
+            raise UnrankError(f"unrank_twosided_hops={s['hops']} is negative: use 0 (the request's users and "
+                              "items) or more")
+        if int(s["sweeps"]) < 1:
+            raise UnrankError(f"unrank_twosided_sweeps={s['sweeps']} moves nothing: use at least 1 sweep")
+        if not 0.0 < float(s["tol"]) < 1.0:
+            raise UnrankError(f"unrank_twosided_tol={s['tol']} must lie in (0, 1) (a share of the starting "
+                              "residual, e.g. 1e-3)")
+        if not float(s["damping"]) > 0:
+            raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+        self.s = s
+
+    def unlearn(self, task: UnlearnTask) -> UnlearnResult:
+        s, name = self.s, self.name
+        try:
+            adapter = get_adapter(task.model)
+        except AdapterError as exc:
+            raise UnrankError(f"{task.model_name} cannot be unlearned by {name}: {exc}") from None
+        if adapter.is_graph:
+            raise UnrankError(f"{name} does not support {task.model_name} yet: block curvature through graph "
+                              "propagation is not implemented; use l2unrank")
+        if not (adapter.supports_user_blocks and adapter.supports_item_blocks):
+            raise UnrankError(f"{task.model_name} has no per-user and per-item parameter blocks: {name} needs "
+                              "both; use l2unrank or if")
+        task.model.eval()  # NeuMF's dropout off: scores and Jacobians are deterministic
+        device = adapter.device
+        stages: dict[str, float] = {}
+        t0 = time.perf_counter()
+        feat = task.train_ds.inter_feat
+        users = feat[task.train_ds.uid_field].to(device)
+        items = feat[task.train_ds.iid_field].to(device)
+        target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
+        if target.numel() == 0:
+            raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
+                              "unrank_request and its file or ids")
+        keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
+        keep[target] = False
+        hops = int(s["hops"])
+        user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, adapter.n_users,
+                                                   adapter.n_items)
+        idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
+        if idle:  # a hop that adds no block: every later one adds none either
+            raise UnrankError(f"unrank_twosided_hops={hops} acts like {idle[0] - 1} on this request (the retained "
+                              f"graph reaches no further block): use {idle[0] - 1}")
+        gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
+        neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
+        obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))
+        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]), int(task.seed))
+        stages["scope_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        solve = problem.run(int(s["sweeps"]), float(s["tol"]))
+        adapter.invalidate()
+        stages["solve_s"] = time.perf_counter() - t0
+        info = {"loss": obj.spec.note, "hops": hops, "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
+                "scope_per_hop": sizes, "solve": {"method": "block_gauss_seidel", **solve},
+                "train_size": int(users.numel())}
+        return UnlearnResult(task.model, stages=stages, info=info)

@@ -377,7 +377,7 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
     torch.set_num_threads(1)
     config = _config(spec, req.model, req.train_seed, req, out)
     original_path = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed)
-    run, ckpt = prepare_run(config, original_path)
+    run, ckpt = prepare_run(config, original_path, methods=sorted({c.method for c in cells} | {"retrain"}))
     run.prepare_original(ckpt, original_path)
     base = {"request": req.__dict__, "dataset": spec.dataset, "request_summary": run.request.summary()}
     records = []

@@ -91,7 +91,17 @@ class UnlearningMethod:
         unknown = set(kwargs) - set(self.settings)
         if unknown:
             raise UnrankError(f"{self.name} got unknown settings {sorted(unknown)}")
-        self.kwargs = kwargs
+        #: keywords the caller gave (not None): a setting given must act or be refused
+        self.given_kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        #: every setting: the YAML default (``properties/unrank.yaml``, the one source) where not given
+        self.kwargs = {**self.default_settings(), **self.given_kwargs}
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """Keyword -> default of its ``unrank_*`` key, read from ``properties/unrank.yaml``."""
+        from recbole_unrank.config import default_of
+
+        return {arg: default_of(key) for arg, key in cls.settings.items()}
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:  # pragma: no cover - abstract
         raise NotImplementedError

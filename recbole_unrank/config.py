@@ -23,7 +23,7 @@ from recbole_unrank.errors import UnrankError, arg, setting
 from recbole_unrank.models import UnknownModelError, get_model
 
 __all__ = ["UnrankConfig", "build_config", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings",
-           "given_as", "preset_names", "preset_path", "unrank_defaults", "default_of", "user_settings"]
+           "given_as", "preset_names", "preset_path", "unrank_defaults", "default_of", "user_settings", "same_value"]
 
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
@@ -117,10 +117,10 @@ def default_of(key: str) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """A given value equal to the default (numbers compared as numbers, ``1`` == ``1.0``)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     if _is_number(a) and _is_number(b):
         return float(a) == float(b)
     return a == b and type(a) is type(b)
@@ -136,7 +136,7 @@ def user_settings(config) -> dict[str, Any]:
         for key in (getattr(config, name, None) or {}):
             if key.startswith("unrank_") and key in defaults:
                 value = config[key]
-                if not _same(value, defaults[key]):
+                if not same_value(value, defaults[key]):
                     given[key] = value
     return given
 

@@ -91,10 +91,14 @@ class UnlearningMethod:
         unknown = set(kwargs) - set(self.settings)
         if unknown:
             raise UnrankError(f"{self.name} got unknown settings {sorted(unknown)}")
-        #: keywords the caller gave (not None): a setting given must act or be refused
-        self.given_kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        from recbole_unrank.config import same_value
+
+        defaults = self.default_settings()
+        #: keywords the caller gave with a value other than the YAML default: each must act or be
+        #: refused (a restated default changes nothing, as from a config: config.user_settings)
+        self.given_kwargs = {k: v for k, v in kwargs.items() if v is not None and not same_value(v, defaults[k])}
         #: every setting: the YAML default (``properties/unrank.yaml``, the one source) where not given
-        self.kwargs = {**self.default_settings(), **self.given_kwargs}
+        self.kwargs = {**defaults, **self.given_kwargs}
 
     @classmethod
     def default_settings(cls) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import torch
 
 from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.config import same_value
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import (
     batched_block_solve,
@@ -135,14 +136,6 @@ L2UNRANK_KEYS = ("hops", "scope_cap", "update", "curvature", "damping", "cg_step
                  *CALIBRATION_SETTINGS)
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    """A given value equal to a pinned one (numbers as numbers: ``30`` == ``30.0``)."""
-    num = (int, float)
-    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
-        return float(a) == float(b)
-    return a == b
-
-
 def _check_grid(grid: Any) -> None:
     """``unrank_step_grid`` = [low, high, count]: ``count`` log-spaced scales from ``low`` to
     ``high`` (``np.logspace``), so 0 < low < high and a whole count >= 2; else one line."""
@@ -215,7 +208,7 @@ class InfluencePipeline(UnlearningMethod):
         super().__init__(**kwargs)
         given = self.given_kwargs
         for k, pinned in self.fixed.items():
-            if k in given and not _same_value(given[k], pinned):
+            if k in given and not same_value(given[k], pinned):
                 raise UnrankError(
                     f"{self.settings.get(k, k)}={given[k]} cannot change {self.name}, which pins it to {pinned}: "
                     f"unset it, or use {'l2unrank' if k in L2UNRANK_KEYS else 'another method'}, which reads it")

@@ -37,6 +37,7 @@ from recbole_unrank.data import (
     make_loaders,
     make_request,
     make_train_loader,
+    method_valid,
     request_seed,
     without_forgotten,
 )
@@ -184,7 +185,7 @@ class Run(Evaluator):
             request_index=self.request.index,
             train_fresh=self._train_on,
             seed=config["seed"],
-            valid_ds=self.data.valid_ds,
+            valid_ds=method_valid(self.data),
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
             train_batch_size=int(config["train_batch_size"]),
             show_progress=bool(config["show_progress"]),

@@ -376,6 +376,9 @@ class InfluencePipeline(UnlearningMethod):
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), n_neg), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, p.loss, int(task.train_batch_size))
+        if "refit_negatives" in self.given and p.step == "newton" and not (obj.spec.pairwise or obj.spec.negatives):
+            raise UnrankError(f"unrank_refit_negatives={s['refit_negatives']} has no effect in {self.name} on "
+                              f"{task.model_name}: its training loss samples no negatives; unset it")
         info["loss"] = obj.spec.note
 
         # scope ------------------------------------------------------------------------------
@@ -450,6 +453,10 @@ class InfluencePipeline(UnlearningMethod):
         if hops is None:  # the paper's default; the user-block update reads the users' own rows
             hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
         scope = influence_scope(users, items, target, int(hops), s.get("scope_cap"))
+        if "scope_cap" in self.given and not scope.truncated:
+            raise UnrankError(f"unrank_scope_cap={s['scope_cap']} removes nothing in {self.name}: the {int(hops)}-hop "
+                              f"scope ({int(scope.scope_index.numel())} rows, the request's own always kept) fits "
+                              "within it; lower it or unset it")
         return scope.scope_index, int(hops)
 
     # ---- user blocks ---------------------------------------------------------------------------

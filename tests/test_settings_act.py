@@ -71,7 +71,7 @@ VALUES = {
     "unrank_step_floor": 0.0,
     "unrank_view_k": 50,
     "unrank_view_share": 0.5,
-    "unrank_utility_guard": 0.5,
+    "unrank_utility_guard": 0.0,
     "unrank_guard_sample": 2,
     "unrank_step_grid": [0.01, 100.0, 9],
     "unrank_finetune_epochs": 1,
@@ -111,7 +111,8 @@ BASE = {"epochs": 2}
 # - view_k and view_share shape the view target (with valid_rank, only users without validation
 #   items fall back to it; on tiny every request user has some), and with one scale for the
 #   whole update (if+calib) a strict threshold (top 50) is what moves the search off 0;
-# - the utility guard binds only when the step is large enough to cost utility (floor 100).
+# - the utility guard binds only when the step is large enough to cost utility (floor 100): then
+#   the default guard caps the step and no guard (0) does not.
 CONTEXTS = {
     "unrank_calibrate": [{"unrank_step_floor": 0.0}],
     "unrank_calib_target": [{"unrank_step_floor": 0.0}, {"unrank_step_floor": 0.0, "unrank_view_k": 50}],

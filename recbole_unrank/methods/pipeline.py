@@ -294,6 +294,14 @@ class InfluencePipeline(UnlearningMethod):
         if not p.weights:
             for k in ("use_structural", "use_semantic", "weights_at"):
                 inert(k, "it uses no influence weights (unrank_use_weights: False)")
+        if p.curvature == "identity" and p.rows != "request+context" and p.scope == "hops":
+            for k in ("hops", "scope_cap", "use_scope", "use_weights", "use_structural", "use_semantic",
+                      "weights_at"):
+                inert(k, "without curvature (identity) and without context rows the step is the request's "
+                         "own gradient, which no scope or weight enters")
+        if p.params == "blocks" and not p.weights and p.rows == "request":
+            inert("use_scope", "without influence weights the user-block update reads only the request users' "
+                               "own rows, which the 1-hop scope already holds")
         if p.step == "calibrated":
             _check_grid(s["step_grid"])
             floor = float(s["step_floor"])

@@ -23,7 +23,7 @@ from recbole_unrank.errors import UnrankError, arg, setting
 from recbole_unrank.models import UnknownModelError, get_model
 
 __all__ = ["UnrankConfig", "build_config", "PROPERTIES_DIR", "PRESETS_DIR", "KeyDoc", "unrank_keys", "check_settings",
-           "given_as", "preset_names", "preset_path"]
+           "given_as", "preset_names", "preset_path", "unrank_defaults", "default_of", "user_settings", "same_value"]
 
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
@@ -92,6 +92,53 @@ def unrank_keys() -> dict[str, KeyDoc]:
                     keys[m.group(1)] = KeyDoc(m.group(1), m.group(2), m.group(3).strip(), m.group(4).strip())
         _KEYS = keys
     return _KEYS
+
+
+_DEFAULTS: dict[str, Any] | None = None
+
+
+def unrank_defaults() -> dict[str, Any]:
+    """Every ``unrank_*`` key's default, parsed once from ``properties/unrank.yaml`` with
+    RecBole's own YAML loader (so ``1e-2`` is a float, as in a ``Config``). The one source of
+    every default: methods, streams and the tuner read it here, never a copy in code."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        import yaml
+
+        with open(os.path.join(PROPERTIES_DIR, "unrank.yaml"), encoding="utf-8") as f:
+            loaded = yaml.load(f.read(), Loader=Config._build_yaml_loader(None)) or {}
+        _DEFAULTS = {k: v for k, v in loaded.items() if k.startswith("unrank_")}
+    return dict(_DEFAULTS)
+
+
+def default_of(key: str) -> Any:
+    """The YAML default of one ``unrank_*`` key (a copy of lists, so callers may change it)."""
+    value = unrank_defaults()[key]
+    return list(value) if isinstance(value, list) else value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """A given value equal to the default (numbers compared as numbers, ``1`` == ``1.0``)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if _is_number(a) and _is_number(b):
+        return float(a) == float(b)
+    return a == b and type(a) is type(b)
+
+
+def user_settings(config) -> dict[str, Any]:
+    """The ``unrank_*`` settings the user gave (config files, presets, ``config_dict``, command
+    line) whose value differs from the YAML default: what a method must either act on or
+    refuse. A restated default changes nothing, so it is not counted as given."""
+    defaults = unrank_defaults()
+    given: dict[str, Any] = {}
+    for name in ("file_config_dict", "variable_config_dict", "cmd_config_dict"):
+        for key in (getattr(config, name, None) or {}):
+            if key.startswith("unrank_") and key in defaults:
+                value = config[key]
+                if not same_value(value, defaults[key]):
+                    given[key] = value
+    return given
 
 
 def _is_int(value) -> bool:

@@ -27,7 +27,7 @@ from recbole_unrank.checkpoints import (
     request_record,
     save_checkpoint,
 )
-from recbole_unrank.config import build_config
+from recbole_unrank.config import build_config, given_as, user_settings
 from recbole_unrank.data import (
     Data,
     load_data,
@@ -35,6 +35,7 @@ from recbole_unrank.data import (
     make_loaders,
     make_request,
     make_train_loader,
+    method_valid,
     request_seed,
     without_forgotten,
 )
@@ -64,6 +65,8 @@ __all__ = [
     "run_pipeline",
     "method_names",
     "method_settings",
+    "method_keys",
+    "check_unread_settings",
     # defined elsewhere, importable from here
     "Data",
     "build_config",
@@ -105,7 +108,33 @@ def method_names(config) -> list[str]:
 
 
 def method_settings(config, method_cls) -> dict:
-    return {arg: config[key] for arg, key in method_cls.settings.items()}
+    """The keyword arguments of ``method_cls`` that the user gave (config files, presets,
+    ``config_dict``, command line) with a value other than the YAML default: the method fills
+    in every other one from ``properties/unrank.yaml`` itself, and must act on or refuse each
+    one given here."""
+    given = user_settings(config)
+    return {arg: given[key] for arg, key in method_cls.settings.items() if key in given}
+
+
+def method_keys() -> dict[str, list[str]]:
+    """Each ``unrank_*`` key some method reads -> the methods that read it."""
+    out: dict[str, list[str]] = {}
+    for name, cls in METHODS.items():
+        for key in cls.settings.values():
+            out.setdefault(key, []).append(name)
+    return out
+
+
+def check_unread_settings(config, names: list[str]) -> None:
+    """A method setting the user gave that none of the run's methods ``names`` reads would be
+    silently ignored: refuse it (one line naming the key and the methods that read it)."""
+    readers = method_keys()
+    for key, value in user_settings(config).items():
+        if key in readers and not any(key in METHODS[n].settings.values() for n in names):
+            who = readers[key]
+            shown = ", ".join(who[:4]) + (", ..." if len(who) > 4 else "")
+            raise UnrankError(f"{given_as(config, key, value)} has no effect: no method of this run "
+                              f"({', '.join(names)}) reads it (read by {shown}); unset it or add such a method")
 
 
 def _reference_names(config) -> list[str]:
@@ -155,7 +184,7 @@ class Run(Evaluator):
             request_index=self.request.index,
             train_fresh=self._train_on,
             seed=config["seed"],
-            valid_ds=self.data.valid_ds,
+            valid_ds=method_valid(self.data),
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
             train_batch_size=int(config["train_batch_size"]),
             show_progress=bool(config["show_progress"]),
@@ -219,11 +248,15 @@ class Run(Evaluator):
         return row
 
 
-def prepare_run(config, checkpoint: str | None = None, ckpt: dict | None = None) -> tuple[Run, dict | None]:
+def prepare_run(config, checkpoint: str | None = None, ckpt: dict | None = None,
+                methods: list[str] | None = None) -> tuple[Run, dict | None]:
     """Everything that can fail on bad input, before anything is written: the settings and
     files first (cheap), then the data, the request and the checkpoint's fit. ``ckpt``: the
-    checkpoint already read (else it is read from ``checkpoint``)."""
-    names = method_names(config)
+    checkpoint already read (else it is read from ``checkpoint``). ``methods``: the methods the
+    caller will run (a suite's cells, a tuner's method; default ``unrank_method(s)``): a method
+    setting none of them reads is refused."""
+    names = method_names(config) if methods is None else list(methods)
+    check_unread_settings(config, names)
     for name in names:  # bad settings fail here, before anything is written
         METHODS[name](**method_settings(config, METHODS[name]))
     for ref in _reference_names(config):

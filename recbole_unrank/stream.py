@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.data import method_valid, monitor_valid
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS, UnlearnTask
@@ -45,12 +46,19 @@ logger = logging.getLogger("recbole_unrank")
 POLICIES = ("refuse", "finetune", "retrain")
 
 
+def _stream_default(key: str):
+    from recbole_unrank.config import default_of
+
+    return default_of(key)
+
+
 @dataclass
 class StreamSettings:
-    """``guard``: the cumulative budget (0: off); ``policy``: what happens when it breaks."""
+    """``guard``: the cumulative budget (0: off); ``policy``: what happens when it breaks.
+    Defaults: ``unrank_stream_guard`` / ``unrank_stream_policy`` of ``properties/unrank.yaml``."""
 
-    guard: float = 0.0
-    policy: str = "refuse"
+    guard: float = field(default_factory=lambda: _stream_default("unrank_stream_guard"))
+    policy: str = field(default_factory=lambda: _stream_default("unrank_stream_policy"))
 
     def __post_init__(self):
         if not 0.0 <= float(self.guard) <= 1.0:
@@ -61,7 +69,9 @@ class StreamSettings:
 
     @classmethod
     def from_config(cls, config) -> "StreamSettings":
-        return cls(guard=config["unrank_stream_guard"] or 0.0, policy=config["unrank_stream_policy"] or "refuse")
+        guard, policy = config["unrank_stream_guard"], config["unrank_stream_policy"]
+        return cls(guard=_stream_default("unrank_stream_guard") if guard is None else guard,
+                   policy=_stream_default("unrank_stream_policy") if policy is None else policy)
 
 
 # ----------------------------------------------------------------------------- measures
@@ -265,9 +275,11 @@ class RequestStream:
         return hu, hi
 
     def valid_ndcg(self, model=None) -> float:
-        """Mean validation NDCG@10 over every validation user, retained history masked."""
+        """Mean NDCG@10 of the validation split's *monitor* part (:func:`~recbole_unrank.data.
+        split_valid`) over its users, retained history masked: the budget reads only rows that
+        no method reads, so it sees what the step search moved (DESIGN.md 10.3)."""
         adapter = get_adapter(self.model if model is None else model)
-        vu, vi = _pairs(self.data.valid_ds)
+        vu, vi = _pairs(monitor_valid(self.data))
         users = np.unique(vu)
         return float(user_ndcg(adapter, users, self.history(), (vu, vi)).mean())
 
@@ -298,7 +310,7 @@ class RequestStream:
         task = UnlearnTask(
             model=self.model, model_name=self.config["model"], train_ds=current, retain_ds=None, forget_ds=None,
             request_index=request.index, seed=int(self.seed + k if seed is None else seed),
-            valid_ds=self.data.valid_ds,
+            valid_ds=method_valid(self.data),
         )
         rollback = _model_snapshot(self.model)
         try:
@@ -341,7 +353,7 @@ class RequestStream:
             task = UnlearnTask(
                 model=self.model, model_name=self.config["model"], train_ds=retained, retain_ds=retained,
                 forget_ds=None, request_index=np.zeros(0, dtype=np.int64),
-                seed=self.seed + record["request"], valid_ds=self.data.valid_ds,
+                seed=self.seed + record["request"], valid_ds=method_valid(self.data),
                 make_train_loader=self.make_train_loader,
             )
             self.model = self.finetune(task).model

@@ -427,7 +427,7 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
     # unrank_* keys do not enter an original's key: the request's config gives the same one
     original_path = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed,
                                 key=model_cache_key(spec, req.model, config))
-    run, ckpt = prepare_run(config, original_path)
+    run, ckpt = prepare_run(config, original_path, methods=sorted({c.method for c in cells} | {"retrain"}))
     run.prepare_original(ckpt, original_path)
     base = {"request": req.__dict__, "dataset": spec.dataset, "request_summary": run.request.summary()}
     records = []

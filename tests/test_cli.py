@@ -219,6 +219,16 @@ BAD_CASES = {
     "unknown method": (["--unrank_method=nosuchmethod"], "nosuchmethod"),
     "empty request file": (["--unrank_request_file={inputs}/empty.inter"], "no pairs"),
     "unknown request tokens": (["--unrank_request_file={inputs}/unknown.inter"], "ghost_user"),
+    # issue 20: a step grid that is not increasing and positive, a pinned setting given, a
+    # setting no method of the run reads, a validation split without a monitor part
+    "step grid [0, 10, 5]": (["--unrank_method=l2unrank", "--unrank_step_grid=[0,10,5]"], "unrank_step_grid"),
+    "step grid count 1": (["--unrank_method=l2unrank", "--unrank_step_grid=[0.1,10,1]"], "unrank_step_grid"),
+    "pinned setting given": (["--unrank_method=l2unrank_paper", "--unrank_cg_steps=40"], "unrank_cg_steps"),
+    "unread setting": (["--unrank_shards=3"], "unrank_shards"),
+    "calibration key, uncalibrated": (["--unrank_method=l2unrank_nocalib", "--unrank_step_floor=2"],
+                                      "unrank_step_floor"),
+    "empty monitor part": (["--unrank_monitor_share=1e-9"], "monitor part would be empty"),
+    "monitor share 1": (["--unrank_monitor_share=1.0"], "unrank_monitor_share"),
 }
 
 

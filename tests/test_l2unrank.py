@@ -9,6 +9,8 @@ import copy
 
 import numpy as np
 import pytest
+
+from recbole_unrank.data import method_valid
 import torch
 
 from conftest import make_tiny_config
@@ -191,8 +193,8 @@ def _valid_ndcg_sum(run, model, users: torch.Tensor, index=None) -> float:
     row_of = torch.full((model.n_users,), -1, dtype=torch.long)
     row_of[users] = torch.arange(users.numel())
     hist = keep & (row_of[tu] >= 0)
-    vu = run.data.valid_ds.inter_feat[run.data.valid_ds.uid_field]
-    vi = run.data.valid_ds.inter_feat[run.data.valid_ds.iid_field]
+    valid = method_valid(run.data)  # the rows methods read (the monitor part is not theirs)
+    vu, vi = valid.inter_feat[valid.uid_field], valid.inter_feat[valid.iid_field]
     mine = row_of[vu] >= 0
     empty = torch.zeros(0, dtype=torch.long)
     probe = RankProbe(users.numel(), row_of[tu[hist]], ti[hist], empty, empty, row_of[vu[mine]], vi[mine])
@@ -237,7 +239,7 @@ def test_guard_keeps_the_request_users_validation_ndcg(prepared, model, guard):
 def test_guard_binds_for_a_single_user_request(prepared, model):
     """One request user: the guard is that user's own validation NDCG@10, and it holds."""
     run = prepared[model]
-    vu = run.data.valid_ds.inter_feat[run.data.valid_ds.uid_field].numpy()
+    vu = method_valid(run.data).inter_feat[run.data.valid_ds.uid_field].numpy()
     users = run.request.users
     user = next(int(u) for u in np.unique(users) if (vu == u).any())
     task = run._task()
@@ -274,10 +276,12 @@ def _whole_user_request(run, n_whole=2, with_partial=True):
     """Train rows forgetting every interaction of ``n_whole`` request users (the user task), and
     half of one more user's when ``with_partial``; returns (index, whole users, partial user)."""
     tu = run.data.train_ds.inter_feat[run.data.train_ds.uid_field].numpy()
-    vu = run.data.valid_ds.inter_feat[run.data.valid_ds.uid_field].numpy()
+    vu = method_valid(run.data).inter_feat[run.data.valid_ds.uid_field].numpy()
     users = [int(u) for u in np.unique(run.request.users) if (vu == u).any() and (tu == u).sum() >= 2]
     # the partial user: one the original serves well in validation (so the guard has a value)
-    own = [_valid_ndcg_sum(run, run.original, torch.as_tensor([u]), np.flatnonzero(tu == u)[:1]) for u in users]
+    # (measured with half of the user's rows forgotten, as the request below forgets them)
+    own = [_valid_ndcg_sum(run, run.original, torch.as_tensor([u]),
+                           np.flatnonzero(tu == u)[: (tu == u).sum() // 2]) for u in users]
     part = users[int(np.argmax(own))]
     whole = [u for u in users if u != part][:n_whole]
     index = [np.flatnonzero(np.isin(tu, whole))]

@@ -28,7 +28,8 @@ from recbole_unrank.methods.partition import (
 from recbole_unrank.models import get_model
 from recbole_unrank.request import request_from_pairs, split_train
 
-OVERRIDES = {"epochs": 2, "unrank_shards": 2, "unrank_receraser_agg_epochs": 2}
+# the run names the methods these settings are for (a setting no method of a run reads is refused)
+OVERRIDES = {"epochs": 2, "unrank_shards": 2, "unrank_receraser_agg_epochs": 2, "unrank_methods": ["sisa", "receraser"]}
 
 
 @pytest.fixture(scope="module")

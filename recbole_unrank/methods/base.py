@@ -91,7 +91,21 @@ class UnlearningMethod:
         unknown = set(kwargs) - set(self.settings)
         if unknown:
             raise UnrankError(f"{self.name} got unknown settings {sorted(unknown)}")
-        self.kwargs = kwargs
+        from recbole_unrank.config import same_value
+
+        defaults = self.default_settings()
+        #: keywords the caller gave with a value other than the YAML default: each must act or be
+        #: refused (a restated default changes nothing, as from a config: config.user_settings)
+        self.given_kwargs = {k: v for k, v in kwargs.items() if v is not None and not same_value(v, defaults[k])}
+        #: every setting: the YAML default (``properties/unrank.yaml``, the one source) where not given
+        self.kwargs = {**defaults, **self.given_kwargs}
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """Keyword -> default of its ``unrank_*`` key, read from ``properties/unrank.yaml``."""
+        from recbole_unrank.config import default_of
+
+        return {arg: default_of(key) for arg, key in cls.settings.items()}
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:  # pragma: no cover - abstract
         raise NotImplementedError

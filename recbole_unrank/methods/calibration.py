@@ -16,9 +16,11 @@ retained train items masked, never on the test split.
   stay inside the top ``view_k``.
 
 **Floor** (``step_floor``, default 1): the influence step itself (scale 1) is the model's
-estimate of the removal; the calibration only enlarges it where it falls short of the target,
-so a request whose items already rank low still has its influence removed (the model is not
-left unchanged).
+estimate of the removal; the search only enlarges it where it falls short of the target, so a
+request whose items already rank low still has its influence removed (the model is not left
+unchanged). **The guard wins over the floor**: where the floor itself would break the utility
+guard, the common cap goes below it, and the report says so (``users_capped_below_floor``,
+``floor_held``).
 
 **Constraint**: no forgotten item may end inside the top ``view_k`` when it was outside it
 before the request; the step is raised until none does (where the grid allows; what is left is
@@ -254,12 +256,11 @@ class StepCalibration:
         # (the floor where none is clean), not the grid's largest step by default: on a
         # nonlinear model a larger step can bring forgotten items back into the top view_k.
         reached = measure(chosen)[0]
-        chosen = torch.where(reached, chosen, best["scale"])
-        chosen, cap = self._cap(lambda sc: measure(sc), chosen, grid)
+        searched = torch.where(reached, chosen, best["scale"])
+        chosen, cap = self._cap(lambda sc: measure(sc), searched, grid)
         ok, ndcg, other, target, clean = measure(chosen)
         bar.close()
-        self._report(info, chosen, cap, ndcg, other, target, clean)
-        info["calibration"]["users_not_reached"] = int((~reached).sum())
+        self._report(info, chosen, cap, ndcg, other, target, clean, reached, searched)
         return chosen
 
     def _bar(self):
@@ -291,16 +292,35 @@ class StepCalibration:
         cap = float(grid[c_lo])
         return chosen.clamp(max=cap), cap
 
-    def _report(self, info, chosen, cap, ndcg, other, target, clean):
+    def _report(self, info, chosen, cap, ndcg, other, target, clean, reached, searched):
+        """``info["calibration"]`` and ``info["guard"]``. Every request user falls in exactly one
+        of ``users_met`` (target and constraint hold at the applied step), ``users_not_reached``
+        (no step the search tried met both), ``users_capped`` (the search's step met both, the
+        guard's cap lowered it and they no longer hold) and ``users_lost_jointly`` (the search's
+        step met both, applied unchanged, but the other request users' steps moved them: graph
+        models); they sum to ``request_users``."""
         met, r, o = self._guard(self._req_sum(ndcg), other)
+        ok = target & clean
+        lowered = chosen < searched
+        floor = float(self.s["step_floor"])
+        below_floor = int((chosen < floor * (1 - 1e-12)).sum()) if floor > 0 else 0
         info["calibration"] = {
             "target": self.s["calib_target"],
-            "step_floor": float(self.s["step_floor"]),
+            "step_floor": floor,
             "step_median": float(chosen.median()),
             "step_min": float(chosen.min()),
             "step_cap": cap,
-            "users_meeting_target": float(target.to(torch.float64).mean()),
+            # share of request users for whom the target and the no-new-entrant constraint hold
+            "users_meeting_target": float(ok.to(torch.float64).mean()),
+            "request_users": int(ok.numel()),
+            "users_met": int(ok.sum()),
+            "users_not_reached": int((~ok & ~reached).sum()),
+            "users_capped": int((~ok & reached & lowered).sum()),
+            "users_lost_jointly": int((~ok & reached & ~lowered).sum()),
             "users_with_new_entrants": int((~clean).sum()),
+            # the guard wins over the floor: users whose applied step is below it
+            "users_capped_below_floor": below_floor,
+            "floor_held": below_floor == 0,
         }
         info["guard"] = {
             "utility_guard": float(self.s["utility_guard"]),
@@ -348,10 +368,11 @@ class StepCalibration:
                 hi = mid
             else:
                 lo = mid + 1
-        chosen = grid[hi:hi + 1].expand(U).clone()
-        chosen, cap = self._cap(lambda sc: measure(sc)[:5], chosen, grid)
+        searched = grid[hi:hi + 1].expand(U).clone()
+        _, _, _, t0, c0, _ = measure(searched)
+        chosen, cap = self._cap(lambda sc: measure(sc)[:5], searched, grid)
         _, ndcg, other, target, clean, _ = measure(chosen)
         bar.close()
-        self._report(info, chosen, cap, ndcg, other, target, clean)
+        self._report(info, chosen, cap, ndcg, other, target, clean, t0 & c0, searched)
         apply(0.0)
         return float(chosen[0])

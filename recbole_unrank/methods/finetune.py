@@ -65,8 +65,7 @@ def _endless(loader) -> Iterator:
             raise UnrankError("the request's training loader yields no batch: the request is empty")
 
 
-def _positive(name: str, value: Any, default: float, cast=float, allow_zero: bool = False):
-    value = default if value is None else value
+def _positive(name: str, value: Any, cast=float, allow_zero: bool = False):
     try:
         value = cast(value)
     except (TypeError, ValueError):
@@ -92,9 +91,9 @@ class FineTune(UnlearningMethod):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.epochs = _positive(
-            "unrank_finetune_epochs", kwargs.get("epochs"), 2, int, allow_zero=True
+            "unrank_finetune_epochs", self.kwargs["epochs"], int, allow_zero=True
         )
-        self.lr = _positive("unrank_finetune_lr", kwargs.get("lr"), 1e-3)
+        self.lr = _positive("unrank_finetune_lr", self.kwargs["lr"])
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
         model = task.model
@@ -142,11 +141,11 @@ class NegGrad(UnlearningMethod):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.epochs = _positive(
-            "unrank_neggrad_epochs", kwargs.get("epochs"), 1, int, allow_zero=True
+            "unrank_neggrad_epochs", self.kwargs["epochs"], int, allow_zero=True
         )
-        self.alpha = _positive("unrank_neggrad_alpha", kwargs.get("alpha"), 1.0, allow_zero=True)
-        self.lr = _positive("unrank_neggrad_lr", kwargs.get("lr"), 1e-3)
-        self.clip = _positive("unrank_neggrad_clip", kwargs.get("clip"), 1.0)
+        self.alpha = _positive("unrank_neggrad_alpha", self.kwargs["alpha"], allow_zero=True)
+        self.lr = _positive("unrank_neggrad_lr", self.kwargs["lr"])
+        self.clip = _positive("unrank_neggrad_clip", self.kwargs["clip"])
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
         model = task.model

@@ -36,7 +36,6 @@ SOLVER_SETTINGS = {
     "cg_steps": "unrank_baseline_cg_steps",
     "cg_tol": "unrank_baseline_cg_tol",
 }
-SOLVER_DEFAULTS = {"curvature": "gauss_newton", "loss": "training", "damping": 1e-2, "cg_steps": 500, "cg_tol": 1e-4}
 
 IF = Steps(rows="request", scope="retained", params="all", solve="cg", graph="original")
 IFRU = Steps(rows="request", scope="retained", params="khop_rows", solve="cg", graph="original", spillover=True)
@@ -46,9 +45,6 @@ REFIT = Steps(rows="retained", scope="retained", params="blocks", solve="block",
 _IF_SET = {**SOLVER_SETTINGS, "hessian_data": "unrank_if_hessian_data"}
 _IFRU_SET = {**SOLVER_SETTINGS, "ifru_hops": "unrank_ifru_hops", "ifru_keep": "unrank_ifru_keep"}
 _SCIF_SET = {**SOLVER_SETTINGS, "neighbors": "unrank_scif_neighbors"}
-_IF_DEF = {**SOLVER_DEFAULTS, "hessian_data": "retained"}
-_IFRU_DEF = {**SOLVER_DEFAULTS, "ifru_hops": 1, "ifru_keep": 0.6}
-_SCIF_DEF = {**SOLVER_DEFAULTS, "neighbors": 1}
 
 
 def _calib(steps: Steps) -> Steps:
@@ -56,19 +52,18 @@ def _calib(steps: Steps) -> Steps:
 
 
 BASELINES = {
-    "if": declare("if", IF, _IF_SET, _IF_DEF, doc="Influence function (Koh & Liang 2017), every parameter."),
-    "ifru": declare("ifru", IFRU, _IFRU_SET, _IFRU_DEF, doc="IFRU (Zhang et al., TORS 2024)."),
-    "scif": declare("scif", SCIF, _SCIF_SET, _SCIF_DEF, doc="SCIF (Li et al., 2023)."),
-    "if+calib": declare("if+calib", _calib(IF), {**_IF_SET, **CALIBRATION_SETTINGS}, _IF_DEF,
+    "if": declare("if", IF, _IF_SET, doc="Influence function (Koh & Liang 2017), every parameter."),
+    "ifru": declare("ifru", IFRU, _IFRU_SET, doc="IFRU (Zhang et al., TORS 2024)."),
+    "scif": declare("scif", SCIF, _SCIF_SET, doc="SCIF (Li et al., 2023)."),
+    "if+calib": declare("if+calib", _calib(IF), {**_IF_SET, **CALIBRATION_SETTINGS},
                         doc="if, then L2UnRank's step calibration."),
-    "ifru+calib": declare("ifru+calib", _calib(IFRU), {**_IFRU_SET, **CALIBRATION_SETTINGS}, _IFRU_DEF,
+    "ifru+calib": declare("ifru+calib", _calib(IFRU), {**_IFRU_SET, **CALIBRATION_SETTINGS},
                           doc="ifru, then L2UnRank's step calibration."),
-    "scif+calib": declare("scif+calib", _calib(SCIF), {**_SCIF_SET, **CALIBRATION_SETTINGS}, _SCIF_DEF,
+    "scif+calib": declare("scif+calib", _calib(SCIF), {**_SCIF_SET, **CALIBRATION_SETTINGS},
                           doc="scif, then L2UnRank's step calibration (per user)."),
     "user_refit": declare(
         "user_refit", REFIT,
         {"damping": "unrank_damping", "refit_steps": "unrank_refit_steps", "refit_tol": "unrank_refit_tol",
          "refit_negatives": "unrank_refit_negatives"},
-        {"damping": 1e-2, "refit_steps": 20, "refit_tol": 1e-4, "refit_negatives": 4},
         doc="The request users' own blocks re-fitted to their retained training loss (WMF: exact ALS)."),
 }

@@ -41,11 +41,6 @@ L2UNRANK_SETTINGS = {
     "calibrate": "unrank_calibrate",
     **CALIBRATION_SETTINGS,
 }
-DEFAULTS = {
-    "update": "users", "curvature": "gauss_newton", "damping": 1e-2, "loss": "training",
-    "use_scope": True, "use_structural": True, "use_semantic": True, "use_weights": True,
-    "use_context": False, "calibrate": True,
-}
 PROJECT = Steps(rows="request", scope="hops", weights=("structural", "semantic"), weights_at="curvature",
                 params="blocks", loss="training", curvature="gauss_newton", solve="block", step="calibrated",
                 graph="retained")
@@ -54,12 +49,12 @@ PAPER = Steps(rows="request+context", scope="hops", weights=("structural", "sema
 
 
 def _variant(name: str, doc: str, **fixed):
-    return declare(name, PROJECT, L2UNRANK_SETTINGS, DEFAULTS, fixed, doc)
+    return declare(name, PROJECT, L2UNRANK_SETTINGS, fixed, doc)
 
 
 L2UnRank = _variant("l2unrank", "The project's L2UnRank variant (see the module docstring).")
 L2UnRankPaper = declare(
-    "l2unrank_paper", PAPER, L2UNRANK_SETTINGS, DEFAULTS,
+    "l2unrank_paper", PAPER, L2UNRANK_SETTINGS,
     dict(update="all", curvature="hessian", loss="surrogate", damping=1e-2, cg_steps=30, use_context=True,
          use_scope=True, use_weights=True, use_structural=True, use_semantic=True, weights_at="gradient",
          calibrate=False),

@@ -151,8 +151,7 @@ def balanced_kmeans(points: torch.Tensor, k: int, iters: int, seed: int) -> np.n
 
 
 # --------------------------------------------------------------------------- helpers
-def _positive_int(name: str, value: Any, default: int, minimum: int = 1) -> int:
-    value = default if value is None else value
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     try:
         value = int(value)
     except (TypeError, ValueError):
@@ -182,7 +181,7 @@ class PartitionMethod(UnlearningMethod):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.shards = _positive_int("unrank_shards", kwargs.get("shards"), 5)
+        self.shards = _positive_int("unrank_shards", self.kwargs["shards"])
 
     # ---- the two steps a method fills in ---------------------------------------------------
     def partition(self, task: UnlearnTask) -> np.ndarray:
@@ -266,7 +265,7 @@ class SISA(PartitionMethod):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.aggregate_by = kwargs.get("aggregate_by") or "own"
+        self.aggregate_by = self.kwargs["aggregate_by"]
         if self.aggregate_by not in ("mean", "own"):
             raise UnrankError(f"unrank_sisa_aggregate={self.aggregate_by!r}: choose mean or own")
         self.user_shard: np.ndarray | None = None
@@ -311,16 +310,16 @@ class RecEraser(PartitionMethod):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.partition_by = kwargs.get("partition_by") or "user"
+        self.partition_by = self.kwargs["partition_by"]
         if self.partition_by not in ("user", "interaction"):
             raise UnrankError(
                 f"unrank_receraser_partition={self.partition_by!r}: choose user or interaction"
             )
-        self.iters = _positive_int("unrank_receraser_iters", kwargs.get("iters"), 5)
+        self.iters = _positive_int("unrank_receraser_iters", self.kwargs["iters"])
         self.agg_epochs = _positive_int(
-            "unrank_receraser_agg_epochs", kwargs.get("agg_epochs"), 10, minimum=0
+            "unrank_receraser_agg_epochs", self.kwargs["agg_epochs"], minimum=0
         )
-        lr = 1e-2 if kwargs.get("agg_lr") is None else kwargs["agg_lr"]
+        lr = self.kwargs["agg_lr"]
         try:
             self.agg_lr = float(lr)
         except (TypeError, ValueError):

@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import torch
 
 from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.config import same_value
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import (
     batched_block_solve,
@@ -133,15 +134,25 @@ CALIBRATION_SETTINGS = {
     "step_grid": "unrank_step_grid",
     "guard_sample": "unrank_guard_sample",
 }
-CALIBRATION_DEFAULTS = {
-    "calib_target": "valid_rank",
-    "step_floor": 1.0,
-    "view_k": 10,
-    "view_share": 0.0,
-    "utility_guard": 0.98,
-    "step_grid": [1e-4, 1000.0, 57],
-    "guard_sample": 500,
-}
+
+#: the L2UnRank family's keywords (a variant's pinned value points the user to l2unrank)
+L2UNRANK_KEYS = ("hops", "scope_cap", "update", "curvature", "damping", "cg_steps", "cg_tol", "loss", "use_scope",
+                 "use_structural", "use_semantic", "use_weights", "use_context", "weights_at", "calibrate",
+                 *CALIBRATION_SETTINGS)
+
+
+def _check_grid(grid: Any) -> None:
+    """``unrank_step_grid`` = [low, high, count]: ``count`` log-spaced scales from ``low`` to
+    ``high`` (``np.logspace``), so 0 < low < high and a whole count >= 2; else one line."""
+    ok = isinstance(grid, (list, tuple)) and len(grid) == 3
+    if ok:
+        lo, hi, n = grid
+        num = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi, n))
+        ok = (num and math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi
+              and float(n) == int(n) and int(n) >= 2)
+    if not ok:
+        raise UnrankError(f"unrank_step_grid={grid} is not a step grid: give [low, high, count] with "
+                          "0 < low < high and a whole count >= 2 (default [1e-4, 1000.0, 57])")
 
 
 # --------------------------------------------------------------------------- scope helpers
@@ -188,23 +199,26 @@ def collaborative_users(users, items, n_users: int, n_items: int, seeds, hops: i
 class InfluencePipeline(UnlearningMethod):
     """Runs the declared :class:`Steps`. Subclasses come from :func:`declare`.
 
-    Class attributes: ``steps`` (the declaration), ``settings`` (keyword -> ``unrank_*`` key),
-    ``defaults`` (numeric settings), ``switches`` (keywords that change steps, see
-    :meth:`_switch`), ``fixed`` (keywords a variant pins)."""
+    Class attributes: ``steps`` (the declaration), ``settings`` (keyword -> ``unrank_*`` key;
+    every default is that key's in ``properties/unrank.yaml``), ``fixed`` (keywords a variant
+    pins: what the variant is; the same keyword given with another value is refused)."""
 
     name = "influence"
     steps: ClassVar[Steps] = Steps()
     settings: ClassVar[dict] = {}
-    defaults: ClassVar[dict] = {}
     fixed: ClassVar[dict] = {}
     show_progress: bool = False  # the task's, set by unlearn
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        given = {k: v for k, v in kwargs.items() if v is not None}
-        # A variant's pinned switches are what the variant is: they win over the configuration.
-        s = {**self.defaults, **given, **self.fixed}
-        self.given = set(given) | set(self.fixed)
+        given = self.given_kwargs
+        for k, pinned in self.fixed.items():
+            if k in given and not same_value(given[k], pinned):
+                raise UnrankError(
+                    f"{self.settings.get(k, k)}={given[k]} cannot change {self.name}, which pins it to {pinned}: "
+                    f"unset it, or use {'l2unrank' if k in L2UNRANK_KEYS else 'another method'}, which reads it")
+        s = {**self.kwargs, **self.fixed}
+        self.given = set(given) - set(self.fixed)  # what the user chose: it must act or be refused
         self.plan = self._switch(self.steps, s).check()
         self.s = self._check(s)
 
@@ -279,10 +293,25 @@ class InfluencePipeline(UnlearningMethod):
             raise UnrankError(f"{self.settings.get('cg_steps')}={s['cg_steps']} must be at least 1")
         if "cg_tol" in s and s["cg_tol"] is not None and not float(s["cg_tol"]) > 0:
             raise UnrankError(f"{self.settings.get('cg_tol')}={s['cg_tol']} must be > 0")
+        if p.step != "calibrated":
+            for k in CALIBRATION_SETTINGS:
+                inert(k, "its step is not calibrated (a calibrated method: l2unrank, <baseline>+calib)")
+        if not p.weights:
+            for k in ("use_structural", "use_semantic", "weights_at"):
+                inert(k, "it uses no influence weights (unrank_use_weights: False)")
+        if p.curvature == "identity" and p.rows != "request+context" and p.scope == "hops":
+            for k in ("hops", "scope_cap", "use_scope", "use_weights", "use_structural", "use_semantic",
+                      "weights_at"):
+                inert(k, "without curvature (identity) and without context rows the step is the request's "
+                         "own gradient, which no scope or weight enters")
+        if p.params == "blocks" and not p.weights and p.rows == "request":
+            inert("use_scope", "without influence weights the user-block update reads only the request users' "
+                               "own rows, which the 1-hop scope already holds")
         if p.step == "calibrated":
-            for k, v in CALIBRATION_DEFAULTS.items():
-                if s.get(k) is None:
-                    s[k] = v
+            _check_grid(s["step_grid"])
+            floor = float(s["step_floor"])
+            if not math.isfinite(floor):
+                raise UnrankError(f"unrank_step_floor={s['step_floor']} must be a finite number >= 0 (0: no floor)")
             if s["calib_target"] not in ("valid_rank", "view"):
                 raise UnrankError(f"unrank_calib_target={s['calib_target']!r}: use valid_rank or view")
             if not 0.0 <= float(s["view_share"]) < 1.0:
@@ -305,6 +334,19 @@ class InfluencePipeline(UnlearningMethod):
             raise UnrankError(f"unrank_refit_negatives={s['refit_negatives']} must be at least 1")
         return s
 
+    def _check_model(self, adapter, model_name: str) -> None:
+        """Settings that only this model makes inert (they act on others): refused, one line."""
+        p, given = self.plan, self.given
+        if "neighbors" in given and p.scope == "collaborative" and not adapter.is_graph:
+            raise UnrankError(f"unrank_scif_neighbors={self.s['neighbors']} has no effect in {self.name} on "
+                              f"{model_name}: a neighbour's loss has no curvature in another user's rows of a "
+                              "model without a graph; unset it")
+        watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
+        if "guard_sample" in given and p.step == "calibrated" and not watch:
+            raise UnrankError(f"unrank_guard_sample={self.s['guard_sample']} has no effect in {self.name} on "
+                              f"{model_name}: its step moves only the request users, so no other user is "
+                              "sampled for the guard; unset it")
+
     # ---- the run ---------------------------------------------------------------------------
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
         p, s = self.plan, self.s
@@ -316,6 +358,7 @@ class InfluencePipeline(UnlearningMethod):
         if p.params == "blocks" and not adapter.supports_user_blocks:
             raise UnrankError(f"{task.model_name} has no per-user parameter blocks: {self.name} needs them "
                               "(use unrank_update: all, or another method)")
+        self._check_model(adapter, task.model_name)
         device = adapter.device
         stages: dict[str, float] = {}
         info: dict = {"steps": p.describe()}
@@ -346,6 +389,9 @@ class InfluencePipeline(UnlearningMethod):
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), n_neg), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, p.loss, int(task.train_batch_size))
+        if "refit_negatives" in self.given and p.step == "newton" and not (obj.spec.pairwise or obj.spec.negatives):
+            raise UnrankError(f"unrank_refit_negatives={s['refit_negatives']} has no effect in {self.name} on "
+                              f"{task.model_name}: its training loss samples no negatives; unset it")
         info["loss"] = obj.spec.note
 
         # scope ------------------------------------------------------------------------------
@@ -411,7 +457,7 @@ class InfluencePipeline(UnlearningMethod):
         if p.scope == "collaborative":
             index = keep.nonzero().squeeze(1)
             group = collaborative_users(users[index], items[index], adapter.n_users, adapter.n_items,
-                                        req_users, int(s.get("neighbors") or 0))
+                                        req_users, int(s["neighbors"]))
             if not adapter.is_graph:  # a neighbour's loss has no curvature in another user's rows
                 group = torch.zeros_like(group)
                 group[req_users] = True
@@ -420,6 +466,10 @@ class InfluencePipeline(UnlearningMethod):
         if hops is None:  # the paper's default; the user-block update reads the users' own rows
             hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
         scope = influence_scope(users, items, target, int(hops), s.get("scope_cap"))
+        if "scope_cap" in self.given and not scope.truncated:
+            raise UnrankError(f"unrank_scope_cap={s['scope_cap']} removes nothing in {self.name}: the {int(hops)}-hop "
+                              f"scope ({int(scope.scope_index.numel())} rows, the request's own always kept) fits "
+                              "within it; lower it or unset it")
         return scope.scope_index, int(hops)
 
     # ---- user blocks ---------------------------------------------------------------------------
@@ -456,7 +506,7 @@ class InfluencePipeline(UnlearningMethod):
         with a per-user backtracking line search until each user's gradient has fallen below
         ``refit_tol`` of its starting norm (one exact step for WMF: its loss is quadratic in p_u)."""
         U, damping = req_users.numel(), float(s["damping"])
-        tol, max_iter = float(s.get("refit_tol") or 1e-4), int(s.get("refit_steps") or 20)
+        tol, max_iter = float(s["refit_tol"]), int(s["refit_steps"])
         g0 = None
         iters = 0
         bar = progress(total=max_iter, desc=f"{self.name} Newton", show_progress=self.show_progress)
@@ -596,11 +646,11 @@ class InfluencePipeline(UnlearningMethod):
         else:
             ku, ki = users[keep], items[keep]
             tu, ti = users[target], items[target]
-            su, si = khop_importance(ku, ki, a.n_users, a.n_items, tu, ti, int(s.get("ifru_hops") or 0))
+            su, si = khop_importance(ku, ki, a.n_users, a.n_items, tu, ti, int(s["ifru_hops"]))
             score = torch.cat((su, si))
             reached = score > 0
             n_reached = int(reached.sum())
-            n_keep = min(n_reached, math.ceil(float(s.get("ifru_keep") or 1.0) * n_reached))
+            n_keep = min(n_reached, math.ceil(float(s["ifru_keep"]) * n_reached))
             chosen = torch.zeros_like(reached)
             if n_keep > 0:
                 chosen[torch.topk(score, n_keep).indices] = True
@@ -641,11 +691,12 @@ class InfluencePipeline(UnlearningMethod):
         return on_original - on_retained
 
 
-def declare(name: str, steps: Steps, settings: dict, defaults: dict | None = None, fixed: dict | None = None,
+def declare(name: str, steps: Steps, settings: dict, fixed: dict | None = None,
             doc: str = "") -> type[InfluencePipeline]:
-    """A registered influence method: its steps, the ``unrank_*`` keys it reads, its defaults."""
+    """A registered influence method: its steps, the ``unrank_*`` keys it reads (their defaults
+    are the YAML's) and the keywords it pins."""
     steps.check()
     return type(f"Influence_{name.replace('+', '_')}", (InfluencePipeline,), {
-        "name": name, "steps": steps, "settings": dict(settings), "defaults": dict(defaults or {}),
+        "name": name, "steps": steps, "settings": dict(settings),
         "fixed": dict(fixed or {}), "__doc__": doc or f"{name}: {steps.describe()}",
     })

@@ -56,7 +56,7 @@ def prepare_search(config, options: SearchOptions, checkpoint: str | None):
         from recbole_unrank.tuning.raytune import check_ray
 
         check_ray(options.algo)
-    run, ckpt = pipeline.prepare_run(config, checkpoint)
+    run, ckpt = pipeline.prepare_run(config, checkpoint, methods=[method])
     return TuneSearch(run, method, specs, objective), options, ckpt
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from recbole_unrank.config import given_as
+from recbole_unrank.config import default_of, given_as
 from recbole_unrank.errors import UnrankError, setting
 
 __all__ = ["Objective", "check_design_seed", "tune_setting", "TIE_WEIGHT", "INFEASIBLE_LOSS", "ERROR_LOSS",
@@ -35,19 +35,11 @@ ERROR_LOSS = 1e6           # a trial whose settings the method refuses
 # Measures that are better when larger (among the forget measures; validation utility
 # metrics follow RecBole's smaller_metrics).
 BIGGER_FORGET = {"mean_rank", "rdr", "urr", "rank_decline_ratio"}
-DEFAULTS = {
-    "unrank_tune_method": "l2unrank",
-    "unrank_tune_objective": "constrained",
-    "unrank_tune_utility_floor": 0.97,
-    "unrank_tune_weight": 1.0,
-}
-
-
 def tune_setting(config, key: str):
     """``key`` of the config, else the tuner's default (RecBole's Config returns None for a
     key it does not hold)."""
     value = config[key]
-    return DEFAULTS.get(key) if value is None else value
+    return default_of(key) if value is None else value
 
 
 def _number(config, key: str) -> float:
@@ -57,7 +49,7 @@ def _number(config, key: str) -> float:
         value = math.nan
     if not math.isfinite(value):
         raise UnrankError(f"{given_as(config, key)} is not a finite number: {key} takes a number "
-                          f"(default {DEFAULTS[key]})")
+                          f"(default {default_of(key)})")
     return value
 
 

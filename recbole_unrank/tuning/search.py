@@ -152,12 +152,10 @@ class TuneSearch:
 
     @staticmethod
     def unpack(blob: bytes) -> "TuneSearch":
-        from recbole_unrank import pipeline
 
         search = pickle.loads(blob)
         run = search.run
-        run.loaders = pipeline.make_loaders(run.config, run.data, run.retain_ds)
-        run.forget_loader = pipeline.make_forget_loader(run.config, run.retain_ds, run.forget_ds)
+        run.open()  # the evaluator's loaders (its validation loader: the monitor part)
         return search
 
 

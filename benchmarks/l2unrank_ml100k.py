@@ -31,10 +31,9 @@ sys.path.insert(0, ROOT)
 
 import recbole_unrank  # noqa: E402,F401
 from recbole_unrank import pipeline  # noqa: E402
+from recbole_unrank.methods.l2unrank import VARIANTS  # noqa: E402
 from recbole_unrank.report import write_text  # noqa: E402
 from recbole_unrank.tables import fmt, md_table  # noqa: E402
-
-from recbole_unrank.methods.l2unrank import VARIANTS  # noqa: E402
 
 ABLATIONS = [name for name in VARIANTS if name not in ("l2unrank", "l2unrank_paper")]
 

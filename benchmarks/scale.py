@@ -172,7 +172,7 @@ def quantiles(values: list[float]) -> dict:
 def top_functions(profile: cProfile.Profile, n: int = 40) -> list[dict]:
     stats = pstats.Stats(profile)
     rows = []
-    for (path, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
+    for (path, line, func), (_cc, nc, tt, ct, _) in stats.stats.items():
         short = path.replace(ROOT + os.sep, "").replace(os.path.dirname(os.__file__), "<py>")
         if "site-packages" in short:
             short = short.split("site-packages" + os.sep, 1)[1]
@@ -577,7 +577,7 @@ def worker(spec: dict) -> dict:
         cls = METHODS["l2unrank"]
         method = cls(**pipeline.method_settings(config, cls))
 
-        def requests(seed, min_rows):
+        def requests(seed, min_rows, method=method, model=model, config=config):
             return Requests(method, model, config, data, seed, min_rows)
 
         if hasattr(model, "norm_adj_matrix") and "latency" in parts:

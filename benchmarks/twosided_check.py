@@ -26,9 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from recbole_unrank import pipeline
-from recbole_unrank.report import write_text
-from recbole_unrank.tables import fmt, md_table
+from recbole_unrank import pipeline  # noqa: E402 (after the sys.path line)
+from recbole_unrank.report import write_text  # noqa: E402 (after the sys.path line)
+from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.path line)
 
 #: The suite's default ratio of each task (config/suite/ml100k.yaml).
 TASKS = {

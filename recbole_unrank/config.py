@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from recbole_unrank import compat  # noqa: F401
 from recbole.config import Config
 
+from recbole_unrank import compat  # noqa: F401
 from recbole_unrank.errors import UnrankError, arg, setting
 from recbole_unrank.models import UnknownModelError, get_model
 

@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from recbole_unrank import compat  # noqa: F401
 from recbole.data import create_dataset
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.utils import create_samplers, get_dataloader
 from recbole.sampler import Sampler
 from recbole.utils import init_seed
 
+from recbole_unrank import compat  # noqa: F401
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.request import ForgetRequest, read_request_file, sample_request
 

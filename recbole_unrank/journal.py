@@ -12,7 +12,7 @@ database's write-ahead log, the journal folder holds:
   means the journal was damaged, and it is refused.
 * ``snapshot-NNNNNN.pth``: every ``snapshot_every`` requests and at the end, an unlearned
   RecBole checkpoint (:func:`~recbole_unrank.checkpoints.save_checkpoint`, so
-  :func:`~recbole_unrank.checkpoints.load_unlearned` reads it) carrying every pair forgotten so
+  :func:`~recbole_unrank.api.load_unlearned` reads it) carrying every pair forgotten so
   far and the journal position it covers, written to a temporary name and renamed.
 * ``journal.lock``: held with ``fcntl.flock`` while a process serves; a second one is refused.
 
@@ -44,9 +44,6 @@ import torch
 
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.checkpoints import (
-    adopt_checkpoint_config,
-    check_provenance,
-    data_fingerprint,
     forgotten_rows,
     load_checkpoint,
     read_checkpoint,
@@ -54,7 +51,8 @@ from recbole_unrank.checkpoints import (
     save_checkpoint,
 )
 from recbole_unrank.errors import UnrankError
-from recbole_unrank.report import pause_point
+from recbole_unrank.hooks import pause_point
+from recbole_unrank.provenance import adopt_checkpoint_config, check_provenance, data_fingerprint
 from recbole_unrank.request import ForgetRequest, _read_token_file, request_from_pairs
 
 __all__ = [

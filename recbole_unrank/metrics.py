@@ -23,9 +23,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from recbole_unrank import compat  # noqa: F401  (must run before RecBole is imported)
-from recbole_unrank.device import model_device
-
 import numpy as np
 import torch
 from recbole.data.interaction import Interaction
@@ -35,6 +32,9 @@ from recbole.evaluator.collector import Collector
 from recbole.evaluator.evaluator import Evaluator
 from recbole.evaluator.metrics import NDCG, Recall
 from recbole.utils import EvaluatorType
+
+from recbole_unrank import compat  # noqa: F401  (must run before RecBole is imported)
+from recbole_unrank.device import model_device
 
 __all__ = [
     "pair_ranks",

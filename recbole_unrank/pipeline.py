@@ -41,12 +41,12 @@ from recbole_unrank.data import (
 )
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.evaluator import Evaluator, log_row, score_users
+from recbole_unrank.hooks import pause_point
 from recbole_unrank.methods import METHODS, UnlearnTask, check_finite
 from recbole_unrank.methods.partition import PartitionMethod
 from recbole_unrank.methods.retrain import Retrain
 from recbole_unrank.models import UnknownModelError, get_model
 from recbole_unrank.provenance import adopt_checkpoint_config, check_provenance
-from recbole_unrank.hooks import pause_point
 from recbole_unrank.request import check_request_file, split_train
 from recbole_unrank.run_folder import (
     INCOMPLETE,

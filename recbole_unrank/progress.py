@@ -12,9 +12,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
-from tqdm import tqdm
-
 from recbole.utils import set_color
+from tqdm import tqdm
 
 __all__ = ["progress", "bars_shown"]
 

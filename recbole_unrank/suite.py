@@ -30,12 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import yaml
@@ -340,10 +338,13 @@ def model_cache_key(spec: SuiteSpec, model: str, config, req: Request | None = N
     an original does not read), the contents of the config files, the data fingerprint
     (dataset, ``.inter`` sha256, split settings), this package's and RecBole's versions; for a
     retrained model also the request (task, ratio, users, seed) and ``retrain``'s settings."""
+    from importlib.metadata import version
+
     import recbole
 
-    from recbole_unrank import __version__
-    from recbole_unrank.checkpoints import data_fingerprint
+    from recbole_unrank.provenance import data_fingerprint
+
+    __version__ = version("recbole-unrank")
 
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in _NOT_DEFINING and not k.startswith("unrank_")}
@@ -676,7 +677,7 @@ def pooled_tests(record: dict, split: str = "eval") -> list[dict]:
             if label == "retrain":
                 continue
             row = {"model": model, "method": label}
-            for key, _, better in MEASURES:
+            for key, _, _better in MEASURES:
                 if key in _NOT_TESTED:
                     continue
                 a, b = [], []

@@ -6,13 +6,13 @@ import logging
 import os
 import time
 
-from recbole_unrank import compat  # noqa: F401
 from recbole.utils import get_trainer, init_seed
 
+from recbole_unrank import compat  # noqa: F401
 from recbole_unrank.checkpoints import save_trained
-from recbole_unrank.unpickle import load_file
 from recbole_unrank.models import get_model
 from recbole_unrank.progress import bars_shown
+from recbole_unrank.unpickle import load_file
 
 __all__ = ["train_model"]
 

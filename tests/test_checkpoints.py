@@ -10,13 +10,13 @@ import json
 import math
 import os
 import pickle
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, base_config_dict
 
 from recbole_unrank import api
 from recbole_unrank import atomic as A
@@ -24,8 +24,6 @@ from recbole_unrank import checkpoints as C
 from recbole_unrank import provenance as P
 from recbole_unrank import unpickle as U
 from recbole_unrank.errors import UnrankError
-
-from conftest import REPO_ROOT, base_config_dict
 
 RECBOLE_MODELS = ["BPR", "LightGCN", "NeuMF"]
 OUR_MODELS = ["WMF", "NeuMF", "LightGCN"]
@@ -591,8 +589,8 @@ def test_ml100k_with_shuffled_items_refused(tmp_path, in_tmp):
     refused in one line, for a package checkpoint and for one without a fingerprint."""
     import recbole
 
-    from recbole_unrank.pipeline import build_config, load_data, prepare_run
     from recbole_unrank.models import WMF
+    from recbole_unrank.pipeline import build_config, load_data, prepare_run
 
     cfg = base_config_dict(in_tmp)
     config = build_config("WMF", "ml-100k", config_dict=cfg)
@@ -633,7 +631,7 @@ def test_recbole_load_data_and_model_refuses_crafted_pickle(tmp_path, in_tmp, mo
         load_data_and_model(str(path))
     assert not marker.exists()
     monkeypatch.setenv(compat.TRUST_ENV, "1")
-    with pytest.raises(Exception):  # the payload ran; what it returned is no checkpoint
+    with pytest.raises(Exception):  # noqa: B017 - the payload ran; what it returned is no checkpoint
         load_data_and_model(str(path))
     assert marker.exists()
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import run_python
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
 from recbole_unrank import pipeline
 from recbole_unrank.request import split_train
 from recbole_unrank.synthetic import generate_interactions, write_atomic
-
-from conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "run_unrank.py"

@@ -8,7 +8,8 @@ from conftest import prepared_run
 from torch import nn
 
 from recbole_unrank.adapters import get_adapter
-from recbole_unrank.checkpoints import load_unlearned, save_checkpoint
+from recbole_unrank.api import load_unlearned
+from recbole_unrank.checkpoints import save_checkpoint
 from recbole_unrank.device import config_device, model_device, move_tensor_attributes
 from recbole_unrank.methods import METHODS
 

@@ -4,8 +4,8 @@ gives the rows the pipeline writes, without the orchestration around it."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import prepared_run
+
 from recbole_unrank.evaluator import Evaluator
 
 

@@ -18,8 +18,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import make_tiny_config
+
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.errors import UnrankError

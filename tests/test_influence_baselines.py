@@ -18,7 +18,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from recbole.model.general_recommender import BPR
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)

@@ -27,7 +27,8 @@ import pytest
 from conftest import DATA_PATH, REPO_ROOT, subprocess_env
 
 from recbole_unrank import pipeline
-from recbole_unrank.checkpoints import forgotten_rows, load_unlearned, read_checkpoint
+from recbole_unrank.api import load_unlearned
+from recbole_unrank.checkpoints import forgotten_rows, read_checkpoint
 from recbole_unrank.cli import main_stream
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.journal import (

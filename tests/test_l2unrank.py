@@ -9,13 +9,12 @@ import copy
 
 import numpy as np
 import pytest
-
-from recbole_unrank.data import method_valid
 import torch
-
 from conftest import make_tiny_config
+
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import LightGCNAdapter, get_adapter
+from recbole_unrank.data import method_valid
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS

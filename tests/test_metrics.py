@@ -7,9 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-import recbole_unrank  # noqa: F401  (compat patches before RecBole)
-import recbole_unrank.metrics as M
+from conftest import DATA_PATH as _DATA_PATH
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.data.dataloader import FullSortEvalDataLoader
@@ -18,7 +16,8 @@ from recbole.evaluator import Evaluator, metric_types, smaller_metrics
 from recbole.model.general_recommender import BPR
 from recbole.sampler import Sampler
 
-from conftest import DATA_PATH as _DATA_PATH
+import recbole_unrank  # noqa: F401  (compat patches before RecBole)
+import recbole_unrank.metrics as M
 from recbole_unrank.config import UnrankConfig
 
 DATA_PATH = str(_DATA_PATH)

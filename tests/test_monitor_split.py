@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import base_config_dict, prepared_run
+
 from recbole_unrank import pipeline
 from recbole_unrank.data import method_valid, monitor_valid, split_valid
 from recbole_unrank.errors import UnrankError

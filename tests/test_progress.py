@@ -7,8 +7,8 @@ import io
 import sys
 
 import pytest
-
 from conftest import prepared_run
+
 from recbole_unrank import pipeline
 from recbole_unrank.methods import METHODS
 from recbole_unrank.progress import bars_shown, progress

@@ -17,10 +17,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from conftest import make_tiny_config
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.methods import METHODS, UnlearnTask
@@ -169,9 +169,7 @@ def test_lightgcn_local_propagation_equals_full_propagation(originals, low_rank,
     from recbole.data.interaction import Interaction
 
     from recbole_unrank.adapters import normalized_adjacency
-    from recbole_unrank.adapters.lightgcn import live_edges
-
-    from recbole_unrank.adapters.lightgcn import LocalGraph
+    from recbole_unrank.adapters.lightgcn import LocalGraph, live_edges
 
     monkeypatch.setattr(LocalGraph, "WIDE_SHARE", wide_share)  # gathered or one CSR product
     if low_rank is False:  # the direct path (taken when |T| >= d) must agree as well

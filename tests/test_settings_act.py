@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import base_config_dict, prepared_run
 
 from recbole_unrank import pipeline
 from recbole_unrank.config import build_config, unrank_defaults
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS
-from conftest import base_config_dict, prepared_run
 
 # Keys that configure something other than one method's update, and why.
 NOT_METHOD_SETTINGS = {

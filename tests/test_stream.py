@@ -14,8 +14,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from test_scale_paths import _trained
+
 from recbole_unrank import metrics, pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.errors import UnrankError
@@ -28,7 +28,6 @@ from recbole_unrank.stream import (
     score_auc,
     user_ndcg,
 )
-
 
 TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}  # the tiny file has timestamps
 

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import DATA_PATH, REPO_ROOT, subprocess_env
 
 from recbole_unrank import suite

@@ -22,9 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from recbole.data.interaction import Interaction
+from torch import nn
 
 from recbole_unrank.device import model_device, move_tensor_attributes
 from recbole_unrank.models import extras as _extras

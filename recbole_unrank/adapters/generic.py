@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from recbole.data.interaction import Interaction
 from recbole.utils import InputType
+from torch import nn
 
 from recbole_unrank.adapters.base import AdapterError, ModelAdapter
 

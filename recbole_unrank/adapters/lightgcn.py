@@ -513,7 +513,7 @@ class LightGCNAdapter(ModelAdapter):
         if getattr(m, "require_pow", False):
             return TrainingLoss("logsig", pairwise=True, reg_user=reg / 2, reg_item=reg / 2,
                                 note="BPR + L2 (require_pow), summed")
-        U, I = m.user_embedding.weight, m.item_embedding.weight
+        U, I = m.user_embedding.weight, m.item_embedding.weight  # noqa: E741 (users, items)
         mu = float(U[users].pow(2).sum(1).mean()) if users.numel() else 1.0
         mi = float(I[items].pow(2).sum(1).mean()) if items.numel() else 1.0
         b = max(1, int(batch_size))

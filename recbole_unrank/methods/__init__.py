@@ -8,7 +8,7 @@ from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, Unlearn
 from recbole_unrank.methods.finetune import FineTune, NegGrad
 from recbole_unrank.methods.influence_baselines import BASELINES
 from recbole_unrank.methods.l2unrank import VARIANTS, L2UnRank, L2UnRankPaper
-from recbole_unrank.methods.partition import RecEraser, ShardEnsemble, SISA
+from recbole_unrank.methods.partition import SISA, RecEraser, ShardEnsemble
 from recbole_unrank.methods.pipeline import InfluencePipeline, Steps, declare
 from recbole_unrank.methods.retrain import Retrain
 from recbole_unrank.methods.twosided import TwoSided

@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
-
 from recbole.utils import init_seed
+from torch import nn
 
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.device import model_device

@@ -15,7 +15,7 @@ import sys
 
 from recbole.utils import get_model as _recbole_get_model
 
-from recbole_unrank.models import wmf
+from recbole_unrank.models import wmf  # noqa: F401 (registers WMF where RecBole looks)
 from recbole_unrank.models.ensemble import ShardEnsemble
 from recbole_unrank.models.neumf_scoring import install_full_sort_predict
 from recbole_unrank.models.wmf import WMF

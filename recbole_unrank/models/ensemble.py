@@ -13,10 +13,9 @@ name the sub-models' class and count, and RecBole's ``Trainer.evaluate`` scores 
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
+from torch import nn
 
 from recbole_unrank.models.extras import checkpoint_extras, load_extras
 

@@ -18,11 +18,10 @@ Memory is O((users + items) x dim).
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
+from torch import nn
 
 __all__ = ["WMF"]
 

@@ -32,11 +32,18 @@ files), :mod:`~recbole_unrank.tuning.job` (the whole job, :func:`tune_unrank`).
 """
 
 from recbole_unrank.tuning.job import TuneResult, prepare_search, tune_unrank
-from recbole_unrank.tuning.objective import (ERROR_LOSS, INFEASIBLE_LOSS, TIE_WEIGHT, Objective,
-                                             check_design_seed)
+from recbole_unrank.tuning.objective import ERROR_LOSS, INFEASIBLE_LOSS, TIE_WEIGHT, Objective, check_design_seed
 from recbole_unrank.tuning.search import TuneSearch
-from recbole_unrank.tuning.space import (ALGOS, DISTRIBUTIONS, TOOLS, ParamSpec, SearchOptions, hyperopt_params_dict,
-                                         ray_param_space, read_params_file)
+from recbole_unrank.tuning.space import (
+                                             ALGOS,
+                                             DISTRIBUTIONS,
+                                             TOOLS,
+                                             ParamSpec,
+                                             SearchOptions,
+                                             hyperopt_params_dict,
+                                             ray_param_space,
+                                             read_params_file,
+)
 
 __all__ = [
     "ParamSpec",

@@ -8,8 +8,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from recbole_unrank import compat  # noqa: F401  (before RecBole)
-from recbole_unrank import pipeline
+from recbole_unrank import (
+    compat,  # noqa: F401  (before RecBole)
+    pipeline,
+)
 from recbole_unrank.config import given_as
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS

@@ -75,8 +75,9 @@ def _trainable(config: dict, blob: bytes | None = None) -> None:
     """Ray Tune function trainable: one trial on the search prepared by the driver."""
     import hashlib
 
-    from recbole_unrank import compat  # noqa: F401  (inside the worker, before RecBole is unpickled)
     from ray.air import session
+
+    from recbole_unrank import compat  # noqa: F401  (inside the worker, before RecBole is unpickled)
 
     key = hashlib.sha1(blob).hexdigest()
     search = _WORKER_CACHE.get(key)

@@ -35,7 +35,7 @@ def test_bar_needs_the_setting_and_a_terminal(monkeypatch):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A prepared WMF run on tiny with its original trained."""
-    return prepared_run(tmp_path_factory.mktemp("progress"), "WMF", unrank_shards=2)
+    return prepared_run(tmp_path_factory.mktemp("progress"), "WMF")
 
 
 @pytest.mark.parametrize("method, settings, desc", [

@@ -52,6 +52,9 @@ NOT_METHOD_SETTINGS = {
 
 # A valid value other than the default for every method setting.
 VALUES = {
+    "unrank_twosided_hops": 1,
+    "unrank_twosided_sweeps": 2,
+    "unrank_twosided_tol": 0.1,
     "unrank_hops": 2,
     "unrank_scope_cap": 5,
     "unrank_update": "all",

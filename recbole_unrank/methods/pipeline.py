@@ -489,7 +489,7 @@ class InfluencePipeline(UnlearningMethod):
             res = ((H + damping * eye) @ delta.unsqueeze(-1)).squeeze(-1) - g
             rel = float(res.norm() / g.norm().clamp(min=1e-30))
             info["solve"] = {"method": "block", "iters": 1, "rel_residual": rel, "converged": rel < BLOCK_RESIDUAL_TOL}
-            if not rel < BLOCK_RESIDUAL_TOL:  # nothing is applied yet: the model is as it was
+            if math.isfinite(rel) and not rel < BLOCK_RESIDUAL_TOL:  # nothing applied yet; NaN: refused below
                 raise UnrankError(
                     f"{self.name}: the user-block solve's relative residual {rel:.3g} is above "
                     f"{BLOCK_RESIDUAL_TOL:g} (ill-conditioned blocks); the step is refused: raise unrank_damping")

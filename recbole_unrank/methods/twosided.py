@@ -313,7 +313,7 @@ class TwoSided(UnlearningMethod):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        s = {k: kwargs.get(k) for k in self.settings}
+        s = {k: self.kwargs.get(k) for k in self.settings}
         for k, v in s.items():
             if v is None:
                 raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")

@@ -426,8 +426,10 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
     torch.set_num_threads(1)
     config = _config(spec, req.model, req.train_seed, req, out)
     # unrank_* keys do not enter an original's key: the request's config gives the same one
+    # the key train_original computed: from the config without the request (the same function
+    # and inputs, so a worker process finds the file another one wrote)
     original_path = _model_path(spec.cache_dir, req.model, spec.dataset, req.train_seed,
-                                key=model_cache_key(spec, req.model, config))
+                                key=model_cache_key(spec, req.model, _config(spec, req.model, req.train_seed, None, out)))
     run, ckpt = prepare_run(config, original_path, methods=sorted({c.method for c in cells} | {"retrain"}))
     run.prepare_original(ckpt, original_path)
     base = {"request": req.__dict__, "dataset": spec.dataset, "request_summary": run.request.summary()}

@@ -21,6 +21,8 @@ from recbole_unrank.methods import METHODS
 
 # floor 0: the step search itself reads the validation items (on tiny the floor alone meets
 # every target); floor 100: the guard (0.98) binds and reads the validation NDCG
+NOISE = 1e-5  # run-to-run rounding bound for the parameters of one update (float32, threaded BLAS)
+
 SETTINGS = [
     ("l2unrank", {"step_floor": 0.0}),
     ("l2unrank", {"step_floor": 100.0}),
@@ -85,8 +87,10 @@ def test_changing_the_monitor_part_changes_no_update(runs, method, settings):
         after = _update(run, method, settings)
     finally:
         run.data.monitor_valid_ds = saved
-    for k in before:  # the same inputs to the update: the same parameters (up to threaded BLAS rounding)
-        torch.testing.assert_close(after[k], before[k], rtol=1e-5, atol=1e-7, msg=k)
+    for k in before:  # the same inputs: the same parameters, up to the float32 CG's threaded-reduction
+        # noise (seen up to 3e-7 between identical runs); a change of the method part moves them by
+        # more than 1e-2 (the counterpart test), so NOISE sits far from both
+        torch.testing.assert_close(after[k], before[k], rtol=0.0, atol=NOISE, msg=k)
 
 
 @pytest.mark.parametrize("method,settings", SETTINGS)
@@ -99,7 +103,7 @@ def test_changing_the_method_part_changes_the_calibrated_update(runs, method, se
         after = _update(run, method, settings)
     finally:
         run.data.method_valid_ds = saved
-    assert any(not torch.allclose(before[k], after[k]) for k in before)
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 100 * NOISE
 
 
 def test_the_monitors_read_the_monitor_part(runs):

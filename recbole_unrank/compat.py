@@ -60,7 +60,7 @@ def _recbole_torch_load(f, *args, **kwargs):
     ``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint``, NeuMF pre-training),
     and torch's weights-only unpickler cannot read pickle protocol 4, which RecBole writes.
     Calls made from RecBole's or this package's code without ``weights_only`` unpickle through
-    :class:`recbole_unrank.checkpoints.RestrictedUnpickler` (the types a RecBole checkpoint
+    :class:`recbole_unrank.unpickle.RestrictedUnpickler` (the types a RecBole checkpoint
     holds; anything else is refused before it runs), or fully with ``RECBOLE_UNRANK_TRUST_
     CHECKPOINTS=1``; every other caller keeps torch's own default."""
     if "weights_only" not in kwargs:

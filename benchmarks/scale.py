@@ -477,7 +477,8 @@ def _request_growth(requests: Requests, spec: dict, out: dict) -> None:
 
 # --------------------------------------------------------------------------- successive
 def _evaluate(config, data, model, retained, forgotten, reference=None):
-    from recbole_unrank import metrics, pipeline
+    from recbole_unrank import pipeline
+    from recbole_unrank.evaluation import metrics
 
     _, _, test = pipeline.make_loaders(config, data, retained)
     res, _ = metrics.evaluate_loader(model, test, ["NDCG", "Recall"], [10, 20])

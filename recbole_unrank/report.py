@@ -109,7 +109,7 @@ def ranks_csv(run) -> str:
     ds = run.data.dataset
     u_tok = ds.id2token(ds.uid_field, keys // n_items)
     i_tok = ds.id2token(ds.iid_field, keys % n_items)
-    from recbole_unrank.measures import align_ranks
+    from recbole_unrank.evaluation.measures import align_ranks
 
     cols = [align_ranks(r["ranks"]["keys"], r["ranks"]["ranks"], keys) for r in rows]
     buf = io.StringIO()

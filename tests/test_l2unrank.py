@@ -16,10 +16,10 @@ from recbole_unrank import pipeline
 from recbole_unrank.adapters import LightGCNAdapter, get_adapter
 from recbole_unrank.data import method_valid
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.evaluation.metrics import pair_ranks
 from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS
 from recbole_unrank.methods.l2unrank import VARIANTS
-from recbole_unrank.metrics import pair_ranks
 
 MODELS = ["WMF", "NeuMF", "LightGCN"]
 

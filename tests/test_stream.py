@@ -16,9 +16,10 @@ import pytest
 import torch
 from test_scale_paths import _trained
 
-from recbole_unrank import metrics, pipeline
+from recbole_unrank import pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.evaluation import metrics
 from recbole_unrank.methods import METHODS
 from recbole_unrank.stream import (
     RequestStream,

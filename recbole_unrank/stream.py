@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.adapters.lightgcn_graph import forget_local_graph
 from recbole_unrank.data import method_valid, monitor_valid
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.evaluation.audit import auc
@@ -199,8 +200,7 @@ def _model_snapshot(model):
             model.load_state_dict(state)
         for k, v in attrs.items():
             setattr(model, k, v)
-        if getattr(model, "_unrank_local", None) is not None:
-            model._unrank_local = None
+        forget_local_graph(model)
         try:
             get_adapter(model).invalidate()
         except AdapterError:  # a model without an adapter has no caches of ours

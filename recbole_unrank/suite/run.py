@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 
@@ -296,11 +297,21 @@ def forget_cells(spec: SuiteSpec, requests, methods: list[str]) -> int:
     return n
 
 
+def _as_plain_process() -> None:
+    """A Ray worker's command line is Ray's (``--gcs-address=...``, ``--startup-token=...``), and
+    RecBole's ``Config`` reads the command line as settings: each worker's config would hold
+    its own values of them, so a model's cache key (:func:`model_cache_key`) would differ
+    between the worker that trains an original and the one that looks it up. Dropped here."""
+    del sys.argv[1:]
+
+
 def _ray_original(spec, model, tseed, out):
+    _as_plain_process()
     return train_original(spec, model, tseed, out)
 
 
 def _ray_request(spec, req, cells, out, _deps=None):
+    _as_plain_process()
     return run_request(spec, req, cells, out)
 
 

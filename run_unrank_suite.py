@@ -6,7 +6,7 @@
     python run_unrank_suite.py --config_files config/suite/ml100k.yaml --summarise_only
 
 The grid (models x tasks x ratios x user selections x request seeds x methods) and its output
-folder come from the YAML (see recbole_unrank/suite.py). Each finished cell is recorded at once,
+folder come from the YAML (see recbole_unrank/suite/). Each finished cell is recorded at once,
 atomically: rerunning the same command skips finished cells. The output folder is the last line.
 """
 
@@ -61,7 +61,7 @@ def main(argv=None) -> None:
             path = os.path.join(spec.output_dir, "cells")
             if not os.path.isdir(path):
                 raise UnrankError(f"no {path} yet: run the suite first")
-            record = suite._write_suite_json(spec, requests, spec.output_dir)
+            record = suite.write_suite_json(spec, requests, spec.output_dir)
             suite.summarise(spec, record, spec.output_dir)
         else:
             suite.run_suite(spec, tool=args.tool, num_cpus=args.num_cpus, address=args.address,

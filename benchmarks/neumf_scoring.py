@@ -3,7 +3,7 @@
     python benchmarks/neumf_scoring.py [--checkpoint benchmarks/out/originals/NeuMF-ml-100k.pth]
 
 Loads a NeuMF checkpoint (or trains a short one on ml-100k if it is missing), evaluates the
-test split with ``recbole_unrank.metrics.evaluate_loader`` through each path, alternating them
+test split with ``recbole_unrank.evaluation.metrics.evaluate_loader`` through each path, alternating them
 ``--repeats`` times in one process, and writes benchmarks/results/neumf_scoring.{md,json}:
 median seconds of each, their ratio, and whether the metrics agree.
 """
@@ -24,7 +24,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import recbole_unrank  # noqa: E402,F401
-from recbole_unrank import metrics, pipeline  # noqa: E402
+from recbole_unrank import pipeline  # noqa: E402
+from recbole_unrank.evaluation import metrics  # noqa: E402
 from recbole_unrank.models.neumf_scoring import neumf_full_sort_predict  # noqa: E402
 from recbole_unrank.report import write_text  # noqa: E402
 from recbole_unrank.tables import fmt, md_table  # noqa: E402

@@ -291,20 +291,12 @@ def _rows_by_user(ds):
 def _neighbourhood_share(model, pairs):
     """LightGCN with a prepared graph: the share of the adjacency's entries in the rows of the
     request endpoints' neighbours (what an exact update of the second layer must cross)."""
-    import torch
+    from recbole_unrank.adapters.lightgcn_graph import local_graph
 
-    from recbole_unrank.adapters.lightgcn import _row_entries
-
-    st = getattr(model, "_unrank_local", None)
+    st = local_graph(model)
     if st is None:
         return None
-    dev = st.crow.device  # every index lives where the graph does (a CUDA graph on a GPU run)
-    u = torch.as_tensor(pairs[0], dtype=torch.long, device=dev)
-    i = torch.as_tensor(pairs[1], dtype=torch.long, device=dev) + st.n_users
-    t = torch.unique(torch.cat((u, i)))
-    pos, _ = _row_entries(st.crow, t)
-    nb = torch.unique(st.adj._indices()[1][pos])
-    return int((st.crow[nb + 1] - st.crow[nb]).sum()) / max(1, st.adj._nnz())
+    return st.neighbour_share(pairs[0], pairs[1])
 
 
 def _cuda_sync(config):
@@ -477,7 +469,8 @@ def _request_growth(requests: Requests, spec: dict, out: dict) -> None:
 
 # --------------------------------------------------------------------------- successive
 def _evaluate(config, data, model, retained, forgotten, reference=None):
-    from recbole_unrank import metrics, pipeline
+    from recbole_unrank import pipeline
+    from recbole_unrank.evaluation import metrics
 
     _, _, test = pipeline.make_loaders(config, data, retained)
     res, _ = metrics.evaluate_loader(model, test, ["NDCG", "Recall"], [10, 20])

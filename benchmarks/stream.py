@@ -20,7 +20,7 @@ users; for every earlier request's pairs, the share ranked within the top 10 now
 (forget_hit@10) and the share that came back there after leaving it with its own request; a
 plain score AUC of the forgotten pairs against the same users' test pairs (``score_auc``);
 time per request. At the retraining points, the MIA audit of DESIGN.md section 4
-(``recbole_unrank.measures``, attack fitted on that retraining) for the stream's model, the
+(``recbole_unrank.evaluation.audit``, attack fitted on that retraining) for the stream's model, the
 original and the retraining.
 At three points (a third, two thirds, the end) one retraining without all requests so far
 (same config, seed and epoch budget) gives the same measures. Rerunning the same command skips
@@ -122,8 +122,9 @@ def _measures(stream, model, data, config) -> dict:
     """Utility and forgetting of ``model`` after the requests applied to ``stream`` so far."""
     import numpy as np
 
-    from recbole_unrank import metrics, pipeline
+    from recbole_unrank import pipeline
     from recbole_unrank.adapters import get_adapter
+    from recbole_unrank.evaluation import metrics
     from recbole_unrank.stream import pair_ranks, score_auc, user_ndcg
 
     _, _, test = pipeline.make_loaders(config, data, stream.retained_ds())
@@ -147,23 +148,23 @@ def _measures(stream, model, data, config) -> dict:
 
 
 def _audit(stream, data, models: dict, retrained, seed: int) -> dict:
-    """The MIA audit of DESIGN.md section 4 (``recbole_unrank.measures``): an attack fitted on
+    """The MIA audit of DESIGN.md section 4 (``recbole_unrank.evaluation.audit``): an attack fitted on
     ``retrained`` (members: retained train pairs, non-members: test pairs, of users outside the
     requests), its AUC on every forgotten pair against as many of the same users' test pairs,
     under each model of ``models``; with the plain score AUC on the same pairs."""
     import torch
 
-    from recbole_unrank import measures
+    from recbole_unrank.evaluation.audit import Auditor, fit_attack
     from recbole_unrank.pipeline import score_users
 
     train = data.train_ds
     forget_ds = train.copy(train.inter_feat[torch.as_tensor(stream.forgotten_rows())])
-    auditor = measures.Auditor(stream.retained_ds(), forget_ds, data.test_ds, score_users, seed=seed)
+    auditor = Auditor(stream.retained_ds(), forget_ds, data.test_ds, score_users, seed=seed)
     ref = auditor.probe(retrained, with_attack_data=True)
-    attack = measures.fit_attack(ref.members, ref.non_members, seed=seed)
-    out = {"retrain": measures.Auditor.measures(ref, attack)}
+    attack = fit_attack(ref.members, ref.non_members, seed=seed)
+    out = {"retrain": Auditor.measures(ref, attack)}
     for name, model in models.items():
-        out[name] = measures.Auditor.measures(auditor.probe(model), attack)
+        out[name] = Auditor.measures(auditor.probe(model), attack)
     return out
 
 

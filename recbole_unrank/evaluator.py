@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from recbole_unrank import measures
-from recbole_unrank import metrics as unrank_metrics
 from recbole_unrank.data import Data, make_forget_loader, make_loaders, make_monitor_loader, request_seed
 from recbole_unrank.device import model_device
+from recbole_unrank.evaluation import measures
+from recbole_unrank.evaluation import metrics as unrank_metrics
+from recbole_unrank.evaluation.audit import Auditor, fit_attack
 from recbole_unrank.request import ForgetRequest
 
 __all__ = ["Evaluator", "REFERENCE_METRICS", "score_users", "log_row"]
@@ -103,9 +104,9 @@ class Evaluator:
 
     # ----------------------------------------------------------------- beyond rank
     @property
-    def auditor(self) -> measures.Auditor:
+    def auditor(self) -> Auditor:
         if getattr(self, "_auditor", None) is None:
-            self._auditor = measures.Auditor(
+            self._auditor = Auditor(
                 self.retain_ds, self.forget_ds, self.data.test_ds, score_users,
                 seed=request_seed(self.config),
             )
@@ -146,9 +147,9 @@ class Evaluator:
             retrain = next((r for r in self.rows if r["method"] == "retrain"), None)
             p = retrain.get("_probe") if retrain is not None else None
             if p is not None and len(p.members) and len(p.non_members):
-                self._attack = measures.fit_attack(p.members, p.non_members, seed=request_seed(self.config))
+                self._attack = fit_attack(p.members, p.non_members, seed=request_seed(self.config))
         probe = row.pop("_probe")
-        audit = measures.Auditor.measures(probe, getattr(self, "_attack", None))
+        audit = Auditor.measures(probe, getattr(self, "_attack", None))
         ref = getattr(self, "retrain_ranks", None)
         if ref is not None and "ranks" in row:
             aligned = measures.align_ranks(row["ranks"]["keys"], row["ranks"]["ranks"], ref["keys"])
@@ -188,7 +189,7 @@ def score_users(model, users) -> torch.Tensor:
             scores = model.full_sort_predict(inter)
         except NotImplementedError:
             items = torch.arange(model.n_items, device=device)
-            scores = unrank_metrics._predict_all_items(
+            scores = unrank_metrics.predict_all_items(
                 model, Interaction({model.USER_ID: users}), Interaction({model.ITEM_ID: items}),
                 model.n_items, 1 << 20)
     return scores.reshape(users.numel(), -1)

@@ -20,8 +20,8 @@ from recbole_unrank.hooks import pause_point  # noqa: F401  (report.pause_point 
 from recbole_unrank.request import write_request_file
 from recbole_unrank.tables import fmt, md_table  # noqa: F401  (fmt: report.fmt for callers)
 
-__all__ = ["pause_point", "write_all", "results_record", "markdown_table", "flat_rows", "write_text", "ranks_csv",
-           "effective_settings"]
+__all__ = ["pause_point", "write_all", "plain", "results_record", "markdown_table", "flat_rows", "write_text",
+           "ranks_csv", "effective_settings"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -64,11 +64,12 @@ def write_text(path: str, text: str) -> str:
     return atomic_write(path, write)
 
 
-def _plain(value):
+def plain(value):
+    """``value`` with numpy scalars and arrays made plain Python (for JSON), dicts and lists walked."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -85,14 +86,14 @@ def results_record(run) -> dict:
         if (retrain_time and row["method"] not in ("original", "retrain") and not row.get("reference")
                 and row.get("status") != "failed" and row["time_s"] > 0):
             row["speedup"] = retrain_time / row["time_s"]
-        rows.append(_plain(row))
+        rows.append(plain(row))
     return {
         "model": cfg["model"],
         "dataset": cfg["dataset"],
         "seed": int(cfg["seed"]),
         "request_seed": request_seed(run.config),
         "request": run.request.summary(),
-        "original": _plain({k: v for k, v in run.original_info.items()}),
+        "original": plain({k: v for k, v in run.original_info.items()}),
         "rows": rows,
     }
 
@@ -108,7 +109,7 @@ def ranks_csv(run) -> str:
     ds = run.data.dataset
     u_tok = ds.id2token(ds.uid_field, keys // n_items)
     i_tok = ds.id2token(ds.iid_field, keys % n_items)
-    from recbole_unrank.measures import align_ranks
+    from recbole_unrank.evaluation.measures import align_ranks
 
     cols = [align_ranks(r["ranks"]["keys"], r["ranks"]["ranks"], keys) for r in rows]
     buf = io.StringIO()

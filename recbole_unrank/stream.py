@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from recbole_unrank.adapters import AdapterError, get_adapter
+from recbole_unrank.adapters.lightgcn_graph import forget_local_graph
 from recbole_unrank.data import method_valid, monitor_valid
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.evaluation.audit import auc
 from recbole_unrank.influence import RankProbe
 from recbole_unrank.methods import METHODS, UnlearnTask
 from recbole_unrank.request import request_from_pairs
@@ -131,20 +133,12 @@ def pair_ranks(adapter, pairs: tuple, history: tuple, chunk: int = 256) -> tuple
 
 
 def score_auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counting one half (Mann-Whitney)."""
+    """P(score of a positive > score of a negative), ties counting one half (Mann-Whitney):
+    the package's one AUC (:func:`recbole_unrank.evaluation.audit.auc`), NaN when a side is empty."""
     positive, negative = np.asarray(positive, float), np.asarray(negative, float)
     if positive.size == 0 or negative.size == 0:
         return float("nan")
-    both = np.concatenate((positive, negative))
-    order = np.argsort(both, kind="mergesort")
-    ranks = np.empty(both.size)
-    sorted_vals = both[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    r_pos = ranks[: positive.size].sum()
-    return float((r_pos - positive.size * (positive.size + 1) / 2.0) / (positive.size * negative.size))
+    return auc(positive, negative)
 
 
 def recent_requests(train_ds, n: int, per_request: int, seed: int, time_field: str | None = None,
@@ -206,8 +200,7 @@ def _model_snapshot(model):
             model.load_state_dict(state)
         for k, v in attrs.items():
             setattr(model, k, v)
-        if getattr(model, "_unrank_local", None) is not None:
-            model._unrank_local = None
+        forget_local_graph(model)
         try:
             get_adapter(model).invalidate()
         except AdapterError:  # a model without an adapter has no caches of ours

@@ -24,9 +24,9 @@ import recbole_unrank  # noqa: F401  (compat patches before RecBole)
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import GenericAdapter, get_adapter, normalized_adjacency
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.influence.neighbourhood import collaborative_users, khop_importance
 from recbole_unrank.methods import METHODS
 from recbole_unrank.methods.objective import Objective
-from recbole_unrank.methods.pipeline import collaborative_users, khop_importance
 from recbole_unrank.request import sample_request, split_train
 
 MODELS = ["WMF", "NeuMF", "LightGCN"]

@@ -1,4 +1,5 @@
-"""Measures beyond rank: hand-made arrays with known answers, then the tiny dataset."""
+"""Measures beyond rank and the audit (recbole_unrank.evaluation): hand-made arrays with known
+answers, then the tiny dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_unrank import measures
+from recbole_unrank.evaluation import audit, measures
 
 
 # ------------------------------------------------------------------ per-user utility
@@ -55,29 +56,65 @@ def test_retrain_agreement_by_hand():
 # ------------------------------------------------------------------ AUC and the audit
 def test_auc_identical_is_half_and_separable_is_one():
     x = np.arange(50.0)
-    assert measures.auc(x, x) == pytest.approx(0.5)
-    assert measures.auc(x + 100, x) == pytest.approx(1.0)
-    assert measures.auc(x, x + 100) == pytest.approx(0.0)
-    assert measures.auc([1, 2], [1.5]) == pytest.approx(0.5)
+    assert audit.auc(x, x) == pytest.approx(0.5)
+    assert audit.auc(x + 100, x) == pytest.approx(1.0)
+    assert audit.auc(x, x + 100) == pytest.approx(0.0)
+    assert audit.auc([1, 2], [1.5]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_auc_agrees_with_sklearn_roc_auc(tied):
+    # roc_auc_score counts a tied (positive, negative) pair one half, as auc must; integer
+    # scores from a range of 6 give many ties, uniform floats none. Both are sums of halves
+    # divided by n_pos * n_neg (float64), so 1e-12 leaves room only for the division.
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    for n_pos, n_neg in [(1, 1), (3, 40), (57, 23), (200, 300)]:
+        if tied:
+            pos, neg = rng.integers(0, 6, n_pos).astype(float), rng.integers(1, 7, n_neg).astype(float)
+        else:
+            pos, neg = rng.normal(0.3, 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)
+        labels = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+        if tied and n_pos > 1:  # the arrays must really hold ties between the two sides
+            assert np.intersect1d(pos, neg).size
+        assert audit.auc(pos, neg) == pytest.approx(roc_auc_score(labels, np.r_[pos, neg]), abs=1e-12)
+    # all tied: one half, whatever the sizes
+    assert audit.auc(np.ones(4), np.ones(9)) == pytest.approx(0.5, abs=1e-12)
+    with pytest.raises(ValueError):
+        audit.auc([], [1.0])
+
+
+def test_one_auc_the_stream_and_old_names_use_it():
+    from recbole_unrank import measures as old_measures
+    from recbole_unrank import metrics as old_metrics
+    from recbole_unrank.evaluation import metrics
+    from recbole_unrank.stream import score_auc
+
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 4, 30).astype(float), rng.integers(0, 4, 50).astype(float)
+    assert score_auc(pos, neg) == audit.auc(pos, neg)  # the same function's result, to the bit
+    assert old_measures.auc is audit.auc and old_measures.retrain_agreement is measures.retrain_agreement
+    assert old_metrics.evaluate_loader is metrics.evaluate_loader
 
 
 def test_mia_audit_known_answers():
     rng = np.random.default_rng(0)
     members = rng.normal(1.0, 1.0, size=(500, 3))
     non_members = rng.normal(-1.0, 1.0, size=(500, 3))
-    attack = measures.fit_attack(members, non_members)
+    attack = audit.fit_attack(members, non_members)
     same = rng.normal(0.0, 1.0, size=(2000, 3))
     # identical distributions of forget and test features: about 0.5
-    assert measures.mia_audit(attack, same[:1000], same[1000:]) == pytest.approx(0.5, abs=0.05)
+    assert audit.mia_audit(attack, same[:1000], same[1000:]) == pytest.approx(0.5, abs=0.05)
     # forget pairs look like members, test pairs like non-members, and far apart: 1.0
-    assert measures.mia_audit(attack, members + 10, non_members - 10) == pytest.approx(1.0)
-    assert measures.mia_audit(attack, non_members - 10, members + 10) == pytest.approx(0.0)
+    assert audit.mia_audit(attack, members + 10, non_members - 10) == pytest.approx(1.0)
+    assert audit.mia_audit(attack, non_members - 10, members + 10) == pytest.approx(0.0)
 
 
 def test_pair_features_rank_skips_history_and_the_pair_itself():
     scores = np.array([[0.0, 5.0, 4.0, 3.0, 2.0]])
     history = np.array([[True, True, False, False, False]])  # item 1 is retained history
-    feats = measures.pair_features(scores, history, [0, 0, 0], [3, 1, 2])
+    feats = audit.pair_features(scores, history, [0, 0, 0], [3, 1, 2])
     # item 3 (3.0): only item 2 (4.0) competes above it -> rank 2; item 1 (5.0, in history): 1
     assert np.exp(feats[:, 1]).round().tolist() == [2.0, 1.0, 1.0]
     assert feats[:, 0].tolist() == [3.0, 5.0, 4.0]
@@ -88,7 +125,7 @@ def test_pair_features_rank_skips_history_and_the_pair_itself():
 
 def test_equal_sample():
     rng = np.random.default_rng(0)
-    a, b = measures.equal_sample(5, 3, rng)
+    a, b = audit.equal_sample(5, 3, rng)
     assert a.size == b.size == 3 and b.tolist() == [0, 1, 2] and len(set(a.tolist())) == 3
 
 
@@ -108,7 +145,7 @@ def tiny_run(tmp_path_factory):
 def test_request_users_and_fairness_come_from_the_same_test_ranks(tiny_run):
     run = tiny_run
     _, _, test_loader = run.loaders
-    from recbole_unrank import metrics as um
+    from recbole_unrank.evaluation import metrics as um
 
     res, pairs = um.evaluate_loader(run.original, test_loader, ["NDCG", "Recall"], [10], ties="against_pair")
     users, ndcg, recall = measures.per_user_ndcg_recall(pairs["keys"], pairs["ranks"],

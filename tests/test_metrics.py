@@ -1,4 +1,4 @@
-"""Tests of recbole_unrank.metrics: pure measures, RecBole registration, collector, masking."""
+"""Tests of recbole_unrank.evaluation.metrics: pure measures, RecBole registration, collector, masking."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from recbole.model.general_recommender import BPR
 from recbole.sampler import Sampler
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
-import recbole_unrank.metrics as M
 from recbole_unrank.config import UnrankConfig
+from recbole_unrank.evaluation import metrics as M
 
 DATA_PATH = str(_DATA_PATH)
 
@@ -432,7 +432,7 @@ def test_predict_fallback_matches_full_sort(tiny):
     items = tiny["train_ds"].get_item_feature()
     n_items = tiny["train_ds"].item_num
     with torch.no_grad():
-        chunked = M._predict_all_items(model, inter, items, n_items, chunk=7)
+        chunked = M.predict_all_items(model, inter, items, n_items, chunk=7)
         whole = model.full_sort_predict(inter)
     torch.testing.assert_close(chunked, whole)
 

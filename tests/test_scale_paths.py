@@ -110,9 +110,27 @@ def test_single_user_request_on_user_blocks_without_dense_users_x_items(original
     for p in result.model.parameters():
         assert torch.isfinite(p).all()
     if model_name == "LightGCN":  # the retained graph is in place: request edges gone
-        from recbole_unrank.adapters.lightgcn import live_edges
+        from recbole_unrank.adapters.lightgcn_graph import live_edges
 
         assert live_edges(result.model.norm_adj_matrix) == 2 * (len(data.train_ds.inter_feat) - len(request))
+
+
+def test_neighbour_share_by_hand():
+    """LocalGraph.neighbour_share (the scale benchmark's measure) on a graph counted by hand:
+    edges u0-i0, u0-i1, u1-i1, u2-i2 (8 directed entries; items are nodes 3..5). The request
+    edge u0-i0 has endpoints {0, 3}, whose neighbours are {0, 3, 4}; their rows hold 2 + 1 + 2
+    entries: 5 of 8."""
+    from torch import nn
+
+    from recbole_unrank.adapters.lightgcn_graph import LocalGraph, normalized_adjacency
+
+    model = nn.Module()
+    model.n_users, model.n_items = 3, 3
+    model.user_embedding, model.item_embedding = nn.Embedding(3, 2), nn.Embedding(3, 2)
+    model.norm_adj_matrix = normalized_adjacency(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2]), 3, 3)
+    st = LocalGraph(model, n_layers=2)
+    assert st.neighbour_share([0], [0]) == 5 / 8  # a ratio of small integers: exact in float64
+    assert st.neighbour_share([2], [2]) == 2 / 8  # u2-i2 is a component of its own
 
 
 def test_shape_log_catches_a_full_score_matrix(originals):
@@ -127,7 +145,7 @@ def test_shape_log_catches_a_full_score_matrix(originals):
 def test_lightgcn_edge_drop_equals_a_rebuild(originals):
     """The retained graph derived from the model's own graph (no sort) is the rebuilt one."""
     from recbole_unrank.adapters import normalized_adjacency
-    from recbole_unrank.adapters.lightgcn import drop_edges
+    from recbole_unrank.adapters.lightgcn_graph import drop_edges
 
     _, data, model = originals["LightGCN"]
     train = data.train_ds.inter_feat
@@ -169,7 +187,7 @@ def test_lightgcn_local_propagation_equals_full_propagation(originals, low_rank,
     from recbole.data.interaction import Interaction
 
     from recbole_unrank.adapters import normalized_adjacency
-    from recbole_unrank.adapters.lightgcn import LocalGraph, live_edges
+    from recbole_unrank.adapters.lightgcn_graph import LocalGraph, live_edges
 
     monkeypatch.setattr(LocalGraph, "WIDE_SHARE", wide_share)  # gathered or one CSR product
     if low_rank is False:  # the direct path (taken when |T| >= d) must agree as well

@@ -16,9 +16,10 @@ import pytest
 import torch
 from test_scale_paths import _trained
 
-from recbole_unrank import metrics, pipeline
+from recbole_unrank import pipeline
 from recbole_unrank.adapters import get_adapter
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.evaluation import metrics
 from recbole_unrank.methods import METHODS
 from recbole_unrank.stream import (
     RequestStream,
@@ -184,7 +185,7 @@ def test_lightgcn_stream_keeps_local_propagation_exact(lightgcn):
     """Five requests in a row on LightGCN: the graph is the retained one, the local state
     stays the same object (never rebuilt) and equals a full propagation."""
     from recbole_unrank.adapters import normalized_adjacency
-    from recbole_unrank.adapters.lightgcn import live_edges
+    from recbole_unrank.adapters.lightgcn_graph import live_edges
 
     config, data, model = lightgcn
     stream = _stream(config, data, model)

@@ -145,11 +145,11 @@ def test_summary_counts_converged_solves(serial_run):
     l2[1]["row"]["solve"] = {"converged": True, "rel_residual": 1e-6}
     rows = suite.summary_rows(rec)
     row = next(r for r in rows if r["method"] == "l2unrank" and r["task"] == "interaction")
-    assert suite._pm(row, "solve.converged") == "1/2"
+    assert suite.cell_text(row, "solve.converged") == "1/2"
     assert row["solve.rel_residual.mean"] == pytest.approx((0.8 + 1e-6) / 2)
     assert row["solve.converged.p"] is None  # how a method ran is not tested against retrain
     retrain = next(r for r in rows if r["method"] == "retrain" and r["task"] == "interaction")
-    assert suite._pm(retrain, "solve.converged") == "-"
+    assert suite.cell_text(retrain, "solve.converged") == "-"
     assert "| solved |" in suite.summary_markdown(rec, rows, suite.pooled_tests(rec))
 
 
@@ -238,7 +238,7 @@ def test_model_cache_key_follows_what_defines_the_model(tmp_path):
     out = spec.output_dir
 
     def key(spec, req=None):
-        return suite.model_cache_key(spec, "WMF", suite._config(spec, "WMF", 2020, req, out), req)
+        return suite.model_cache_key(spec, "WMF", suite.model_config(spec, "WMF", 2020, req, out), req)
 
     base = key(spec)
     assert key(spec) == base and len(base) == 16
@@ -256,7 +256,7 @@ def test_model_cache_key_follows_what_defines_the_model(tmp_path):
     conf.write_text("learning_rate: 0.01\n", encoding="utf-8")
     req_a, req_b = [r for r, _ in suite.plan(spec)][:2]
     # the original's key is the same from a request's config; a retrain's depends on its request
-    assert suite.model_cache_key(spec, "WMF", suite._config(spec, "WMF", 2020, req_a, out)) == base
+    assert suite.model_cache_key(spec, "WMF", suite.model_config(spec, "WMF", 2020, req_a, out)) == base
     assert len({base, key(spec, req_a), key(spec, req_b)}) == 3
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
-from recbole_unrank import metrics as M
 from recbole_unrank import pipeline
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.evaluation import metrics as M
 from recbole_unrank.methods import METHODS, UnlearnTask
 from recbole_unrank.methods.finetune import FineTune, NegGrad, use_training_data
 from recbole_unrank.methods.partition import (

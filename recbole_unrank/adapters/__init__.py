@@ -4,7 +4,8 @@ from torch import nn
 
 from recbole_unrank.adapters.base import AdapterError, ModelAdapter
 from recbole_unrank.adapters.generic import GenericAdapter
-from recbole_unrank.adapters.lightgcn import LightGCNAdapter, normalized_adjacency
+from recbole_unrank.adapters.lightgcn import LightGCNAdapter
+from recbole_unrank.adapters.lightgcn_graph import normalized_adjacency
 from recbole_unrank.adapters.mf import DotProductAdapter, NeuMFAdapter
 
 __all__ = [

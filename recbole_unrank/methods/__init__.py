@@ -1,6 +1,7 @@
 """Unlearning methods, by name (the values of ``unrank_method`` / ``unrank_methods``).
 
-Influence methods are declarations of one pipeline of steps (:mod:`.pipeline`):
+Influence methods are declarations of one pipeline of steps (:mod:`.pipeline`, which runs
+them; the steps in :mod:`.steps`, the settings that select and check them in :mod:`.settings`):
 L2UnRank's presets and ablations in :mod:`.l2unrank`, the baselines in
 :mod:`.influence_baselines`."""
 

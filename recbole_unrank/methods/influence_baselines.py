@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from recbole_unrank.methods.pipeline import CALIBRATION_SETTINGS, Steps, declare
+from recbole_unrank.methods.pipeline import declare
+from recbole_unrank.methods.settings import CALIBRATION_SETTINGS
+from recbole_unrank.methods.steps import Steps
 
 __all__ = ["BASELINES", "SOLVER_SETTINGS"]
 

@@ -19,7 +19,9 @@ Every ablation switches one step of ``l2unrank``.
 
 from __future__ import annotations
 
-from recbole_unrank.methods.pipeline import CALIBRATION_SETTINGS, Steps, declare
+from recbole_unrank.methods.pipeline import declare
+from recbole_unrank.methods.settings import CALIBRATION_SETTINGS
+from recbole_unrank.methods.steps import Steps
 
 __all__ = ["L2UNRANK_SETTINGS", "L2UnRank", "L2UnRankPaper", "VARIANTS"]
 

@@ -2,32 +2,11 @@
 
     rows -> scope -> weights -> curvature -> solve -> step size
 
-=============  ==============================================================================
-step           choices
-=============  ==============================================================================
-``rows``       the gradient ``g``: ``request`` (``grad L(D_t)``), ``request+context`` (the
-               paper: ``grad [L(D_t) + sum_{D_inf \\ D_t} w_ui l]``), ``retained`` (``-grad
-               L_r``: a Newton step on the retained loss of the request users, ``user_refit``)
-``scope``      the rows the curvature is taken over: ``hops`` (the paper's p-hop ``D_inf``),
-               ``all`` (``D``), ``retained`` (``D \\ D_t``), ``collaborative`` (SCIF: retained
-               rows of the request users and their co-interacting neighbours)
-``weights``    the paper's entity influence (structural, semantic, both, none) per scope row,
-               entering the gradient's context rows (``at = gradient``, the paper) or the
-               curvature (``at = curvature``)
-``params``     what moves: ``all`` parameters, ``blocks`` (each request user's own block
-               ``theta_u``), ``user_rows`` (the request users' rows of every user table,
-               SCIF), ``khop_rows`` (IFRU's importance-pruned rows within k hops)
-``loss``       ``training`` (the model's own training loss with its L2 term) or
-               ``surrogate`` (the paper's log-sigmoid / BPR, no L2)
-``curvature``  ``gauss_newton`` (PSD), ``hessian`` (exact), ``identity`` (a gradient step)
-``solve``      ``block`` (exact ``d x d`` solves per user), ``cg`` (conjugate gradient to
-               convergence, PD operator, residual reported), ``cg_fixed`` (the paper's T plain
-               CG steps, through negative curvature)
-``step``       ``one`` (``theta += Delta``), ``calibrated`` (:mod:`.calibration`),
-               ``newton`` (repeat the step with a line search until the gradient vanishes)
-``graph``      graph models during the update: ``retained`` graph, ``original`` train graph,
-               or the ``scope`` subgraph (the paper)
-=============  ==============================================================================
+The steps and their choices are :class:`~recbole_unrank.methods.steps.Steps`
+(:mod:`.steps`); the ``unrank_*`` settings that select them and the checks of the others,
+:mod:`.settings`; the graph neighbourhoods of the baselines' scopes,
+:mod:`recbole_unrank.influence.neighbourhood`. This module runs a declaration
+(:class:`InfluencePipeline`) and makes one (:func:`declare`).
 
 A setting that the declared steps make inert is refused (:class:`~recbole_unrank.errors.
 UnrankError`, one line), never ignored.
@@ -35,17 +14,14 @@ UnrankError`, one line), never ignored.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from recbole_unrank.adapters import AdapterError, get_adapter
-from recbole_unrank.config import same_value
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence import (
     batched_block_solve,
@@ -55,11 +31,21 @@ from recbole_unrank.influence import (
     influence_weights,
     unflat,
 )
+from recbole_unrank.influence.neighbourhood import collaborative_users, khop_importance
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.methods.calibration import StepCalibration
 from recbole_unrank.methods.objective import Objective
+from recbole_unrank.methods.settings import (
+    CALIBRATION_SETTINGS,
+    check_model_settings,
+    check_pins,
+    check_settings,
+    steps_from_settings,
+)
+from recbole_unrank.methods.steps import Steps
 from recbole_unrank.progress import progress
 
+# Steps, CALIBRATION_SETTINGS, collaborative_users and khop_importance: also importable from here
 __all__ = ["Steps", "InfluencePipeline", "declare", "collaborative_users", "khop_importance",
            "CALIBRATION_SETTINGS"]
 
@@ -69,130 +55,6 @@ logger = logging.getLogger("recbole_unrank")
 #: / ||g||`` above this means the blocks are too ill-conditioned for the working precision, and the
 #: step is refused (raise ``unrank_damping``). float32 LU on damped PSD blocks stays near 1e-6.
 BLOCK_RESIDUAL_TOL = 1e-3
-
-ROWS = ("request", "request+context", "retained")
-SCOPES = ("hops", "all", "retained", "collaborative")
-WEIGHTS = ("structural", "semantic")
-PARAMS = ("all", "blocks", "user_rows", "khop_rows")
-LOSSES = ("training", "surrogate")
-CURVATURES = ("gauss_newton", "hessian", "identity")
-SOLVES = ("block", "cg", "cg_fixed")
-STEP_SIZES = ("one", "calibrated", "newton")
-GRAPHS = ("retained", "original", "scope")
-
-
-@dataclass(frozen=True)
-class Steps:
-    """The declared steps of one influence method (see the module docstring)."""
-
-    rows: str = "request"
-    scope: str = "retained"
-    weights: tuple = ()
-    weights_at: str = "gradient"
-    params: str = "all"
-    loss: str = "training"
-    curvature: str = "gauss_newton"
-    solve: str = "cg"
-    step: str = "one"
-    graph: str = "original"
-    spillover: bool = False  # IFRU: add the gradient of the graph change (graph models)
-
-    def check(self) -> "Steps":
-        for name, allowed in (("rows", ROWS), ("scope", SCOPES), ("params", PARAMS), ("loss", LOSSES),
-                              ("curvature", CURVATURES), ("solve", SOLVES), ("step", STEP_SIZES),
-                              ("graph", GRAPHS), ("weights_at", ("gradient", "curvature"))):
-            if getattr(self, name) not in allowed:
-                raise UnrankError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        if (self.solve == "block") != (self.params == "blocks"):
-            raise UnrankError("exact block solves go with the request users' blocks (unrank_update: users), "
-                              "conjugate gradient with the other parameter sets")
-        if self.solve == "block" and self.curvature == "hessian":
-            raise UnrankError("unrank_curvature=hessian with exact user blocks: use gauss_newton (exact for "
-                              "dot-product blocks) or unrank_update: all")
-        if self.weights and self.weights_at == "gradient" and self.rows != "request+context":
-            raise UnrankError("the influence weights enter the gradient through its context rows: with the "
-                              "context term off (unrank_use_context: False) they would change nothing; turn "
-                              "the weights off (unrank_use_weights: False) or set unrank_weights_at: curvature")
-        if self.weights and self.scope not in ("hops", "all"):
-            raise UnrankError("the influence weights are defined over the scope D_inf: they need scope hops or all")
-        if self.step == "newton" and (self.rows != "retained" or self.params != "blocks"):
-            raise UnrankError("Newton refits work on the request users' blocks and their retained loss")
-        return self
-
-    def describe(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["weights"] = "+".join(self.weights) or "none"
-        return d
-
-
-CALIBRATION_SETTINGS = {
-    "calib_target": "unrank_calib_target",
-    "step_floor": "unrank_step_floor",
-    "view_k": "unrank_view_k",
-    "view_share": "unrank_view_share",
-    "utility_guard": "unrank_utility_guard",
-    "step_grid": "unrank_step_grid",
-    "guard_sample": "unrank_guard_sample",
-}
-
-#: the L2UnRank family's keywords (a variant's pinned value points the user to l2unrank)
-L2UNRANK_KEYS = ("hops", "scope_cap", "update", "curvature", "damping", "cg_steps", "cg_tol", "loss", "use_scope",
-                 "use_structural", "use_semantic", "use_weights", "use_context", "weights_at", "calibrate",
-                 *CALIBRATION_SETTINGS)
-
-
-def _check_grid(grid: Any) -> None:
-    """``unrank_step_grid`` = [low, high, count]: ``count`` log-spaced scales from ``low`` to
-    ``high`` (``np.logspace``), so 0 < low < high and a whole count >= 2; else one line."""
-    ok = isinstance(grid, (list, tuple)) and len(grid) == 3
-    if ok:
-        lo, hi, n = grid
-        num = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi, n))
-        ok = (num and math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi
-              and float(n) == int(n) and int(n) >= 2)
-    if not ok:
-        raise UnrankError(f"unrank_step_grid={grid} is not a step grid: give [low, high, count] with "
-                          "0 < low < high and a whole count >= 2 (default [1e-4, 1000.0, 57])")
-
-
-# --------------------------------------------------------------------------- scope helpers
-def khop_importance(users, items, n_users: int, n_items: int, t_users, t_items, hops: int):
-    """IFRU's node importance after ``hops`` propagation steps over a bipartite graph.
-
-    Nodes are users ``0..n_users-1`` then items. With a self-loop on every node and
-    ``deg(v) = 1 + #edges(v)``, the request's nodes start at ``s_0(v) = c_t(v) / deg(v)``
-    (``c_t``: how many request pairs touch ``v``) and each hop spreads them:
-    ``s_{h+1}(w) = (s_h(w) + sum_{v ~ w} s_h(v)) / deg(w)``. The nodes with ``s_hops > 0`` are
-    exactly those within ``hops`` hops of the request. Returns (user scores, item scores), float64.
-    """
-    n = n_users + n_items
-    device = users.device
-    src = torch.cat((users, items + n_users))
-    dst = torch.cat((items + n_users, users))
-    deg = torch.bincount(src, minlength=n).to(torch.float64) + 1.0
-    s = torch.zeros(n, dtype=torch.float64, device=device)
-    s.index_add_(0, torch.cat((t_users, t_items + n_users)),
-                 torch.ones(2 * t_users.numel(), dtype=torch.float64, device=device))
-    s = s / deg
-    for _ in range(hops):
-        s = (s + torch.zeros_like(s).index_add_(0, dst, s[src])) / deg
-    return s[:n_users], s[n_users:]
-
-
-def collaborative_users(users, items, n_users: int, n_items: int, seeds, hops: int):
-    """Users reached from ``seeds`` by ``hops`` user -> item -> user steps (hop 1: the users
-    who share an item with a seed). Bool mask [n_users]; the seeds are included."""
-    reached = torch.zeros(n_users, dtype=torch.bool, device=users.device)
-    reached[seeds] = True
-    for _ in range(hops):
-        item_hit = torch.zeros(n_items, dtype=torch.bool, device=users.device)
-        item_hit[items[reached[users]]] = True
-        grown = reached.clone()
-        grown[users[item_hit[items]]] = True
-        if bool((grown == reached).all()):
-            break
-        reached = grown
-    return reached
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -212,140 +74,11 @@ class InfluencePipeline(UnlearningMethod):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         given = self.given_kwargs
-        for k, pinned in self.fixed.items():
-            if k in given and not same_value(given[k], pinned):
-                raise UnrankError(
-                    f"{self.settings.get(k, k)}={given[k]} cannot change {self.name}, which pins it to {pinned}: "
-                    f"unset it, or use {'l2unrank' if k in L2UNRANK_KEYS else 'another method'}, which reads it")
+        check_pins(self.name, self.fixed, given, self.settings)
         s = {**self.kwargs, **self.fixed}
         self.given = set(given) - set(self.fixed)  # what the user chose: it must act or be refused
-        self.plan = self._switch(self.steps, s).check()
-        self.s = self._check(s)
-
-    # ---- settings -> steps -----------------------------------------------------------------
-    def _switch(self, steps: Steps, s: dict) -> Steps:
-        """Keywords that select steps (the L2UnRank family's ``unrank_update``, ``unrank_use_*``...)."""
-        ch: dict = {}
-        if "update" in s:
-            if s["update"] not in ("users", "all"):
-                raise UnrankError(f"unrank_update={s['update']!r}: use users or all")
-            ch.update(params="blocks", solve="block") if s["update"] == "users" else ch.update(
-                params="all", solve=steps.solve if steps.solve != "block" else "cg")
-        if "curvature" in s:
-            ch["curvature"] = s["curvature"]
-        if "loss" in s:
-            ch["loss"] = s["loss"]
-        if s.get("use_scope") is False:
-            ch["scope"] = "all"
-        if "use_context" in s:
-            ch["rows"] = "request+context" if s["use_context"] else "request"
-        if "use_structural" in s or "use_semantic" in s or "use_weights" in s:
-            w = tuple(n for n, key in (("structural", "use_structural"), ("semantic", "use_semantic"))
-                      if s.get(key, True))
-            ch["weights"] = w if s.get("use_weights", True) else ()
-        if s.get("weights_at") is not None:
-            ch["weights_at"] = s["weights_at"]
-        if "hessian_data" in s:
-            if s["hessian_data"] not in ("retained", "train"):
-                raise UnrankError(f"unrank_if_hessian_data={s['hessian_data']!r}: use retained or train")
-            ch["scope"] = "retained" if s["hessian_data"] == "retained" else "all"
-        if "calibrate" in s:
-            ch["step"] = "calibrated" if s["calibrate"] else "one"
-        return dataclasses.replace(steps, **ch)
-
-    def _check(self, s: dict) -> dict:
-        p, name = self.plan, self.name
-
-        def inert(key, why):
-            if key in self.given and s.get(key) is not None:
-                raise UnrankError(f"{self.settings.get(key, key)}={s[key]} has no effect in {name}: {why}; unset it")
-
-        if self.settings.get("curvature") == "unrank_baseline_curvature" and s.get("curvature") not in (
-                "hessian", "gauss_newton"):
-            raise UnrankError(f"unrank_baseline_curvature={s.get('curvature')!r}: use gauss_newton or hessian")
-        if "damping" in s and not float(s["damping"]) > 0:
-            raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
-        if p.solve == "block":
-            inert("cg_steps", "exact block solves (unrank_update: users) run no conjugate gradient")
-            inert("cg_tol", "exact block solves (unrank_update: users) run no conjugate gradient")
-        if p.curvature == "identity":
-            inert("cg_steps", "no curvature (identity) means no linear solve")
-            inert("cg_tol", "no curvature (identity) means no linear solve")
-        if p.solve == "cg_fixed":
-            inert("cg_tol", "the paper's solver runs its T steps")
-        if p.scope != "hops":
-            inert("hops", "there is no p-hop scope (unrank_use_scope: False)")
-            inert("scope_cap", "there is no p-hop scope (unrank_use_scope: False)")
-        if p.scope == "hops" and s.get("hops") is not None:
-            if int(s["hops"]) < 0:
-                raise UnrankError(f"unrank_hops={s['hops']} is negative: use 0 (the request only) or more")
-            if int(s["hops"]) == 0 and p.weights and p.params == "blocks":
-                raise UnrankError(
-                    f"unrank_hops=0 leaves the influence weights nothing to act on in {name}: the scope is "
-                    "the request alone, whose rows weigh 1; use 1 or more, or unrank_use_weights: False")
-            if p.params == "blocks" and not p.weights and int(s["hops"]) > 1:
-                raise UnrankError(
-                    f"unrank_hops={s['hops']} acts like 1 in {name}: without influence weights the user-block "
-                    "update reads only the request users' own rows, which 1 hop already holds; use 0 or 1")
-        if s.get("scope_cap") is not None and int(s["scope_cap"]) < 0:
-            raise UnrankError(f"unrank_scope_cap={s['scope_cap']} must be >= 0")
-        if "cg_steps" in s and s["cg_steps"] is not None and int(s["cg_steps"]) < 1:
-            raise UnrankError(f"{self.settings.get('cg_steps')}={s['cg_steps']} must be at least 1")
-        if "cg_tol" in s and s["cg_tol"] is not None and not float(s["cg_tol"]) > 0:
-            raise UnrankError(f"{self.settings.get('cg_tol')}={s['cg_tol']} must be > 0")
-        if p.step != "calibrated":
-            for k in CALIBRATION_SETTINGS:
-                inert(k, "its step is not calibrated (a calibrated method: l2unrank, <baseline>+calib)")
-        if not p.weights:
-            for k in ("use_structural", "use_semantic", "weights_at"):
-                inert(k, "it uses no influence weights (unrank_use_weights: False)")
-        if p.curvature == "identity" and p.rows != "request+context" and p.scope == "hops":
-            for k in ("hops", "scope_cap", "use_scope", "use_weights", "use_structural", "use_semantic",
-                      "weights_at"):
-                inert(k, "without curvature (identity) and without context rows the step is the request's "
-                         "own gradient, which no scope or weight enters")
-        if p.params == "blocks" and not p.weights and p.rows == "request":
-            inert("use_scope", "without influence weights the user-block update reads only the request users' "
-                               "own rows, which the 1-hop scope already holds")
-        if p.step == "calibrated":
-            _check_grid(s["step_grid"])
-            floor = float(s["step_floor"])
-            if not math.isfinite(floor):
-                raise UnrankError(f"unrank_step_floor={s['step_floor']} must be a finite number >= 0 (0: no floor)")
-            if s["calib_target"] not in ("valid_rank", "view"):
-                raise UnrankError(f"unrank_calib_target={s['calib_target']!r}: use valid_rank or view")
-            if not 0.0 <= float(s["view_share"]) < 1.0:
-                raise UnrankError(f"unrank_view_share={s['view_share']} must lie in [0, 1)")
-            if not 0.0 <= float(s["utility_guard"]) <= 1.0:
-                raise UnrankError(f"unrank_utility_guard={s['utility_guard']} must lie in [0, 1]")
-            if int(s["view_k"]) < 1:
-                raise UnrankError(f"unrank_view_k={s['view_k']} must be at least 1")
-            if float(s["step_floor"]) < 0:
-                raise UnrankError(f"unrank_step_floor={s['step_floor']} must be >= 0 (0: no floor)")
-            if int(s["guard_sample"]) < 1:
-                raise UnrankError(f"unrank_guard_sample={s['guard_sample']} must be at least 1")
-        if s.get("ifru_keep") is not None and not 0.0 < float(s["ifru_keep"]) <= 1.0:
-            raise UnrankError(f"unrank_ifru_keep={s['ifru_keep']} must lie in (0, 1] (1 keeps every node within the hops)")
-        if s.get("ifru_hops") is not None and int(s["ifru_hops"]) < 0:
-            raise UnrankError(f"unrank_ifru_hops={s['ifru_hops']} is negative: use 0 (the request's own users and items) or more")
-        if s.get("neighbors") is not None and int(s["neighbors"]) < 0:
-            raise UnrankError(f"unrank_scif_neighbors={s['neighbors']} is negative: use 0 (the request users only) or more")
-        if s.get("refit_negatives") is not None and int(s["refit_negatives"]) < 1:
-            raise UnrankError(f"unrank_refit_negatives={s['refit_negatives']} must be at least 1")
-        return s
-
-    def _check_model(self, adapter, model_name: str) -> None:
-        """Settings that only this model makes inert (they act on others): refused, one line."""
-        p, given = self.plan, self.given
-        if "neighbors" in given and p.scope == "collaborative" and not adapter.is_graph:
-            raise UnrankError(f"unrank_scif_neighbors={self.s['neighbors']} has no effect in {self.name} on "
-                              f"{model_name}: a neighbour's loss has no curvature in another user's rows of a "
-                              "model without a graph; unset it")
-        watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
-        if "guard_sample" in given and p.step == "calibrated" and not watch:
-            raise UnrankError(f"unrank_guard_sample={self.s['guard_sample']} has no effect in {self.name} on "
-                              f"{model_name}: its step moves only the request users, so no other user is "
-                              "sampled for the guard; unset it")
+        self.plan = steps_from_settings(self.steps, s).check()
+        self.s = check_settings(self.plan, s, self.given, self.settings, self.name)
 
     # ---- the run ---------------------------------------------------------------------------
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
@@ -358,7 +91,7 @@ class InfluencePipeline(UnlearningMethod):
         if p.params == "blocks" and not adapter.supports_user_blocks:
             raise UnrankError(f"{task.model_name} has no per-user parameter blocks: {self.name} needs them "
                               "(use unrank_update: all, or another method)")
-        self._check_model(adapter, task.model_name)
+        check_model_settings(self.plan, self.s, self.given, self.name, adapter, task.model_name)
         device = adapter.device
         stages: dict[str, float] = {}
         info: dict = {"steps": p.describe()}

@@ -18,6 +18,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_unrank.models.extras import checkpoint_extras, load_extras
+from recbole_unrank.models.registry import get_model
 
 __all__ = ["ShardEnsemble"]
 
@@ -37,8 +38,6 @@ class ShardEnsemble(GeneralRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        from recbole_unrank.models import get_model
-
         sub_name, k = config["ensemble_model"], config["ensemble_size"]
         if not sub_name or not k:
             raise ValueError("a ShardEnsemble config needs ensemble_model and ensemble_size "

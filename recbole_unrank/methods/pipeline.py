@@ -299,7 +299,8 @@ class InfluencePipeline(UnlearningMethod):
         if not p.weights:
             for k in ("use_structural", "use_semantic", "weights_at"):
                 inert(k, "it uses no influence weights (unrank_use_weights: False)")
-        if p.curvature == "identity" and p.rows != "request+context" and p.scope == "hops":
+        if p.curvature == "identity" and p.rows != "request+context":
+            # whatever the scope (unrank_use_scope: False makes it all of D): it enters nothing here
             for k in ("hops", "scope_cap", "use_scope", "use_weights", "use_structural", "use_semantic",
                       "weights_at"):
                 inert(k, "without curvature (identity) and without context rows the step is the request's "

@@ -473,14 +473,29 @@ def test_topk_share_agrees_with_ranks_including_ties():
         assert torch.equal(share, expected), k
 
 
-def test_context_term_with_an_empty_context_is_a_no_op(prepared):
-    """Regression (found by the tuner): LightGCN, 0 hops and the context term on raised an
-    IndexError, because 0 hops leaves no context pair."""
-    run = prepared["LightGCN"]
-    row = run.run_method("l2unrank_noweights", save=False, evaluate_test=False,
-                         overrides={"unrank_hops": 0, "unrank_use_context": True})
-    assert np.isfinite(row["forget"]["mean_rank"])
+def test_context_term_with_an_empty_context_is_a_no_op(prepared, monkeypatch):
+    """0 hops leaves the context term no row (regression, found by the tuner: LightGCN, 0 hops and
+    the context term on raised an IndexError). The term then changes nothing: with the refusal
+    set aside, the update equals the one without it, parameter for parameter; so a user who asks
+    for it is refused with one line naming the key."""
+    from recbole_unrank.methods.pipeline import InfluencePipeline
 
+    run = prepared["LightGCN"]
+    with pytest.raises(UnrankError) as refused:
+        _unlearn(run, "l2unrank_noweights", hops=0, use_context=True)
+    assert "unrank_use_context" in str(refused.value) and "\n" not in str(refused.value)
+
+    without = _unlearn(run, "l2unrank_noweights", hops=0, use_context=False)
+    monkeypatch.setattr(InfluencePipeline, "_check_model", lambda self, adapter, name: None)
+    with_ctx = _unlearn(run, "l2unrank_noweights", hops=0, use_context=True)
+    assert with_ctx.info["gradient_rows"] == without.info["gradient_rows"] == len(run.request)
+    a, b = without.model.state_dict(), with_ctx.model.state_dict()
+    moved = False
+    for k in a:
+        if torch.is_floating_point(a[k]):
+            assert torch.equal(a[k], b[k]), k  # the same rows in the same order: the same floats
+            moved |= not torch.equal(a[k], run.original.state_dict()[k])
+    assert moved, "the update itself moved the model"
 
 
 def test_score_medians_decide_rank_medians_exactly():

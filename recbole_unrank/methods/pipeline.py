@@ -342,6 +342,13 @@ class InfluencePipeline(UnlearningMethod):
             raise UnrankError(f"unrank_scif_neighbors={self.s['neighbors']} has no effect in {self.name} on "
                               f"{model_name}: a neighbour's loss has no curvature in another user's rows of a "
                               "model without a graph; unset it")
+        hops = self.s.get("hops")
+        if hops is None:  # the default _scope resolves (1 hop for blocks or graph models, else 0)
+            hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
+        if "use_context" in given and p.rows == "request+context" and p.scope == "hops" and int(hops) == 0:
+            raise UnrankError(f"unrank_use_context={self.s['use_context']} has no effect in {self.name} on "
+                              f"{model_name}: the 0-hop scope is the request alone, so it has no context rows; "
+                              "set unrank_hops >= 1 or unset it")
         watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
         if "guard_sample" in given and p.step == "calibrated" and not watch:
             raise UnrankError(f"unrank_guard_sample={self.s['guard_sample']} has no effect in {self.name} on "

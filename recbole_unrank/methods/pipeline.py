@@ -342,6 +342,11 @@ class InfluencePipeline(UnlearningMethod):
             raise UnrankError(f"unrank_scif_neighbors={self.s['neighbors']} has no effect in {self.name} on "
                               f"{model_name}: a neighbour's loss has no curvature in another user's rows of a "
                               "model without a graph; unset it")
+        if ("curvature" in given and p.curvature == "hessian" and p.params == "user_rows"
+                and adapter.user_rows_piecewise_linear):
+            raise UnrankError(f"{self.settings['curvature']}=hessian has no effect in {self.name} on {model_name}: "
+                              f"its update moves only the request users' own rows, in which {model_name}'s scores "
+                              "are (piecewise) linear, so the exact Hessian there is the Gauss-Newton matrix; unset it")
         hops = self.s.get("hops")
         if hops is None:  # the default _scope resolves (1 hop for blocks or graph models, else 0)
             hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
@@ -466,6 +471,11 @@ class InfluencePipeline(UnlearningMethod):
             index = keep.nonzero().squeeze(1)
             group = collaborative_users(users[index], items[index], adapter.n_users, adapter.n_items,
                                         req_users, int(s["neighbors"]))
+            n = int(s["neighbors"])
+            if "neighbors" in self.given and adapter.is_graph and n > 0 and bool((group == collaborative_users(
+                    users[index], items[index], adapter.n_users, adapter.n_items, req_users, n - 1)).all()):
+                raise UnrankError(f"unrank_scif_neighbors={n} adds no user in {self.name}: {n - 1} hop(s) already "
+                                  f"reach all {int(group.sum())} users connected to the request; lower it or unset it")
             if not adapter.is_graph:  # a neighbour's loss has no curvature in another user's rows
                 group = torch.zeros_like(group)
                 group[req_users] = True

@@ -21,6 +21,7 @@ import torch
 from recbole.model.general_recommender import BPR
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
+import recbole_unrank.methods.pipeline as pipeline_module
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import GenericAdapter, get_adapter, normalized_adjacency
 from recbole_unrank.errors import UnrankError
@@ -206,7 +207,28 @@ def test_a_failed_solve_is_refused(runs, monkeypatch):
     with pytest.raises(UnrankError, match="solve failed"):  # negative curvature with the exact Hessian
         monkeypatch.setattr(mod, "conjugate_gradient",
                             lambda *a, **k: CGResult(a[1] * 0, 1, [1.0, 0.5], "negative_curvature"))
+        METHODS["if"](curvature="hessian")(run._task())
+
+
+@pytest.mark.parametrize("model_name", ["WMF", "NeuMF"])
+def test_scif_hessian_is_gauss_newton_where_scores_are_piecewise_linear_in_user_rows(runs, monkeypatch, model_name):
+    """scif moves only the request users' rows; WMF's scores are linear in them and NeuMF's
+    piecewise linear (GMF, and an MLP of linear and ReLU layers), so over those rows the exact
+    Hessian is the Gauss-Newton matrix: with the refusal set aside the two updates agree (up to
+    the CG's tolerance, 1e-4 of the residual: measured 1.3e-7 on NeuMF); so the key is refused."""
+
+    run = runs(model_name)
+    with pytest.raises(UnrankError, match="unrank_baseline_curvature=hessian has no effect in scif"):
         METHODS["scif"](curvature="hessian")(run._task())
+    gn = METHODS["scif"](cg_tol=1e-8, cg_steps=2000)(run._task())
+    monkeypatch.setattr(pipeline_module, "check_model_settings", lambda *a, **k: None)
+    exact = METHODS["scif"](curvature="hessian", cg_tol=1e-8, cg_steps=2000)(run._task())
+    a, b = gn.model.state_dict(), exact.model.state_dict()
+    moved = max(float((a[k] - run.original.state_dict()[k]).abs().max()) for k in a if torch.is_floating_point(a[k]))
+    assert moved > 1e-3
+    for k in a:
+        if torch.is_floating_point(a[k]):
+            torch.testing.assert_close(b[k], a[k], rtol=0.0, atol=1e-5 * moved, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def test_ifru_zero_hops_moves_only_request_rows_and_graph_term(runs):

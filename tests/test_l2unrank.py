@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import make_tiny_config
 
+import recbole_unrank.methods.pipeline as pipeline_module
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import LightGCNAdapter, get_adapter
 from recbole_unrank.data import method_valid
@@ -98,6 +99,12 @@ def _delta(run, result):
     return torch.cat([(p.detach() - before[n].detach()).reshape(-1) for n, p in result.model.named_parameters()])
 
 
+def _calibration_acted(info) -> bool:
+    """The step search moved some user's scale off 1 (the influence step itself) or capped it."""
+    cal = info["calibration"]
+    return not (cal["step_min"] == cal["step_median"] == 1.0 and cal["step_cap"] is None)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_every_ablation_switch_changes_the_update(prepared, model):
     """Each variant switches one step of l2unrank: its update differs from the default's."""
@@ -106,20 +113,23 @@ def test_every_ablation_switch_changes_the_update(prepared, model):
     base = _delta(run, result)
     assert base.abs().max() > 0
     for name in VARIANTS:
-        if name == "l2unrank":
+        if name in ("l2unrank", "l2unrank_nocalib"):
             continue
         d = _delta(run, _unlearn(run, name))
-        cal = result.info["calibration"]
-        if name == "l2unrank_nocalib" and cal["step_min"] == cal["step_median"] == 1.0 and cal["step_cap"] is None:
-            # Every user met the target at the floor (scale 1): the calibration left the step as it
-            # is, so it must equal the uncalibrated one; where the target is not met it acts:
-            assert torch.allclose(d, base)
-            d = _delta(run, _unlearn(run, name))
-            base_strict = _delta(run, _unlearn(run, "l2unrank", calib_target="view", step_floor=0.0))
-            assert not torch.allclose(d, base_strict, rtol=1e-5, atol=1e-7)
-            continue
         assert torch.isfinite(d).all(), name
         assert not torch.allclose(d, base, rtol=1e-5, atol=1e-7), f"{name} gave l2unrank's update"
+    # l2unrank_nocalib switches the calibration off. On tiny the default target can be met at the
+    # floor (scale 1) for every user, where the calibrated step IS the influence step: there the
+    # two must agree exactly (a check of its own); the ablation is judged where the calibration
+    # acts, with the stricter view target and no floor, which must move the step off scale 1.
+    nocalib = _delta(run, _unlearn(run, "l2unrank_nocalib"))
+    assert torch.isfinite(nocalib).all()
+    if not _calibration_acted(result.info):
+        assert torch.allclose(nocalib, base, rtol=1e-6, atol=1e-8)
+    strict = _unlearn(run, "l2unrank", calib_target="view", step_floor=0.0)
+    assert _calibration_acted(strict.info), strict.info["calibration"]
+    assert not torch.allclose(nocalib, _delta(run, strict), rtol=1e-5, atol=1e-7), \
+        "l2unrank_nocalib gave the calibrated update where the calibration acted"
     # hops act through the weights (1 vs 2 hops) and through the rows (0 vs 1 without weights)
     h1 = _delta(run, _unlearn(run, "l2unrank", hops=1))
     h2 = _delta(run, _unlearn(run, "l2unrank", hops=2))
@@ -473,14 +483,28 @@ def test_topk_share_agrees_with_ranks_including_ties():
         assert torch.equal(share, expected), k
 
 
-def test_context_term_with_an_empty_context_is_a_no_op(prepared):
-    """Regression (found by the tuner): LightGCN, 0 hops and the context term on raised an
-    IndexError, because 0 hops leaves no context pair."""
-    run = prepared["LightGCN"]
-    row = run.run_method("l2unrank_noweights", save=False, evaluate_test=False,
-                         overrides={"unrank_hops": 0, "unrank_use_context": True})
-    assert np.isfinite(row["forget"]["mean_rank"])
+def test_context_term_with_an_empty_context_is_a_no_op(prepared, monkeypatch):
+    """0 hops leaves the context term no row (regression, found by the tuner: LightGCN, 0 hops and
+    the context term on raised an IndexError). The term then changes nothing: with the refusal
+    set aside, the update equals the one without it, parameter for parameter; so a user who asks
+    for it is refused with one line naming the key."""
 
+    run = prepared["LightGCN"]
+    with pytest.raises(UnrankError) as refused:
+        _unlearn(run, "l2unrank_noweights", hops=0, use_context=True)
+    assert "unrank_use_context" in str(refused.value) and "\n" not in str(refused.value)
+
+    without = _unlearn(run, "l2unrank_noweights", hops=0, use_context=False)
+    monkeypatch.setattr(pipeline_module, "check_model_settings", lambda *a, **k: None)
+    with_ctx = _unlearn(run, "l2unrank_noweights", hops=0, use_context=True)
+    assert with_ctx.info["gradient_rows"] == without.info["gradient_rows"] == len(run.request)
+    a, b = without.model.state_dict(), with_ctx.model.state_dict()
+    moved = False
+    for k in a:
+        if torch.is_floating_point(a[k]):
+            assert torch.equal(a[k], b[k]), k  # the same rows in the same order: the same floats
+            moved |= not torch.equal(a[k], run.original.state_dict()[k])
+    assert moved, "the update itself moved the model"
 
 
 def test_score_medians_decide_rank_medians_exactly():

@@ -77,17 +77,50 @@ def test_registered():
 
 
 # ------------------------------------------------------------------------------ finetune / neggrad
+def _mean_loss(run, model, ds) -> float:
+    """``model``'s RecBole training loss over all of ``ds`` (batch-size weighted mean), with the
+    negatives a fixed seed draws (the same for every model compared) and dropout off."""
+    from recbole.utils import init_seed
+
+    from recbole_unrank.methods.finetune import batch_loss
+
+    loader = run._task().make_train_loader(ds)
+    init_seed(12345, True)
+    total, n = 0.0, 0
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            total += float(batch_loss(model, batch)) * len(batch)
+            n += len(batch)
+    model.train(was)
+    return total / n
+
+
 @pytest.mark.parametrize("model", ["WMF", "LightGCN", "NeuMF"])
 @pytest.mark.parametrize("method", ["finetune", "neggrad"])
-def test_training_baseline_changes_model(runs, model, method):
+def test_training_baseline_does_what_it_is_for(runs, model, method):
+    """finetune lowers the retained data's training loss; neggrad raises the forget pairs' loss
+    and ranks them lower than the original does. Both are compared with the original serving the
+    retained data (a graph model's retained graph, WMF's retained degrees), under the same
+    fixed negatives. Measured margins (2-epoch originals, losses near log 2 for the pairwise
+    models): the smallest is NeuMF's forget loss, 0.69327 -> 0.69336 (1e-4 relative), three
+    orders above float32 summation noise (1e-7 relative)."""
     run = runs(model)
     before = copy.deepcopy(run.original.state_dict())
     row = run.run_method(method, save=False)
     unlearned = row["_model"]
-    assert _changed(unlearned, run.original)
-    assert _all_finite(unlearned)
-    assert row["steps"] > 0
-    assert math.isfinite(row["test"]["ndcg@10"]) and math.isfinite(row["forget"]["mean_rank"])
+    assert _all_finite(unlearned) and row["steps"] > 0
+    start = copy.deepcopy(run.original)
+    use_training_data(start, run.retain_ds)
+    if method == "finetune":
+        b, a = _mean_loss(run, start, run.retain_ds), _mean_loss(run, unlearned, run.retain_ds)
+        assert a < b, f"finetune did not lower the retained loss ({b:.6g} -> {a:.6g})"
+    else:
+        b, a = _mean_loss(run, start, run.forget_ds), _mean_loss(run, unlearned, run.forget_ds)
+        assert a > b, f"neggrad did not raise the forget pairs' loss ({b:.6g} -> {a:.6g})"
+        original = run.rows[0]["forget"]["mean_rank"]
+        assert row["forget"]["mean_rank"] > original, "neggrad did not rank the forget pairs lower"
     # The original is never touched (methods work on a copy).
     assert all(torch.equal(v, run.original.state_dict()[k]) for k, v in before.items())
 

@@ -79,6 +79,10 @@ class ModelAdapter:
     moves_other_users: bool = False
     #: ``predict`` is the dot product of :meth:`final_embeddings` (WMF, BPR, LightGCN).
     dot_product: bool = False
+    #: A user's scores are linear, or piecewise linear (ReLU), in that user's own rows and no
+    #: other user's score depends on them (WMF, BPR, NeuMF; not a graph model): over those rows
+    #: the exact Hessian of a loss of the scores is its Gauss-Newton matrix.
+    user_rows_piecewise_linear: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -16,6 +16,7 @@ class DotProductAdapter(ModelAdapter):
 
     supports_user_blocks = True
     dot_product = True
+    user_rows_piecewise_linear = True  # y_ui = p_u . q_i
 
     def __init__(self, model: nn.Module, pairwise: bool):
         super().__init__(model)
@@ -113,6 +114,11 @@ class NeuMFAdapter(ModelAdapter):
             raise AdapterError("NeuMF with mf_train or mlp_train off is not supported by the NeuMF adapter")
         self.d_mf = model.user_mf_embedding.weight.shape[1]
         self.d_mlp = model.user_mlp_embedding.weight.shape[1]
+        # GMF is linear in p_u^mf; the MLP tower is piecewise linear in p_u^mlp when every layer
+        # is linear, ReLU or dropout (RecBole's default activation)
+        leaves = [mod for mod in model.mlp_layers.modules() if not list(mod.children())]
+        self.user_rows_piecewise_linear = all(isinstance(mod, (nn.Linear, nn.ReLU, nn.Dropout, nn.Identity))
+                                              for mod in leaves)
 
     def _logits(self, u_mf, u_mlp, items):
         m = self.model

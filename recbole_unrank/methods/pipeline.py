@@ -91,7 +91,7 @@ class InfluencePipeline(UnlearningMethod):
         if p.params == "blocks" and not adapter.supports_user_blocks:
             raise UnrankError(f"{task.model_name} has no per-user parameter blocks: {self.name} needs them "
                               "(use unrank_update: all, or another method)")
-        check_model_settings(self.plan, self.s, self.given, self.name, adapter, task.model_name)
+        check_model_settings(self.plan, self.s, self.given, self.name, adapter, task.model_name, self.settings)
         device = adapter.device
         stages: dict[str, float] = {}
         info: dict = {"steps": p.describe()}
@@ -191,6 +191,11 @@ class InfluencePipeline(UnlearningMethod):
             index = keep.nonzero().squeeze(1)
             group = collaborative_users(users[index], items[index], adapter.n_users, adapter.n_items,
                                         req_users, int(s["neighbors"]))
+            n = int(s["neighbors"])
+            if "neighbors" in self.given and adapter.is_graph and n > 0 and bool((group == collaborative_users(
+                    users[index], items[index], adapter.n_users, adapter.n_items, req_users, n - 1)).all()):
+                raise UnrankError(f"unrank_scif_neighbors={n} adds no user in {self.name}: {n - 1} hop(s) already "
+                                  f"reach all {int(group.sum())} users connected to the request; lower it or unset it")
             if not adapter.is_graph:  # a neighbour's loss has no curvature in another user's rows
                 group = torch.zeros_like(group)
                 group[req_users] = True

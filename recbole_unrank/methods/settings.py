@@ -143,7 +143,8 @@ def check_settings(plan: Steps, s: dict, given: set, settings: dict, name: str) 
     if not p.weights:
         for k in ("use_structural", "use_semantic", "weights_at"):
             inert(k, "it uses no influence weights (unrank_use_weights: False)")
-    if p.curvature == "identity" and p.rows != "request+context" and p.scope == "hops":
+    if p.curvature == "identity" and p.rows != "request+context":
+        # whatever the scope (unrank_use_scope: False makes it all of D): it enters nothing here
         for k in ("hops", "scope_cap", "use_scope", "use_weights", "use_structural", "use_semantic",
                   "weights_at"):
             inert(k, "without curvature (identity) and without context rows the step is the request's "
@@ -179,7 +180,8 @@ def check_settings(plan: Steps, s: dict, given: set, settings: dict, name: str) 
     return s
 
 
-def check_model_settings(plan: Steps, s: dict, given: set, name: str, adapter, model_name: str) -> None:
+def check_model_settings(plan: Steps, s: dict, given: set, name: str, adapter, model_name: str,
+                         settings: dict | None = None) -> None:
     """Settings that only this model (``adapter``, called ``model_name``) makes inert (they act
     on others): refused, one line."""
     p = plan
@@ -187,6 +189,18 @@ def check_model_settings(plan: Steps, s: dict, given: set, name: str, adapter, m
         raise UnrankError(f"unrank_scif_neighbors={s['neighbors']} has no effect in {name} on "
                           f"{model_name}: a neighbour's loss has no curvature in another user's rows of a "
                           "model without a graph; unset it")
+    if ("curvature" in given and p.curvature == "hessian" and p.params == "user_rows"
+            and adapter.user_rows_piecewise_linear):
+        raise UnrankError(f"{(settings or {}).get('curvature', 'unrank_baseline_curvature')}=hessian has no effect in {name} on {model_name}: "
+                          f"its update moves only the request users' own rows, in which {model_name}'s scores "
+                          "are (piecewise) linear, so the exact Hessian there is the Gauss-Newton matrix; unset it")
+    hops = s.get("hops")
+    if hops is None:  # the default the scope resolves (1 hop for blocks or graph models, else 0)
+        hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
+    if "use_context" in given and p.rows == "request+context" and p.scope == "hops" and int(hops) == 0:
+        raise UnrankError(f"unrank_use_context={s['use_context']} has no effect in {name} on "
+                          f"{model_name}: the 0-hop scope is the request alone, so it has no context rows; "
+                          "set unrank_hops >= 1 or unset it")
     watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
     if "guard_sample" in given and p.step == "calibrated" and not watch:
         raise UnrankError(f"unrank_guard_sample={s['guard_sample']} has no effect in {name} on "

@@ -107,6 +107,11 @@ class UnlearningMethod:
 
         return {arg: default_of(key) for arg, key in cls.settings.items()}
 
+    def check_fit(self, model_name: str, train_ds: Any, request_index: np.ndarray) -> None:
+        """Refuse (UnrankError, one line) a model or a drawn request this method cannot act on,
+        before the run writes anything (:func:`recbole_unrank.pipeline.check_fit`). Default:
+        every model and request fit; a method that can tell earlier overrides this."""
+
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -49,7 +49,10 @@ from recbole_unrank.influence.blocks import block_gradients, block_step, row_map
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.methods.objective import Objective, row_loss
 
-__all__ = ["TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
+__all__ = ["SUPPORTED", "TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
+
+#: RecBole models whose adapters give both user and item blocks (LightGCN: refused, see TwoSided)
+SUPPORTED = ("WMF", "BPR", "NeuMF")
 
 TWOSIDED_SETTINGS = {
     "hops": "unrank_twosided_hops",
@@ -57,6 +60,22 @@ TWOSIDED_SETTINGS = {
     "tol": "unrank_twosided_tol",
     "damping": "unrank_damping",
 }
+
+
+def _whole(value: Any, key: str, least: int, hint: str) -> int:
+    """A whole number >= ``least`` (``2.0`` is 2; ``1.5``, ``True``, ``"a"``: refused, one line)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and float(value) == int(value)
+    if not ok or int(value) < least:
+        raise UnrankError(f"{key}={value!r} is not a whole number >= {least}: {hint}")
+    return int(value)
+
+
+def _real(value: Any, key: str) -> float:
+    """A finite real number (``True``, ``"a"``, NaN: refused, one line)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UnrankError(f"{key}={value!r} is not a finite number")
+    return float(value)
 
 
 class TwoSidedProblem:
@@ -317,17 +336,49 @@ class TwoSided(UnlearningMethod):
         for k, v in s.items():
             if v is None:
                 raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")
-        if int(s["hops"]) < 0:
-            raise UnrankError(f"unrank_twosided_hops={s['hops']} is negative: use 0 (the request's users and "
-                              "items) or more")
-        if int(s["sweeps"]) < 1:
-            raise UnrankError(f"unrank_twosided_sweeps={s['sweeps']} moves nothing: use at least 1 sweep")
-        if not 0.0 < float(s["tol"]) < 1.0:
+        s["hops"] = _whole(s["hops"], "unrank_twosided_hops", 0, "use 0 (the request's users and items) or more")
+        s["sweeps"] = _whole(s["sweeps"], "unrank_twosided_sweeps", 1, "use at least 1 sweep")
+        s["tol"] = _real(s["tol"], "unrank_twosided_tol")
+        if not 0.0 < s["tol"] < 1.0:
             raise UnrankError(f"unrank_twosided_tol={s['tol']} must lie in (0, 1) (a share of the starting "
                               "residual, e.g. 1e-3)")
-        if not float(s["damping"]) > 0:
+        s["damping"] = _real(s["damping"], "unrank_damping")
+        if not s["damping"] > 0:
             raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+        if "tol" in self.given_kwargs and s["sweeps"] == 1:
+            raise UnrankError(f"unrank_twosided_tol={s['tol']} has no effect with unrank_twosided_sweeps=1 (one "
+                              "sweep is taken whatever the residual): unset it, or allow more sweeps")
         self.s = s
+
+    def check_fit(self, model_name: str, train_ds: Any, request_index: Any) -> None:
+        """Refuse, before anything is written, a model without both kinds of blocks and a
+        request on which a setting would move no block: an empty request, a hop that adds no
+        block (the retained graph reaches no further)."""
+        if model_name == "LightGCN":
+            raise UnrankError(f"{self.name} does not support LightGCN yet: block curvature through graph "
+                              "propagation is not implemented; use l2unrank")
+        if model_name not in SUPPORTED:
+            raise UnrankError(f"{model_name} has no per-user and per-item parameter blocks that {self.name} can "
+                              f"move (it supports {', '.join(SUPPORTED)}): use l2unrank or if")
+        feat = train_ds.inter_feat
+        users, items = feat[train_ds.uid_field], feat[train_ds.iid_field]
+        target = torch.as_tensor(request_index, dtype=torch.long)
+        self._check_scope(users, items, target, int(train_ds.user_num), int(train_ds.item_num))
+
+    def _check_scope(self, users: Tensor, items: Tensor, target: Tensor, n_users: int, n_items: int):
+        """The scope (:func:`scope_blocks`) of ``target``; an empty request or an idle hop -> one line."""
+        name, hops = self.name, int(self.s["hops"])
+        if target.numel() == 0:
+            raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
+                              "unrank_request and its file or ids")
+        keep = torch.ones(users.numel(), dtype=torch.bool, device=users.device)
+        keep[target] = False
+        user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, n_users, n_items)
+        idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
+        if idle:  # a hop that adds no block: every later one adds none either
+            raise UnrankError(f"unrank_twosided_hops={hops} acts like {idle[0] - 1} on this request (the retained "
+                              f"graph reaches no further block): use {idle[0] - 1}")
+        return user_mask, item_mask, sizes
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
         s, name = self.s, self.name
@@ -349,18 +400,10 @@ class TwoSided(UnlearningMethod):
         users = feat[task.train_ds.uid_field].to(device)
         items = feat[task.train_ds.iid_field].to(device)
         target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
-        if target.numel() == 0:
-            raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
-                              "unrank_request and its file or ids")
+        hops = int(s["hops"])
+        user_mask, item_mask, sizes = self._check_scope(users, items, target, adapter.n_users, adapter.n_items)
         keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
         keep[target] = False
-        hops = int(s["hops"])
-        user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, adapter.n_users,
-                                                   adapter.n_items)
-        idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
-        if idle:  # a hop that adds no block: every later one adds none either
-            raise UnrankError(f"unrank_twosided_hops={hops} acts like {idle[0] - 1} on this request (the retained "
-                              f"graph reaches no further block): use {idle[0] - 1}")
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))

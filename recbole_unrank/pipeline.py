@@ -188,6 +188,7 @@ class Run(Evaluator):
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
             train_batch_size=int(config["train_batch_size"]),
             show_progress=bool(config["show_progress"]),
+            learning_rate=float(config["learning_rate"]),
         )
 
     def _train_on(self, train_ds, tag: str):

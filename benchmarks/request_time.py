@@ -54,15 +54,17 @@ def main() -> None:
     run, ckpt = pipeline.prepare_run(config, a.checkpoint, methods=[a.method])
     cls = METHODS[a.method]
     method = cls(**pipeline.method_settings(config, cls))
-    times, stages = [], None
+    times, stages, info = [], None, {}
     for _ in range(a.repeats):
         task = run._task()
         t0 = time.perf_counter()
         result = method.unlearn(task)
         times.append(time.perf_counter() - t0)
-        stages = result.stages
+        stages, info = result.stages, result.info
     out = {"method": a.method, "model": a.model, "task": a.task, "seed": a.seed, "request_rows": len(run.request),
-           "times_s": times, "median_s": statistics.median(times), "stages": stages}
+           "times_s": times, "median_s": statistics.median(times), "stages": stages,
+           "calibration": {k: (info.get("calibration") or {}).get(k)
+                           for k in ("request_users", "measures", "user_scorings", "step_median", "step_cap")}}
     if a.profile:
         prof = cProfile.Profile()
         task = run._task()

@@ -181,10 +181,12 @@ class TwoSidedProblem:
         return g, H
 
     @torch.no_grad()
-    def objective(self, side: str) -> Tensor:
+    def objective(self, side: str, only: Tensor | None = None) -> Tensor:
         """Per scope block of ``side``, the scalar whose gradient is the residual:
         ``phi_b(theta) = L_ret,b(theta) - grad_b L_full(theta0) . theta_b`` [B] (``L_ret,b``: the
-        retained loss's terms that touch block ``b``), for the line search of a block step."""
+        retained loss's terms that touch block ``b``), for the line search of a block step.
+        ``only`` (bool [B]): the blocks whose value is wanted; the rows that touch no such block
+        are skipped and the other entries are meaningless."""
         a, obj, s = self.a, self.obj, self.obj.spec
         ids, row_of = self.ids[side], self.row_of[side]
         theta = self.block(side)
@@ -192,6 +194,13 @@ class TwoSidedProblem:
         if ids.numel() == 0:
             return out
         index = self.rows[side]
+        if only is not None:
+            owner = row_of[obj.users[index] if side == "user" else obj.items[index]]
+            touch = only[owner.clamp(min=0)] & (owner >= 0)
+            if side == "item" and obj.neg is not None:
+                n_own = row_of[obj.neg[index]]
+                touch = touch | (only[n_own.clamp(min=0)] & (n_own >= 0)).any(1)
+            index = index[touch]
         for p in obj._pieces(index, None):
             val = p.w.to(theta.dtype) * row_loss(p.kind, obj._z(p).to(theta.dtype), s.alpha, s.w0)
             owners = (p.users,) if side == "user" else tuple(x for x in (p.items, p.minus) if x is not None)
@@ -266,10 +275,17 @@ class TwoSidedProblem:
         before = self.objective(side)
         slope = (r * delta).sum(1)
         applied = torch.zeros_like(t)
+        # Where each block's phi_b depends on its own block only (every loss here but a pairwise
+        # one, whose row meets two items), a block that passed keeps its step and later halvings
+        # evaluate only the rows of the blocks still searching.
+        separable = side == "user" or not self.obj.spec.pairwise
+        bad = torch.ones_like(t, dtype=torch.bool)
         for _ in range(halvings):
             self._apply(side, (t - applied)[:, None] * delta)
             applied = t.clone()
-            bad = ~(self.objective(side) <= before + 1e-4 * t * slope + 1e-12 * before.abs())
+            value = self.objective(side, only=bad if separable else None)
+            fail = ~(value <= before + 1e-4 * t * slope + 1e-12 * before.abs())
+            bad = bad & fail if separable else fail
             if not bool(bad.any()):
                 return t
             t = torch.where(bad, t / 2, t)

@@ -130,6 +130,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=101, help="request seed (default: design seed 101)")
     p.add_argument("--epochs", type=int, default=None, help="override the training epochs (smoke tests)")
     p.add_argument("--set", action="append", default=[], help="extra key=value config overrides (JSON values)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"methods to run, retrain first (default {','.join(METHODS)})")
     p.add_argument("--out", default=os.path.join(HERE, "results", "twosided_check"))
     p.add_argument("--work", default=os.path.join(HERE, "out", "twosided_check"),
                    help="originals and one record per finished cell (a rerun skips those cells)")
@@ -145,20 +147,24 @@ def main() -> None:
             overrides[k] = v
     if a.epochs is not None:
         overrides["epochs"] = a.epochs
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if methods[:1] != ["retrain"]:
+        raise SystemExit("--methods must start with retrain (its model fits the membership audit)")
+    tag = "" if methods == METHODS else "-" + "+".join(methods[1:])
     results = []
     for model in [m.strip() for m in a.models.split(",") if m.strip()]:
         for task in [t.strip() for t in a.tasks.split(",") if t.strip()]:
             if task not in TASKS:
                 raise SystemExit(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
-            cell = os.path.join(a.work, f"{a.dataset}-{model}-{task}-{a.seed}.json")
+            cell = os.path.join(a.work, f"{a.dataset}-{model}-{task}-{a.seed}{tag}.json")
             if os.path.isfile(cell):  # resumable: a finished cell is kept
                 with open(cell, encoding="utf-8") as f:
                     results.append(json.load(f))
                 continue
-            res = run_cell(a.dataset, model, task, a.seed, overrides, METHODS, a.work)
+            res = run_cell(a.dataset, model, task, a.seed, overrides, methods, a.work)
             write_text(cell, json.dumps(res, indent=1, default=float) + "\n")
             results.append(res)
-    md = (f"# l2unrank_twosided vs l2unrank vs retrain ({a.dataset}, request seed {a.seed})\n\n"
+    md = (f"# {' vs '.join(reversed(methods))} ({a.dataset}, request seed {a.seed})\n\n"
           f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs). Seed {a.seed} is "
           f"{'a design seed: in-sample' if a.seed < 1000 else 'an evaluation seed'}.\n\n{report(results)}\n")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

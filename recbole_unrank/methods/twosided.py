@@ -30,7 +30,18 @@ blocks of both sides in the scope:
 
 Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
 rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
-stays fixed). LightGCN is refused: its block curvature through propagation is not built yet.
+stays fixed). LightGCN is refused (before anything is written: :meth:`TwoSided.check_fit`). What
+blocks it: (1) a base row ``E0_b`` reaches every score within ``L`` hops, so a block's gradient and
+Gauss-Newton matrix sum over the rows of its ``L``-hop neighbourhood (``J = A_L[u, b] e_i +
+A_L[i, b] e_u``, columns of the propagation matrix for the scope's nodes), which on ml-100k is
+most of the train rows per block; (2) blocks of one side are coupled through propagation (two
+users sharing an item within ``L`` hops), so a simultaneous step on one side is a Jacobi step,
+not the block minimiser, and "one sweep equals the dense block solve" must be restated and the
+alternation given a line search on the joint objective; (3) removing the request changes the
+normalised graph itself, so the difference form's target must say whether the graph's change
+(IFRU's spillover term) is removed too, and ground truth needs warm-started retraining on the
+retained graph; (4) LightGCN's L2 term is per batch (the adapter's surrogate), which the block
+terms must match.
 No step search and no influence weights: every setting this method reads acts.
 """
 

@@ -19,9 +19,10 @@ models, so the table has the row the paper's utility may come from.
 * the update ``theta <- theta - x`` (the release's ``p.sub_(change)``).
 
 Two things follow from the release and are kept, not fixed: the losses are means, so ``x`` is
-about ``|D \\ D_t| / |D_t|`` times the sum-form influence step; and ``theta - H^-1 g`` is a
-Newton step that *lowers* the forgotten pairs' loss (the sum-form removal estimate is
-``theta + H_ret^-1 grad L(D_t)``). The repair then has to do the forgetting.
+about ``|D \\ D_t| / |D_t|`` times the sum-form influence step; and the sign is the opposite of
+the removal estimate's (``theta + H_ret^-1 grad L(D_t)``): where ``H`` is positive definite,
+``theta - H^-1 g`` is a Newton step that *lowers* the forgotten pairs' loss. The repair then
+has to do the forgetting.
 
 **Repair**: ``unrank_released_repair_epochs`` (the release: 5) epochs of the model's own
 training loss on the retained data at ``unrank_released_repair_lr_scale`` (the release: 0.1)

@@ -4,11 +4,14 @@
     python benchmarks/twosided_check.py --models WMF --tasks item --seed 101
     python benchmarks/twosided_check.py --dataset tiny --epochs 2       # a smoke test
 
-Each (model, task) trains the original once with the project's config (config/ml-100k.yaml +
-config/<model>.yaml; the tiny dataset uses the package presets), draws the request with the
+Each model's original is trained once with the project's config (config/ml-100k.yaml +
+config/<model>.yaml; the tiny dataset uses the package presets) and shared by its tasks; each
+(model, task) draws the request with the
 suite's default task settings (config/suite/ml100k.yaml: interaction 10% of users x 20% of
 their rows, item 2% of items, user 5% of users; random users), then runs retrain, l2unrank and
-l2unrank_twosided on it (run_unrank's Run.run_method, as the suite does). The request seed
+l2unrank_twosided on it (run_unrank's Run.run_method, as the suite does) and audits every row
+(the logistic membership attack fitted on retrain's model). Resumable: one record per finished
+cell under --work (benchmarks/out/twosided_check), written atomically. The request seed
 defaults to a design seed (101): settings may be chosen on these numbers, never reported as
 held out. Writes <out>.json and <out>.md (default benchmarks/results/twosided_check.*).
 """
@@ -27,8 +30,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from recbole_unrank import pipeline  # noqa: E402 (after the sys.path line)
+from recbole_unrank.checkpoints import save_checkpoint  # noqa: E402 (after the sys.path line)
+from recbole_unrank.data import load_data, make_loaders  # noqa: E402 (after the sys.path line)
 from recbole_unrank.report import write_text  # noqa: E402 (after the sys.path line)
 from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.path line)
+from recbole_unrank.training import train_model  # noqa: E402 (after the sys.path line)
 
 #: The suite's default ratio of each task (config/suite/ml100k.yaml).
 TASKS = {
@@ -39,27 +45,60 @@ TASKS = {
 METHODS = ["retrain", "l2unrank", "l2unrank_twosided"]
 
 
-def run_cell(dataset: str, model: str, task: str, seed: int, overrides: dict, methods: list[str]) -> dict:
-    """Train the original, draw the request, run every method: one result per method."""
-    settings = {**TASKS[task], "unrank_request_users": "random", "unrank_request_seed": seed,
-                "checkpoint_dir": os.path.join(HERE, "out", "twosided_check", "ckpt"), **overrides}
+def _config(dataset: str, model: str, task: str | None, seed: int, overrides: dict, work: str):
+    settings = {"checkpoint_dir": os.path.join(work, "saved"), **overrides}
+    if task is not None:
+        settings.update({**TASKS[task], "unrank_request_users": "random", "unrank_request_seed": seed})
     if dataset == "ml-100k":
         files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", f"{model}.yaml")]
     else:  # a dataset under dataset/ (tiny): the package presets
         files = None
         settings.setdefault("data_path", os.path.join(ROOT, "dataset"))
-    config = pipeline.build_config(model, dataset, files, settings, argv=[])
-    run, _ = pipeline.prepare_run(config)
-    run.prepare_original()
-    orig = run.rows[0]
-    out = {"model": model, "task": task, "seed": seed, "request": run.request.summary(),
-           "original": {"time_s": run.original_info["time_s"], "forget_hit@10": orig["forget"]["forget_hit@10"],
-                        "ndcg@10": orig["test"]["ndcg@10"]}, "methods": {}}
+    return pipeline.build_config(model, dataset, files, settings, argv=[])
+
+
+def original_of(dataset: str, model: str, overrides: dict, work: str) -> tuple[str, dict]:
+    """The original of ``model`` (the config without a request: every task of a model shares
+    it), trained once and kept under ``work`` with its training record."""
+    path = os.path.join(work, f"original-{model}-{dataset}.pth")
+    info_path = path[:-4] + ".json"
+    if os.path.isfile(path) and os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            return path, json.load(f)
+    config = _config(dataset, model, None, 0, overrides, work)
+    data = load_data(config)
+    train, valid, _ = make_loaders(config, data)
+    m, info = train_model(config, train, valid, None, tag=f"original {model}")
+    save_checkpoint(m, config, path, {"benchmark": "twosided_check original"})
+    rec = {"time_s": float(info["time_s"]), "epochs": info.get("epochs")}
+    write_text(info_path, json.dumps(rec) + "\n")
+    return path, rec
+
+
+def _measures(row: dict) -> dict:
+    audit = row.get("audit") or {}
+    return {"time_s": row["time_s"], "forget_hit@10": row["forget"]["forget_hit@10"],
+            "ndcg@10": row["test"]["ndcg@10"], "req_ndcg@10": (row.get("request_users") or {}).get("ndcg@10"),
+            "mia_auc": audit.get("mia_auc"), "solve": row.get("solve")}
+
+
+def run_cell(dataset: str, model: str, task: str, seed: int, overrides: dict, methods: list[str],
+             work: str) -> dict:
+    """Load (or train once) the original, draw the request, run every method (retrain first:
+    its model fits the membership audit), audit every row: one record per method."""
+    path, orig_info = original_of(dataset, model, overrides, work)
+    config = _config(dataset, model, task, seed, overrides, work)
+    run, ckpt = pipeline.prepare_run(config, path, methods=methods)
+    run.prepare_original(ckpt, path)
     for name in methods:
         row = run.run_method(name, save=False)
-        out["methods"][name] = {"time_s": row["time_s"], "forget_hit@10": row["forget"]["forget_hit@10"],
-                                "ndcg@10": row["test"]["ndcg@10"], "solve": row.get("solve")}
-    return out
+        row.pop("_model", None)
+    run.finish()  # the audit, now that retrain's model has fitted the attack
+    res = {"model": model, "task": task, "seed": seed, "request": run.request.summary(),
+           "original": {**_measures(run.rows[0]), "time_s": orig_info["time_s"]}, "methods": {}}
+    for row in run.rows[1:]:
+        res["methods"][row["method"]] = _measures(row)
+    return res
 
 
 def report(results: list[dict]) -> str:
@@ -69,11 +108,17 @@ def report(results: list[dict]) -> str:
         for name, r in [("original", res["original"])] + list(res["methods"].items()):
             vs = (fmt(r["forget_hit@10"] - ret["forget_hit@10"], 3) if ret else "")
             ratio = (fmt(r["ndcg@10"] / max(ret["ndcg@10"], 1e-12), 3) if ret else "")
+            req = r.get("req_ndcg@10")
+            req_ratio = (fmt(req / max(ret["req_ndcg@10"], 1e-12), 3)
+                         if ret and req is not None and ret.get("req_ndcg@10") else "")
+            mia = r.get("mia_auc")
+            mia_gap = (fmt(mia - ret["mia_auc"], 3) if ret and mia is not None and ret.get("mia_auc") is not None
+                       else "")
             speed = (fmt(ret["time_s"] / max(r["time_s"], 1e-9), 0) + "x" if ret and name != "original" else "")
             rows.append([res["model"], res["task"], name, fmt(r["forget_hit@10"], 3), vs, fmt(r["ndcg@10"], 4),
-                         ratio, fmt(r["time_s"], 3), speed])
-    head = ["model", "task", "method", "forget_hit@10", "- retrain's", "test NDCG@10", "/ retrain's", "time (s)",
-            "speed-up"]
+                         ratio, req_ratio, "" if mia is None else fmt(mia, 3), mia_gap, fmt(r["time_s"], 3), speed])
+    head = ["model", "task", "method", "forget_hit@10", "- retrain's", "test NDCG@10", "/ retrain's",
+            "req. users NDCG@10 / retrain's", "MIA AUC", "- retrain's", "time (s)", "speed-up"]
     return "\n".join(md_table(head, rows))
 
 
@@ -85,7 +130,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=101, help="request seed (default: design seed 101)")
     p.add_argument("--epochs", type=int, default=None, help="override the training epochs (smoke tests)")
     p.add_argument("--set", action="append", default=[], help="extra key=value config overrides (JSON values)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"methods to run, retrain first (default {','.join(METHODS)})")
     p.add_argument("--out", default=os.path.join(HERE, "results", "twosided_check"))
+    p.add_argument("--work", default=os.path.join(HERE, "out", "twosided_check"),
+                   help="originals and one record per finished cell (a rerun skips those cells)")
     a = p.parse_args()
     command = "python benchmarks/twosided_check.py " + " ".join(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -98,13 +147,24 @@ def main() -> None:
             overrides[k] = v
     if a.epochs is not None:
         overrides["epochs"] = a.epochs
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if methods[:1] != ["retrain"]:
+        raise SystemExit("--methods must start with retrain (its model fits the membership audit)")
+    tag = "" if methods == METHODS else "-" + "+".join(methods[1:])
     results = []
     for model in [m.strip() for m in a.models.split(",") if m.strip()]:
         for task in [t.strip() for t in a.tasks.split(",") if t.strip()]:
             if task not in TASKS:
                 raise SystemExit(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
-            results.append(run_cell(a.dataset, model, task, a.seed, overrides, METHODS))
-    md = (f"# l2unrank_twosided vs l2unrank vs retrain ({a.dataset}, request seed {a.seed})\n\n"
+            cell = os.path.join(a.work, f"{a.dataset}-{model}-{task}-{a.seed}{tag}.json")
+            if os.path.isfile(cell):  # resumable: a finished cell is kept
+                with open(cell, encoding="utf-8") as f:
+                    results.append(json.load(f))
+                continue
+            res = run_cell(a.dataset, model, task, a.seed, overrides, methods, a.work)
+            write_text(cell, json.dumps(res, indent=1, default=float) + "\n")
+            results.append(res)
+    md = (f"# {' vs '.join(reversed(methods))} ({a.dataset}, request seed {a.seed})\n\n"
           f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs). Seed {a.seed} is "
           f"{'a design seed: in-sample' if a.seed < 1000 else 'an evaluation seed'}.\n\n{report(results)}\n")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

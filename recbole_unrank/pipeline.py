@@ -188,6 +188,7 @@ class Run(Evaluator):
             make_train_loader=lambda ds: make_train_loader(config, self.data, ds),
             train_batch_size=int(config["train_batch_size"]),
             show_progress=bool(config["show_progress"]),
+            learning_rate=float(config["learning_rate"]),
         )
 
     def _train_on(self, train_ds, tag: str):
@@ -287,6 +288,14 @@ def prepare_run(config, checkpoint: str | None = None, ckpt: dict | None = None,
     return run, ckpt
 
 
+def check_fit(run: Run) -> None:
+    """Each method of the run refuses, before anything is written, a model or a drawn request it
+    cannot act on (``UnlearningMethod.check_fit``: e.g. a scope hop that adds no block)."""
+    for name in run.method_names:
+        METHODS[name](**method_settings(run.config, METHODS[name])).check_fit(
+            run.config["model"], run.data.train_ds, run.request.index)
+
+
 def _check_train_data_model(config, names: list[str]) -> None:
     """Refuse a model that keeps training interactions outside its parameters (a graph, a
     history matrix) for a method that changes the original's copy: the forgotten pairs would
@@ -311,6 +320,7 @@ def run_pipeline(config, checkpoint: str | None = None, ckpt: dict | None = None
     from recbole_unrank import report
 
     run, ckpt = prepare_run(config, checkpoint, ckpt)
+    check_fit(run)
     run.run_dir = new_run_dir(config)
     pause_point("run_dir")
     handler = run.log_handler = attach_file_log(run.run_dir)

@@ -184,7 +184,7 @@ class NeuMFAdapter(ModelAdapter):
         return jac.detach()
 
     @torch.no_grad()
-    def _scores_for(self, theta: torch.Tensor, budget: int = 1 << 25) -> torch.Tensor:
+    def _scores_for(self, theta: torch.Tensor, budget: int | None = None) -> torch.Tensor:
         """Logits of users (rows of ``theta`` [U, d_mf + d_mlp]) over all items, [U, n_items]."""
         return neumf_logits_all_items(self.model, theta[:, : self.d_mf], theta[:, self.d_mf :], budget)
 

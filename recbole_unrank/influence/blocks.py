@@ -60,8 +60,7 @@ def row_map(mask: Tensor) -> tuple[Tensor, Tensor]:
     return ids, row_of
 
 
-def block_gradients(rows: Tensor, jac: Tensor, d1: Tensor, d2: Tensor | None, g: Tensor, H: Tensor | None,
-                    budget: int = 1 << 24) -> None:
+def block_gradients(rows: Tensor, jac: Tensor, d1: Tensor, d2: Tensor | None, g: Tensor, H: Tensor | None) -> None:
     """Add the terms of outputs ``k`` to the blocks ``rows[k]`` in place.
 
     Args:
@@ -70,19 +69,23 @@ def block_gradients(rows: Tensor, jac: Tensor, d1: Tensor, d2: Tensor | None, g:
         d1, d2: [K], ``w_k f'(z_k)`` and ``w_k f''(z_k)`` (``d2`` None: no curvature).
         g: [B, d] gradients, ``g[rows[k]] += d1_k J_k``.
         H: [B, d, d] Gauss-Newton blocks, ``H[rows[k]] += d2_k J_k J_k^T`` (None: skipped).
-        budget: outer products formed at a time are capped near this many numbers (chunks).
     """
     if rows.numel() == 0:
         return
     g.index_add_(0, rows, d1.to(jac.dtype)[:, None] * jac)
     if H is None or d2 is None:
         return
-    d = jac.shape[1]
-    chunk = max(1, budget // (d * d))
-    c = d2.to(jac.dtype)
-    for lo in range(0, rows.numel(), chunk):
-        j = jac[lo:lo + chunk]
-        H.index_add_(0, rows[lo:lo + chunk], (c[lo:lo + chunk, None, None] * j[:, :, None]) * j[:, None, :])
+    # Per block, H_b += J_b^T diag(c) J_b over the block's outputs: one matrix product per block
+    # (rows sorted by block), not an outer product per output scattered with index_add (that
+    # materialised K d^2 numbers and took 8 of NeuMF's 25 s per two-sided request on ml-100k).
+    order = torch.argsort(rows, stable=True)
+    j = jac[order]
+    jc = j * d2.to(jac.dtype)[order][:, None]
+    counts = torch.bincount(rows, minlength=H.shape[0])
+    blocks = counts.nonzero().squeeze(1)
+    sizes = counts[blocks].tolist()
+    for b, seg, seg_c in zip(blocks.tolist(), torch.split(j, sizes), torch.split(jc, sizes)):
+        H[b] += seg.T @ seg_c
 
 
 def block_step(H: Tensor, r: Tensor, damping: float) -> Tensor:

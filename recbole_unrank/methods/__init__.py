@@ -11,6 +11,7 @@ from recbole_unrank.methods.influence_baselines import BASELINES
 from recbole_unrank.methods.l2unrank import VARIANTS, L2UnRank, L2UnRankPaper
 from recbole_unrank.methods.partition import SISA, RecEraser, ShardEnsemble
 from recbole_unrank.methods.pipeline import InfluencePipeline, Steps, declare
+from recbole_unrank.methods.released import Released
 from recbole_unrank.methods.retrain import Retrain
 from recbole_unrank.methods.twosided import TwoSided
 
@@ -23,6 +24,7 @@ METHODS: dict[str, type[UnlearningMethod]] = {
     **BASELINES,
     **VARIANTS,
     "l2unrank_twosided": TwoSided,
+    "l2unrank_released": Released,
 }
 
 __all__ = [
@@ -42,5 +44,6 @@ __all__ = [
     "L2UnRank",
     "L2UnRankPaper",
     "TwoSided",
+    "Released",
     "check_finite",
 ]

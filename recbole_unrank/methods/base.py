@@ -41,6 +41,8 @@ class UnlearnTask:
             LightGCN's L2 term, depends on it).
         show_progress: RecBole's ``show_progress``: progress bars on the method's long loops
             (drawn on a terminal only, :mod:`recbole_unrank.progress`).
+        learning_rate: the run's training ``learning_rate`` (None where not known), for methods
+            whose step is set relative to it (``l2unrank_released``'s repair).
     """
 
     model: nn.Module
@@ -55,6 +57,7 @@ class UnlearnTask:
     make_train_loader: Callable[[Any], Any] | None = None
     train_batch_size: int = 2048
     show_progress: bool = False
+    learning_rate: float | None = None
 
 
 @dataclass
@@ -106,6 +109,11 @@ class UnlearningMethod:
         from recbole_unrank.config import default_of
 
         return {arg: default_of(key) for arg, key in cls.settings.items()}
+
+    def check_fit(self, model_name: str, train_ds: Any, request_index: np.ndarray) -> None:
+        """Refuse (UnrankError, one line) a model or a drawn request this method cannot act on,
+        before the run writes anything (:func:`recbole_unrank.pipeline.check_fit`). Default:
+        every model and request fit; a method that can tell earlier overrides this."""
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -83,6 +83,59 @@ def row_median(rows: Tensor, values: Tensor, n_rows: int) -> Tensor:
     return out
 
 
+class _RowCache:
+    """Scores of the request users under per-user scales, each user's row computed once per
+    scale the search tries for that user.
+
+    A user's scores depend on that user's own scale only where the adapter's step moves no one
+    else (``moves_other_users`` False: factor models and NeuMF) and nothing else is watched
+    (no other users' guard sample): then a row measured earlier at the same scale is taken
+    from the cache (the bisection of the guard's cap and the final measures mostly repeat
+    scales), and only the users whose scale is new are scored, through the same
+    ``scores_with_delta`` on the sliced ``prepared`` (a tuple of per-user tensors). The cache
+    holds at most ``budget`` floats of rows (older entries are dropped first). Elsewhere every
+    measure scores every request user, as before. ``scored`` counts the user rows scored,
+    ``calls`` the measures."""
+
+    def __init__(self, adapter, users: Tensor, prepared, own_rows: bool, budget: int = 1 << 26):
+        self.a, self.users, self.prepared = adapter, users, prepared
+        U = users.numel()
+        sliceable = isinstance(prepared, tuple) and all(torch.is_tensor(t) and t.dim() >= 1 and t.shape[0] == U
+                                                          for t in prepared)
+        self.on = bool(own_rows and sliceable and not getattr(adapter, "moves_other_users", False))
+        self.entries: list[tuple[Tensor, Tensor]] = []  # (scales [U], scores [U, n]), newest last
+        self.budget = int(budget)
+        self.scored, self.calls = 0, 0
+
+    def scores(self, scale: Tensor) -> Tensor:
+        self.calls += 1
+        U = self.users.numel()
+        if not self.on:
+            self.scored += U
+            return self.a.scores_with_delta(self.users, self.prepared, scale)
+        out, have = None, torch.zeros(U, dtype=torch.bool, device=scale.device)
+        for old_scale, old_scores in reversed(self.entries):
+            hit = ~have & (old_scale == scale)
+            if bool(hit.any()):
+                if out is None:
+                    out = torch.empty_like(old_scores)
+                out[hit] = old_scores[hit]
+                have |= hit
+        need = (~have).nonzero().squeeze(1)
+        if need.numel():
+            part = self.a.scores_with_delta(self.users[need], tuple(t[need] for t in self.prepared), scale[need])
+            if out is None:
+                out = part.new_empty(U, part.shape[1]) if need.numel() < U else part
+            if need.numel() < U:
+                out[need] = part
+            self.scored += int(need.numel())
+        self.entries.append((scale.clone(), out))
+        per = out.numel()
+        while len(self.entries) > 1 and per * len(self.entries) > self.budget:
+            self.entries.pop(0)
+        return out  # read only: the probe masks a copy
+
+
 class StepCalibration:
     """Measures of a candidate step on the request users (and a sample of the others).
 
@@ -222,9 +275,11 @@ class StepCalibration:
 
         best = {"progress": None, "scale": None}
 
+        rows = _RowCache(a, self.req_users, prepared, self.other_probe is None)
+
         def measure(scale, track=False):
             bar.update()
-            scores = self.probe.mask(a.scores_with_delta(self.req_users, prepared, scale))
+            scores = self.probe.mask(rows.scores(scale))
             target, clean, ndcg, progress = self._user_ok(scores)
             if track:  # the search's own steps: remember each user's best clean one
                 bp, bs = best["progress"], best["scale"]
@@ -261,6 +316,8 @@ class StepCalibration:
         ok, ndcg, other, target, clean = measure(chosen)
         bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean, reached, searched)
+        info["calibration"]["user_scorings"] = rows.scored
+        info["calibration"]["measures"] = rows.calls
         return chosen
 
     def _bar(self):

@@ -30,7 +30,18 @@ blocks of both sides in the scope:
 
 Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
 rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
-stays fixed). LightGCN is refused: its block curvature through propagation is not built yet.
+stays fixed). LightGCN is refused (before anything is written: :meth:`TwoSided.check_fit`). What
+blocks it: (1) a base row ``E0_b`` reaches every score within ``L`` hops, so a block's gradient and
+Gauss-Newton matrix sum over the rows of its ``L``-hop neighbourhood (``J = A_L[u, b] e_i +
+A_L[i, b] e_u``, columns of the propagation matrix for the scope's nodes), which on ml-100k is
+most of the train rows per block; (2) blocks of one side are coupled through propagation (two
+users sharing an item within ``L`` hops), so a simultaneous step on one side is a Jacobi step,
+not the block minimiser, and "one sweep equals the dense block solve" must be restated and the
+alternation given a line search on the joint objective; (3) removing the request changes the
+normalised graph itself, so the difference form's target must say whether the graph's change
+(IFRU's spillover term) is removed too, and ground truth needs warm-started retraining on the
+retained graph; (4) LightGCN's L2 term is per batch (the adapter's surrogate), which the block
+terms must match.
 No step search and no influence weights: every setting this method reads acts.
 """
 
@@ -49,7 +60,10 @@ from recbole_unrank.influence.blocks import block_gradients, block_step, row_map
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.methods.objective import Objective, row_loss
 
-__all__ = ["TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
+__all__ = ["SUPPORTED", "TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
+
+#: RecBole models whose adapters give both user and item blocks (LightGCN: refused, see TwoSided)
+SUPPORTED = ("WMF", "BPR", "NeuMF")
 
 TWOSIDED_SETTINGS = {
     "hops": "unrank_twosided_hops",
@@ -57,6 +71,22 @@ TWOSIDED_SETTINGS = {
     "tol": "unrank_twosided_tol",
     "damping": "unrank_damping",
 }
+
+
+def _whole(value: Any, key: str, least: int, hint: str) -> int:
+    """A whole number >= ``least`` (``2.0`` is 2; ``1.5``, ``True``, ``"a"``: refused, one line)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and float(value) == int(value)
+    if not ok or int(value) < least:
+        raise UnrankError(f"{key}={value!r} is not a whole number >= {least}: {hint}")
+    return int(value)
+
+
+def _real(value: Any, key: str) -> float:
+    """A finite real number (``True``, ``"a"``, NaN: refused, one line)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UnrankError(f"{key}={value!r} is not a finite number")
+    return float(value)
 
 
 class TwoSidedProblem:
@@ -162,10 +192,12 @@ class TwoSidedProblem:
         return g, H
 
     @torch.no_grad()
-    def objective(self, side: str) -> Tensor:
+    def objective(self, side: str, only: Tensor | None = None) -> Tensor:
         """Per scope block of ``side``, the scalar whose gradient is the residual:
         ``phi_b(theta) = L_ret,b(theta) - grad_b L_full(theta0) . theta_b`` [B] (``L_ret,b``: the
-        retained loss's terms that touch block ``b``), for the line search of a block step."""
+        retained loss's terms that touch block ``b``), for the line search of a block step.
+        ``only`` (bool [B]): the blocks whose value is wanted; the rows that touch no such block
+        are skipped and the other entries are meaningless."""
         a, obj, s = self.a, self.obj, self.obj.spec
         ids, row_of = self.ids[side], self.row_of[side]
         theta = self.block(side)
@@ -173,6 +205,13 @@ class TwoSidedProblem:
         if ids.numel() == 0:
             return out
         index = self.rows[side]
+        if only is not None:
+            owner = row_of[obj.users[index] if side == "user" else obj.items[index]]
+            touch = only[owner.clamp(min=0)] & (owner >= 0)
+            if side == "item" and obj.neg is not None:
+                n_own = row_of[obj.neg[index]]
+                touch = touch | (only[n_own.clamp(min=0)] & (n_own >= 0)).any(1)
+            index = index[touch]
         for p in obj._pieces(index, None):
             val = p.w.to(theta.dtype) * row_loss(p.kind, obj._z(p).to(theta.dtype), s.alpha, s.w0)
             owners = (p.users,) if side == "user" else tuple(x for x in (p.items, p.minus) if x is not None)
@@ -247,10 +286,17 @@ class TwoSidedProblem:
         before = self.objective(side)
         slope = (r * delta).sum(1)
         applied = torch.zeros_like(t)
+        # Where each block's phi_b depends on its own block only (every loss here but a pairwise
+        # one, whose row meets two items), a block that passed keeps its step and later halvings
+        # evaluate only the rows of the blocks still searching.
+        separable = side == "user" or not self.obj.spec.pairwise
+        bad = torch.ones_like(t, dtype=torch.bool)
         for _ in range(halvings):
             self._apply(side, (t - applied)[:, None] * delta)
             applied = t.clone()
-            bad = ~(self.objective(side) <= before + 1e-4 * t * slope + 1e-12 * before.abs())
+            value = self.objective(side, only=bad if separable else None)
+            fail = ~(value <= before + 1e-4 * t * slope + 1e-12 * before.abs())
+            bad = bad & fail if separable else fail
             if not bool(bad.any()):
                 return t
             t = torch.where(bad, t / 2, t)
@@ -317,17 +363,49 @@ class TwoSided(UnlearningMethod):
         for k, v in s.items():
             if v is None:
                 raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")
-        if int(s["hops"]) < 0:
-            raise UnrankError(f"unrank_twosided_hops={s['hops']} is negative: use 0 (the request's users and "
-                              "items) or more")
-        if int(s["sweeps"]) < 1:
-            raise UnrankError(f"unrank_twosided_sweeps={s['sweeps']} moves nothing: use at least 1 sweep")
-        if not 0.0 < float(s["tol"]) < 1.0:
+        s["hops"] = _whole(s["hops"], "unrank_twosided_hops", 0, "use 0 (the request's users and items) or more")
+        s["sweeps"] = _whole(s["sweeps"], "unrank_twosided_sweeps", 1, "use at least 1 sweep")
+        s["tol"] = _real(s["tol"], "unrank_twosided_tol")
+        if not 0.0 < s["tol"] < 1.0:
             raise UnrankError(f"unrank_twosided_tol={s['tol']} must lie in (0, 1) (a share of the starting "
                               "residual, e.g. 1e-3)")
-        if not float(s["damping"]) > 0:
+        s["damping"] = _real(s["damping"], "unrank_damping")
+        if not s["damping"] > 0:
             raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+        if "tol" in self.given_kwargs and s["sweeps"] == 1:
+            raise UnrankError(f"unrank_twosided_tol={s['tol']} has no effect with unrank_twosided_sweeps=1 (one "
+                              "sweep is taken whatever the residual): unset it, or allow more sweeps")
         self.s = s
+
+    def check_fit(self, model_name: str, train_ds: Any, request_index: Any) -> None:
+        """Refuse, before anything is written, a model without both kinds of blocks and a
+        request on which a setting would move no block: an empty request, a hop that adds no
+        block (the retained graph reaches no further)."""
+        if model_name == "LightGCN":
+            raise UnrankError(f"{self.name} does not support LightGCN yet: block curvature through graph "
+                              "propagation is not implemented; use l2unrank")
+        if model_name not in SUPPORTED:
+            raise UnrankError(f"{model_name} has no per-user and per-item parameter blocks that {self.name} can "
+                              f"move (it supports {', '.join(SUPPORTED)}): use l2unrank or if")
+        feat = train_ds.inter_feat
+        users, items = feat[train_ds.uid_field], feat[train_ds.iid_field]
+        target = torch.as_tensor(request_index, dtype=torch.long)
+        self._check_scope(users, items, target, int(train_ds.user_num), int(train_ds.item_num))
+
+    def _check_scope(self, users: Tensor, items: Tensor, target: Tensor, n_users: int, n_items: int):
+        """The scope (:func:`scope_blocks`) of ``target``; an empty request or an idle hop -> one line."""
+        name, hops = self.name, int(self.s["hops"])
+        if target.numel() == 0:
+            raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
+                              "unrank_request and its file or ids")
+        keep = torch.ones(users.numel(), dtype=torch.bool, device=users.device)
+        keep[target] = False
+        user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, n_users, n_items)
+        idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
+        if idle:  # a hop that adds no block: every later one adds none either
+            raise UnrankError(f"unrank_twosided_hops={hops} acts like {idle[0] - 1} on this request (the retained "
+                              f"graph reaches no further block): use {idle[0] - 1}")
+        return user_mask, item_mask, sizes
 
     def unlearn(self, task: UnlearnTask) -> UnlearnResult:
         s, name = self.s, self.name
@@ -349,18 +427,10 @@ class TwoSided(UnlearningMethod):
         users = feat[task.train_ds.uid_field].to(device)
         items = feat[task.train_ds.iid_field].to(device)
         target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
-        if target.numel() == 0:
-            raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
-                              "unrank_request and its file or ids")
+        hops = int(s["hops"])
+        user_mask, item_mask, sizes = self._check_scope(users, items, target, adapter.n_users, adapter.n_items)
         keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
         keep[target] = False
-        hops = int(s["hops"])
-        user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, adapter.n_users,
-                                                   adapter.n_items)
-        idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
-        if idle:  # a hop that adds no block: every later one adds none either
-            raise UnrankError(f"unrank_twosided_hops={hops} acts like {idle[0] - 1} on this request (the retained "
-                              f"graph reaches no further block): use {idle[0] - 1}")
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))

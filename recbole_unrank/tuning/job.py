@@ -59,6 +59,7 @@ def prepare_search(config, options: SearchOptions, checkpoint: str | None):
 
         check_ray(options.algo)
     run, ckpt = pipeline.prepare_run(config, checkpoint, methods=[method])
+    pipeline.check_fit(run)
     return TuneSearch(run, method, specs, objective), options, ckpt
 
 

@@ -215,6 +215,7 @@ def compare_one(model: str, dataset: str, methods: list[str], epochs: int, devic
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     presets = [dataset, model] if dataset == "ml-100k" else None
+    methods, not_run = methods_for(model, methods)
     config = {"unrank_methods": [*methods, "retrain"], "epochs": epochs, "gpu_id": "0" if device == "cuda" else "",
               "seed": 2020, "show_progress": False, "data_path": os.path.join(ROOT, "dataset"),
               "checkpoint_dir": os.path.join(work, "saved"), "unrank_output_dir": os.path.join(work, "runs")}
@@ -227,8 +228,18 @@ def compare_one(model: str, dataset: str, methods: list[str], epochs: int, devic
         r["test"] = {k: row.get("test", {}).get(k) for k in ("ndcg@10", "recall@10")}
         r["forget"] = {k: row.get("forget", {}).get(k) for k in ("forget_hit@10", "mean_rank")}
         rows.append(r)
-    return {"rows": rows, "wall_s": time.perf_counter() - t0, "device": record.get("device", device),
+    return {"rows": rows, "not_run": not_run, "wall_s": time.perf_counter() - t0, "device": record.get("device", device),
             "cuda_peak_bytes": int(torch.cuda.max_memory_allocated()) if device == "cuda" else None}
+
+
+def methods_for(model: str, methods: list[str]) -> tuple[list[str], dict]:
+    """The methods that act on ``model`` and, for the others, why not (a method that refuses a
+    model refuses the whole run, so it is left out of that model's run and reported)."""
+    from recbole_unrank.methods.twosided import SUPPORTED
+
+    not_run = {m: f"{m} supports {', '.join(SUPPORTED)} only" for m in methods
+               if m == "l2unrank_twosided" and model not in SUPPORTED}
+    return [m for m in methods if m not in not_run], not_run
 
 
 def compare(args, device: str, work: str) -> dict:
@@ -369,6 +380,8 @@ def render(rec: dict) -> str:
                 md.append(f"| {model} | {r['method']} | {r.get('status', 'ok')} | {_f(r.get('time_s'))} | "
                           f"{'-' if sp is None else f'{sp:.0f}x'} | {_f(r['test'].get('ndcg@10'), 4)} | "
                           f"{_f(r['forget'].get('forget_hit@10'), 4)} |")
+            for method, why in m.get("not_run", {}).items():
+                md.append(f"| {model} | {method} | not run: {why} | - | - | - | - |")
         md.append("")
     lat = rec["parts"].get("latency")
     if lat:

@@ -63,6 +63,9 @@ def test_gpu_check_reduced_end_to_end(tmp_path):
         assert {"l2unrank", "retrain"} <= set(methods), methods.keys()
         assert methods["l2unrank"]["time_s"] > 0 and 0 <= methods["l2unrank"]["test"]["ndcg@10"] <= 1
         assert m["speedup"]["l2unrank"] > 0
+        # the two-sided update runs where it acts and is reported as not run where it refuses the model
+        assert ("l2unrank_twosided" in methods) == (model != "LightGCN"), (model, methods.keys())
+        assert ("l2unrank_twosided" in m["not_run"]) == (model == "LightGCN"), (model, m["not_run"])
     lat = rec["parts"]["latency"]["sizes"]["tiny"]
     assert lat["status"] == "ok" and lat["device"] == "cpu"
     assert set(lat["models"]) == {"WMF", "NeuMF", "LightGCN"}  # --models given explicitly beats --quick's

@@ -348,8 +348,8 @@ def run_model(model_name: str, args, out_dir: str) -> None:
 
 # ------------------------------------------------------------------------------ report
 def _name(p: dict) -> str:
-    return (f"{p['model']} {p.get('method', 'l2unrank')} (request seed {p['request_seed']}, budget {p['guard']:g} "
-            f"{p['policy']})")
+    budget = f"budget {p['guard']:g} {p['policy']}" if p["guard"] else "no budget"
+    return f"{p['model']} {p.get('method', 'l2unrank')} (request seed {p['request_seed']}, {budget})"
 
 
 def load_points(out_dir: str) -> dict:
@@ -398,7 +398,10 @@ def _targets(name: str, pts: list[dict], every: int) -> tuple[list[list[str]], d
 
     def row(target: str, cells: list[str], verdicts: list[bool]):
         cells = cells + ["-"] * (4 - len(cells))
-        rows.append([name, target, *cells, "yes" if verdicts and all(verdicts) else "**no**"])
+        held = "yes" if all(verdicts) else "**no**"
+        if len(verdicts) < len(QUARTERS):  # a stream still running: what is measured so far
+            held = f"{held} so far ({len(verdicts)} of {len(QUARTERS)} references)" if verdicts else "not yet measured"
+        rows.append([name, target, *cells, held])
 
     cells, oks = [], []
     for p in refs:

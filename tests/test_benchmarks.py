@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_same_numbers, assert_same_report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

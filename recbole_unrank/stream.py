@@ -3,9 +3,9 @@
 A platform answers requests all day: each request is unlearned from the model as it stands
 after the previous ones, on the data retained so far. :class:`RequestStream` holds that state
 (the model, the retained train rows, every request applied so far) and keeps a **cumulative
-utility budget**: the validation NDCG@10 of the whole validation split, with the retained
-history masked, must stay at least ``guard`` x the original model's, across the whole
-stream, not per request. When a request would take it below, the stream says so (a logged
+utility budget**: the NDCG@10 of the validation split's *monitor* part (rows no method reads,
+:func:`~recbole_unrank.data.monitor_valid`), with the retained history masked, must stay at
+least ``guard`` x the original model's, across the whole stream, not per request. When a request would take it below, the stream says so (a logged
 line and an ``event`` in the request's record) and applies its policy:
 
 * ``refuse``: the request is undone (model and retained data as before it) and recorded as
@@ -24,10 +24,12 @@ line and an ``event`` in the request's record) and applies its policy:
   own loss over the retained rows of the touched users and items (``unrank_finetune_lr``). Local:
   its cost follows the touched rows, not the data.
 
-The budget is measured after each request with :func:`user_ndcg` over every validation user
+The budget is measured after each request with :func:`user_ndcg` over every user of the monitor part
 (one score matrix per chunk of users from the model's adapter): no RecBole evaluation loop.
 
-Config keys: ``unrank_stream_guard`` (0 turns the budget off) and ``unrank_stream_policy``.
+Config keys: ``unrank_stream_guard`` (0 turns the budget off), ``unrank_stream_policy`` and, for
+``consolidate``, ``unrank_consolidate_sweeps`` (block models) or ``unrank_finetune_*`` (graph
+models). Measured ERASE's way by ``benchmarks/stream.py`` (``benchmarks/results/stream.md``).
 """
 
 from __future__ import annotations

@@ -401,9 +401,10 @@ class RequestStream:
         if self.settings.guard > 0 and self.settings.policy == "refuse":
             snapshot = copy.deepcopy(self.model)
         snapshot_s = time.perf_counter() - t0
+        seed = int(self.seed + k if seed is None else seed)  # a journal passes its own (stable across a resume)
         task = UnlearnTask(
             model=self.model, model_name=self.config["model"], train_ds=current, retain_ds=None, forget_ds=None,
-            request_index=request.index, seed=int(self.seed + k if seed is None else seed),
+            request_index=request.index, seed=seed,
             valid_ds=method_valid(self.data),
         )
         rollback = _model_snapshot(self.model)
@@ -417,7 +418,7 @@ class RequestStream:
         self.kept = np.setdiff1d(self.kept, rows, assume_unique=True)
         self._retained = None
         self.applied.append(rows)
-        record = {"request": k, "user": int(u[rows[0]]), "pairs": int(rows.size),
+        record = {"request": k, "seed": seed, "user": int(u[rows[0]]), "pairs": int(rows.size),
                   "time_s": float(result.info.get("time_s", 0.0)), "snapshot_s": snapshot_s,
                   "step_median": result.info.get("calibration", {}).get("step_median"),
                   "users_meeting_view": result.info.get("calibration", {}).get("users_meeting_target"),
@@ -447,7 +448,7 @@ class RequestStream:
             task = UnlearnTask(
                 model=self.model, model_name=self.config["model"], train_ds=retained, retain_ds=retained,
                 forget_ds=None, request_index=np.zeros(0, dtype=np.int64),
-                seed=self.seed + record["request"], valid_ds=method_valid(self.data),
+                seed=record["seed"], valid_ds=method_valid(self.data),
                 make_train_loader=self.make_train_loader,
             )
             self.model = self.finetune(task).model
@@ -457,7 +458,7 @@ class RequestStream:
             touched = np.concatenate(self.applied[self.consolidated:])
             info = consolidate_blocks(
                 self.model, self.data.train_ds, keep, touched, sweeps=_setting(self.config, "unrank_consolidate_sweeps"),
-                damping=_setting(self.config, "unrank_damping"), seed=self.seed + record["request"],
+                damping=_setting(self.config, "unrank_damping"), seed=record["seed"],
                 batch_size=int(self.config["train_batch_size"] or 4096), epochs=_setting(self.config, "unrank_finetune_epochs"),
                 lr=_setting(self.config, "unrank_finetune_lr"), make_train_loader=self.make_train_loader)
             self.consolidated = len(self.applied)

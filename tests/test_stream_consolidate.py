@@ -22,6 +22,8 @@ from recbole_unrank.methods import METHODS
 from recbole_unrank.stream import RequestStream, StreamSettings, consolidate_blocks, recent_requests
 
 TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}
+# a budget that request 4 keeps and request 5 breaks on this tiny stream (checked in the test)
+GUARD = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +161,54 @@ def test_graph_model_consolidation_finetunes_the_touched_rows_on_the_retained_gr
         assert not ((idx[0] == fu) & (idx[1] == fi)).any()
     with pytest.raises(UnrankError, match="training loader"):
         consolidate_blocks(copy.deepcopy(original), data.train_ds, keep, touched)
+
+
+# ------------------------------------------------------------------------------ with the journal
+def test_pending_consolidation_is_what_no_consolidation_covered_yet():
+    from recbole_unrank.journal import pending_consolidation
+
+    def rec(pos, status, rows, policy=None):
+        return {"position": pos, "status": status, "train_rows": rows,
+                "event": None if policy is None else {"policy": policy}}
+
+    requests = [rec(1, "applied", [1, 2]), rec(2, "applied", [3], "consolidate"), rec(3, "applied", [4, 5]),
+                rec(4, "refused", []), rec(5, "failed", [9]), rec(6, "applied", [6]), rec(7, "applied", [7], "retrain"),
+                rec(8, "applied", [8])]
+    assert pending_consolidation(requests, 1).tolist() == [1, 2]
+    assert pending_consolidation(requests, 2).tolist() == []  # the consolidation covered itself and before
+    assert pending_consolidation(requests, 6).tolist() == [4, 5, 6]  # refused and failed rows were not applied
+    assert pending_consolidation(requests, 7).tolist() == []
+    assert pending_consolidation(requests, 8).tolist() == [8]
+
+
+def test_a_resumed_journaled_stream_consolidates_as_the_uninterrupted_one(wmf, tmp_path):
+    """Stop after request 5 (snapshot at 4), resume, go on: the same model, bit for bit, where the
+    consolidation after the snapshot re-solves a request from before it (request 4)."""
+    from conftest import DATA_PATH
+
+    from recbole_unrank.api import make_config
+    from recbole_unrank.journal import Journal, model_digest, open_journaled_stream, pending_consolidation
+
+    config0, data, original = wmf
+    ckpt = tmp_path / "wmf.pth"
+    train, valid, _ = pipeline.make_loaders(config0, data)
+    pipeline.train_model(config0, train, valid, str(ckpt), tag="original")
+    argv = [f"--unrank_stream_guard={GUARD}", "--unrank_stream_policy=consolidate", "--unrank_method=l2unrank_twosided",
+            f"--data_path={DATA_PATH}"]
+    requests = _request_rows(config0, data, 6, 2, seed=11)
+
+    def run(folder, todo):
+        config, ck = make_config(checkpoint=str(ckpt), argv=argv)
+        with Journal(folder, snapshot_every=4) as j:
+            stream = open_journaled_stream(config, ck, str(ckpt), j)
+            for rows in todo:
+                stream.apply(rows)
+            return model_digest(stream.model), list(j.requests)
+
+    whole, recs = run(tmp_path / "A", requests)
+    events = [(r["position"], (r.get("event") or {}).get("policy")) for r in recs]
+    # the case under test: rows pending at the snapshot (position 4), consolidated after it (5)
+    assert pending_consolidation(recs, 4).size > 0 and events[4] == (5, "consolidate"), events
+    run(tmp_path / "B", requests[:5])  # stops after request 5: the snapshot at 4, record 5 after it
+    resumed, _ = run(tmp_path / "B", requests[5:])  # replays 5 from the snapshot (digest checked), then 6
+    assert resumed == whole

@@ -523,13 +523,15 @@ def write_report(out_dir: str, every: int = 50) -> str:
          "from the request seed, an evaluation seed), requests applied one after another to one model with the "
          "project defaults. At 1/4, 2/4, 3/4 and 4/4 of the stream a reference is retrained on the data with every "
          "request so far removed (same config, seed and epoch budget), and the stream's model is judged against it. "
-         "CPU, one thread, a machine shared with other jobs: times are noisy; compare them within one run.",
+         "CPU, one thread each, on 2 cores shared with other jobs (up to four of these streams ran at once, and "
+         "the load average moved between the values each time row names): the time per request follows the load "
+         "more than the stream, so the time-slope rows say little about the method; compare times within one run.",
          f"Package code: commit {', '.join(f'`{c}`' for c in codes)}. The results of the previous update "
          "(`l2unrank` on WMF, the `finetune` policy, the budget on the whole validation split) are kept, labelled, "
          "in [`stream-old-update/`](stream-old-update/stream.md).", "", "## Targets", ""]
     targets, summary = [], {}
     for name, pts in data.items():
-        rows, summary[name] = _targets(name, pts, every)
+        rows, summary[name] = _targets(f"{name}, {pts[-1]['after']} requests", pts, every)
         targets += rows
     L += md_table(["stream", "target", "at 1/4", "at 2/4", "at 3/4", "at 4/4", "holds"], targets) + [""]
     for name, pts in data.items():

@@ -243,7 +243,8 @@ class Journal:
             request_id = f"request-{position}"
         if content is None:
             content = hashlib.sha256(rows.tobytes()).hexdigest()
-        backup = (copy.deepcopy(stream.model), stream.kept.copy(), len(stream.applied), len(stream.records))
+        backup = (copy.deepcopy(stream.model), stream.kept.copy(), len(stream.applied), len(stream.records),
+                  stream.consolidated)
         t0 = time.perf_counter()
         status, reason, event = "applied", None, None
         self._inside = True
@@ -258,6 +259,7 @@ class Journal:
             stream.model, stream.kept = backup[0], backup[1]
             del stream.applied[backup[2]:]
             del stream.records[backup[3]:]
+            stream.consolidated = backup[4]
             stream._retained = None
             status, reason = "failed", _one_line(exc)
             logger.error("[stream] request %s failed: %s", request_id, reason)
@@ -624,12 +626,34 @@ def open_journaled_stream(config, ckpt: dict, checkpoint: str, journal: Journal)
         journal.start(identity)
         logger.info("journal '%s' started", journal.folder)
     else:
+        pending = pending_consolidation(journal.requests, start)
+        if pending.size:  # what the live run had not consolidated yet at the snapshot (policy consolidate)
+            stream.applied = [pending]
         _replay(stream, journal, start)
     stream.journal = journal
     if journal.position and journal.position % journal.snapshot_every == 0 and \
             not os.path.exists(journal.snapshot_path(journal.position)):
         journal.snapshot(stream)  # the process died before writing this one
     return stream
+
+
+def pending_consolidation(requests: list[dict], start: int) -> np.ndarray:
+    """The train rows of the requests applied up to position ``start`` that no consolidation
+    has re-solved yet: those after the last request whose budget event ran ``consolidate`` or
+    ``retrain`` (which covered every request before it and itself). A stream resumed from the
+    snapshot at ``start`` takes them as its pending requests, so that its next consolidation
+    re-solves the blocks the uninterrupted run's would (the ``consolidate`` policy's state)."""
+    rows: list = []
+    for r in requests:
+        if r["position"] > start:
+            break
+        if r["status"] != "applied":
+            continue
+        if (r.get("event") or {}).get("policy") in ("consolidate", "retrain"):
+            rows = []
+        else:
+            rows.append(r["train_rows"])
+    return np.asarray([x for part in rows for x in part], dtype=np.int64)
 
 
 def _replay(stream, journal: Journal, start: int) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import assert_same_numbers, assert_same_report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,14 +56,20 @@ def test_scale_report_reads_the_committed_record(tmp_path):
     assert "## Targets" in md and (tmp_path / "scale_dataset_growth.png").is_file()
 
 
+@pytest.mark.slow  # two fresh runs of four requests with a retrained reference at each quarter: ~90 s
 def test_stream_quick_runs_and_resumes(tmp_path):
     _run("stream.py", "--quick", "--work", tmp_path)
     out = tmp_path / "quick"
     points = sorted((out / "stream").glob("*/point-*.json"))
-    assert [p.name for p in points] == ["point-00002.json", "point-00004.json"]
-    last = json.loads(points[-1].read_text(encoding="utf-8"))
+    # a record every 2 requests and a retrained reference at each quarter (ERASE's protocol)
+    assert [p.name for p in points] == [f"point-0000{k}.json" for k in (1, 2, 3, 4)]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in points]
+    last = records[-1]
     assert last["dataset"] == "tiny" and last["unlearned"]["forget"]["pairs"] == 40
-    assert "retrain" in last and "audit" in last
+    assert all("retrain" in r and "request_users_ratio" in r and "reversal" in r["came_back"] for r in records)
+    assert "audit" in last and last["policy"] == "consolidate" and last["method"] == "l2unrank_twosided"
+    md = (out / "stream.md").read_text(encoding="utf-8")
+    assert "| at 1/4 | at 2/4 | at 3/4 | at 4/4 |" in md and "reversal" in md
     summary = json.loads((out / "stream.json").read_text(encoding="utf-8"))["summary"]
     assert [s["requests"] for s in summary.values()] == [4]
     again = _run("stream.py", "--quick", "--work", tmp_path)

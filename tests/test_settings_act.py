@@ -42,6 +42,7 @@ NOT_METHOD_SETTINGS = {
     "unrank_metrics": "what is measured",
     "unrank_stream_guard": "the stream's budget (recbole_unrank.stream), not one update",
     "unrank_stream_policy": "the stream's budget policy",
+    "unrank_consolidate_sweeps": "the stream's consolidate policy (tests/test_stream_consolidate.py)",
     "unrank_monitor_share": "the validation split's division (tests/test_monitor_split.py)",
     "unrank_monitor_seed": "the validation split's division (tests/test_monitor_split.py)",
     "unrank_tune_method": "the tuner",

@@ -208,8 +208,8 @@ def _config(model: str, dataset: str, spec: dict, extra: dict | None = None):
         overrides["epochs"] = spec["epochs_100k"]
         if spec.get("lr_100k"):
             overrides["learning_rate"] = spec["lr_100k"]
-    else:
-        overrides.update(epochs=spec["synth_epochs"], train_batch_size=spec["synth_batch"])
+    else:  # RecBole's own dataset cache (save_dataset): the atomic file is parsed once per size
+        overrides.update(epochs=spec["synth_epochs"], train_batch_size=spec["synth_batch"], save_dataset=True)
     return pipeline.build_config(model, dataset, files, {**overrides, **(extra or {})})
 
 
@@ -555,6 +555,7 @@ def worker(spec: dict) -> dict:
     from recbole_unrank.methods import METHODS
 
     _silence()
+    started = time.perf_counter()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     dataset, parts = spec["dataset"], spec["parts"]
@@ -562,7 +563,10 @@ def worker(spec: dict) -> dict:
            "load_start": [round(x, 2) for x in os.getloadavg()]}
     with PeakMeter() as mem:
         t0 = time.perf_counter()
-        data = pipeline.load_data(_config(spec["models"][0], dataset, spec))
+        config0 = _config(spec["models"][0], dataset, spec)
+        saved = os.path.join(config0["checkpoint_dir"], f"{dataset}-Dataset.pth")
+        res["dataset_cache"] = {"path": saved, "existed": os.path.isfile(saved)} if config0["save_dataset"] else None
+        data = pipeline.load_data(config0)
         res["load_s"] = time.perf_counter() - t0
     res["load_peak_bytes"] = mem.peak
     ds = data.dataset
@@ -593,6 +597,13 @@ def worker(spec: dict) -> dict:
             _successive(method, model, config, data, spec, out)
         del model
         gc.collect()
+        cell = spec.get("cells", {}).get(model_name)
+        if cell:  # one record per finished (dataset, model) cell, written atomically: a rerun resumes here
+            record = {**{k: v for k, v in res.items() if k != "models"}, "models": {model_name: out},
+                      "worker_elapsed_s": time.perf_counter() - started,
+                      "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "load_end": [round(x, 2) for x in os.getloadavg()]}
+            _write_atomic(cell, record)
     res["process_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     res["load_end"] = [round(x, 2) for x in os.getloadavg()]
     return res
@@ -642,6 +653,14 @@ def changed_files(start: dict, end: dict) -> list[str]:
                              cwd=ROOT, capture_output=True, text=True).stdout
         names |= set(out.split())
     return sorted(names)
+
+
+def _write_atomic(path: str, record: dict) -> None:
+    """``record`` as JSON at ``path``, whole or not at all (a temporary file renamed)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, default=float)
+    os.replace(path + ".tmp", path)
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
@@ -771,24 +790,37 @@ def _spec_base(args) -> dict:
 
 
 def _worker_result(spec: dict, args, code: dict, reuse: dict) -> dict:
-    """A worker's result: given by ``--reuse``, finished before with the same spec and code
-    (kept atomically in the work folder; unless ``--rerun``), or run now."""
+    """A dataset's result: given by ``--reuse``, or assembled from one record per (dataset,
+    model) cell, each finished before with the same spec and code (kept atomically in the work
+    folder; unless ``--rerun``) or run now: one worker for the cells still missing, which writes
+    each cell as soon as its model is done, so a run stopped midway resumes at the next model."""
     ds = spec["dataset"]
-    key = hashlib.sha1(json.dumps({**spec, "code": code}, sort_keys=True).encode()).hexdigest()[:12]
-    cached = os.path.join(args.work, "results", f"{ds}-{key}.json")
     if ds in reuse:
         print(f"[scale] worker {ds}: reusing {reuse[ds]['reused_from']}", flush=True)
         return reuse[ds]
-    if os.path.isfile(cached) and not args.rerun:
-        print(f"[scale] worker {ds}: finished before, reusing {cached}", flush=True)
-        with open(cached, encoding="utf-8") as f:
-            return json.load(f)
-    print(f"[scale] worker {ds} ...", flush=True)
-    res = run_worker(spec, args.timeout)
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with open(cached + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(res, f)
-    os.replace(cached + ".tmp", cached)
+    cells = {}
+    for model in spec["models"]:
+        key = hashlib.sha1(json.dumps({**spec, "models": [model], "code": code}, sort_keys=True).encode()).hexdigest()
+        cells[model] = os.path.join(args.work, "results", f"{ds}-{model}-{key[:12]}.json")
+    todo = [m for m in spec["models"] if args.rerun or not os.path.isfile(cells[m])]
+    for m in spec["models"]:
+        if m not in todo:
+            print(f"[scale] {ds} / {m}: finished before, reusing {cells[m]}", flush=True)
+    wall = None
+    if todo:
+        print(f"[scale] worker {ds} ({', '.join(todo)}) ...", flush=True)
+        ran = run_worker({**spec, "models": todo, "cells": {m: cells[m] for m in todo}}, args.timeout)
+        wall = ran["worker_wall_s"]
+    records = {}
+    for m in spec["models"]:
+        with open(cells[m], encoding="utf-8") as f:
+            records[m] = json.load(f)
+    last = records[todo[-1]] if todo else records[spec["models"][-1]]
+    res = {k: v for k, v in last.items() if k not in ("models", "worker_elapsed_s")}
+    res["models"] = {m: records[m]["models"][m] for m in spec["models"]}
+    res["process_peak_bytes"] = max(r["process_peak_bytes"] for r in records.values())
+    res["worker_wall_s"] = wall if wall is not None else max(r["worker_elapsed_s"] for r in records.values())
+    res["cells"] = {m: {"path": cells[m], "resumed": m not in todo} for m in spec["models"]}
     return res
 
 

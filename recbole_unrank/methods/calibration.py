@@ -99,10 +99,15 @@ class StepCalibration:
         watch_others: the step moves other users' scores too: guard a sample of them.
         seed: seed of the sample.
         show_progress: a progress bar over the search's measurements (on a terminal only).
+        train_index, valid_index: the :class:`~recbole_unrank.influence.index.InteractionIndex`
+            of (``users``, ``items``) and of (``valid_users``, ``valid_items``), when the caller
+            holds them: the users' rows are then read from them (the rows returned) instead of
+            masks over every train and validation row. Same result.
     """
 
     def __init__(self, settings: dict, adapter, users, items, keep, req_users, t_users, t_items,
-                 valid_users, valid_items, watch_others: bool, seed: int, show_progress: bool = False):
+                 valid_users, valid_items, watch_others: bool, seed: int, show_progress: bool = False,
+                 train_index=None, valid_index=None):
         self.s = settings
         self.show_progress = show_progress
         self.adapter = adapter
@@ -112,8 +117,24 @@ class StepCalibration:
         self.U = U
         row_of = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
         row_of[req_users] = torch.arange(U, device=device)
-        hist = keep & (row_of[users] >= 0)
-        v_mine = row_of[valid_users] >= 0
+        if train_index is not None and (train_index.users is not users or train_index.items is not items):
+            train_index = None
+        if valid_index is not None and (valid_index.users is not valid_users or valid_index.items is not valid_items):
+            valid_index = None
+
+        def train_rows(who, row):  # retained train rows of the users ``who`` (sorted)
+            if train_index is None:
+                return (keep & (row[users] >= 0)).nonzero().squeeze(1)
+            rows = train_index.rows_of_users(who)
+            return rows[keep[rows]]
+
+        def valid_rows(who, row):
+            if valid_index is None:
+                return (row[valid_users] >= 0).nonzero().squeeze(1)
+            return valid_index.rows_of_users(who)
+
+        hist = train_rows(req_users, row_of)
+        v_mine = valid_rows(req_users, row_of)
         self.probe = RankProbe(U, row_of[users[hist]], items[hist], row_of[t_users], t_items,
                                row_of[valid_users[v_mine]], valid_items[v_mine])
         # the request users the guard covers: those who keep at least one train interaction
@@ -121,15 +142,15 @@ class StepCalibration:
         self.others = None
         self.other_probe = None
         if watch_others:
-            cand = torch.unique(valid_users)
+            cand = torch.unique(valid_users) if valid_index is None else valid_index.present_users()
             cand = cand[~torch.isin(cand, req_users)]
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             n = int(settings["guard_sample"])
             pick = cand[torch.randperm(cand.numel(), generator=gen)[:n].to(device)].sort().values
             o_row = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
             o_row[pick] = torch.arange(pick.numel(), device=device)
-            o_hist = keep & (o_row[users] >= 0)
-            o_mine = o_row[valid_users] >= 0
+            o_hist = train_rows(pick, o_row)
+            o_mine = valid_rows(pick, o_row)
             empty = torch.zeros(0, dtype=torch.long, device=device)
             self.others = pick
             self.other_probe = RankProbe(pick.numel(), o_row[users[o_hist]], items[o_hist], empty, empty,

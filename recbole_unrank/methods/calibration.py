@@ -245,7 +245,8 @@ class StepCalibration:
 
         def measure(scale, track=False):
             bar.update()
-            scores = self.probe.mask(a.scores_with_delta(self.req_users, prepared, scale))
+            # the adapter's scores are a new tensor each call: masked in place (no copy)
+            scores = self.probe.mask_(a.scores_with_delta(self.req_users, prepared, scale))
             target, clean, ndcg, progress = self._user_ok(scores)
             if track:  # the search's own steps: remember each user's best clean one
                 bp, bs = best["progress"], best["scale"]
@@ -254,7 +255,8 @@ class StepCalibration:
                 best["scale"] = torch.where(better, scale, bs)
             other = None
             if self.other_probe is not None:
-                other = float(self.other_probe.valid_ndcg(a.other_scores_with_delta(prepared, scale), 10).sum())
+                others = self.other_probe.mask_(a.other_scores_with_delta(prepared, scale))
+                other = float(self.other_probe.valid_ndcg(others, 10, masked=True).sum())
             return target & clean, ndcg, other, target, clean
 
         _, nd0, ot0, _, _ = measure(torch.zeros(U, dtype=delta.dtype, device=delta.device))

@@ -55,7 +55,8 @@ def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     data = pipeline.load_data(scale._config(spec["models"][0], spec["dataset"], base))
     out = {"tree": tree, "load_s": time.perf_counter() - t0, "models": {},
-           "interactions": int(len(data.dataset.inter_feat))}
+           "interactions": int(len(data.dataset.inter_feat)),
+           "index_prep_s": scale._prepare_index(data, scale._config(spec["models"][0], spec["dataset"], base))}
     for name in spec["models"]:
         rec: dict = {}
         config, model = scale._original(data, base, name, rec)

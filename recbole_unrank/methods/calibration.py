@@ -242,21 +242,28 @@ class StepCalibration:
         bar = self._bar()
 
         best = {"progress": None, "scale": None}
+        # A measurement is a function of the scales alone: the search asks some twice (the
+        # chosen steps, again for the guard and for the report), scored once.
+        seen: dict[bytes, tuple] = {}
 
         def measure(scale, track=False):
-            bar.update()
-            # the adapter's scores are a new tensor each call: masked in place (no copy)
-            scores = self.probe.mask_(a.scores_with_delta(self.req_users, prepared, scale))
-            target, clean, ndcg, progress = self._user_ok(scores)
+            key = scale.detach().to("cpu", torch.float64).numpy().tobytes()
+            if key not in seen:
+                bar.update()
+                # the adapter's scores are a new tensor each call: masked in place (no copy)
+                scores = self.probe.mask_(a.scores_with_delta(self.req_users, prepared, scale))
+                target, clean, ndcg, progress = self._user_ok(scores)
+                other = None
+                if self.other_probe is not None:
+                    others = self.other_probe.mask_(a.other_scores_with_delta(prepared, scale))
+                    other = float(self.other_probe.valid_ndcg(others, 10, masked=True).sum())
+                seen[key] = (target, clean, ndcg, progress, other)
+            target, clean, ndcg, progress, other = seen[key]
             if track:  # the search's own steps: remember each user's best clean one
                 bp, bs = best["progress"], best["scale"]
                 better = clean & ((progress > bp) | ((progress == bp) & (scale < bs)))
                 best["progress"] = torch.where(better, progress, bp)
                 best["scale"] = torch.where(better, scale, bs)
-            other = None
-            if self.other_probe is not None:
-                others = self.other_probe.mask_(a.other_scores_with_delta(prepared, scale))
-                other = float(self.other_probe.valid_ndcg(others, 10, masked=True).sum())
             return target & clean, ndcg, other, target, clean
 
         _, nd0, ot0, _, _ = measure(torch.zeros(U, dtype=delta.dtype, device=delta.device))

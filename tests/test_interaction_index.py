@@ -55,3 +55,52 @@ def test_indexed_scope_equals_the_mask_scope_for_every_hop_and_cap():
                 assert torch.equal(got.scope_index, want.scope_index), (trial, hops, cap)
                 assert torch.equal(got.context_index, want.context_index), (trial, hops, cap)
                 assert (got.hops_done, got.truncated) == (want.hops_done, want.truncated), (trial, hops, cap)
+
+
+def test_calibration_reads_the_same_rows_from_the_index_as_from_masks(tmp_path):
+    """The probes of the request users and of the guard's sample of others hold the same rows
+    whether the calibration reads them from the interaction indexes or from masks over all rows."""
+    from conftest import prepared_run
+
+    from recbole_unrank.adapters import get_adapter
+    from recbole_unrank.config import default_of
+    from recbole_unrank.methods.calibration import StepCalibration
+    from recbole_unrank.methods.pipeline import CALIBRATION_SETTINGS
+
+    run = prepared_run(tmp_path, "LightGCN")
+    task = run._task()
+    adapter = get_adapter(task.model)
+    tr, va = task.train_ds, task.valid_ds
+    index = interaction_index(tr.inter_feat[tr.uid_field], tr.inter_feat[tr.iid_field], None,
+                              adapter.n_users, adapter.n_items)
+    valid = interaction_index(va.inter_feat[va.uid_field], va.inter_feat[va.iid_field], None,
+                              adapter.n_users, adapter.n_items)
+    users, items = index.users, index.items
+    target = torch.as_tensor(task.request_index, dtype=torch.long)
+    keep = torch.ones(users.numel(), dtype=torch.bool)
+    keep[target] = False
+    req = torch.unique(users[target])
+    settings = {k: default_of(key) for k, key in CALIBRATION_SETTINGS.items()}
+    args = (settings, adapter, users, items, keep, req, users[target], items[target], valid.users, valid.items,
+            True, 1001)
+    a = StepCalibration(*args, train_index=index, valid_index=valid)
+    b = StepCalibration(*args)
+    for name in ("probe", "other_probe"):
+        pa, pb = getattr(a, name), getattr(b, name)
+        for field in ("h_rows", "h_items", "f_rows", "f_items", "v_rows", "v_items"):
+            assert torch.equal(getattr(pa, field), getattr(pb, field)), (name, field)
+    assert torch.equal(a.others, b.others) and torch.equal(a.guarded, b.guarded)
+
+
+def test_lightgcn_l2_surrogate_mean_equals_the_gathered_mean():
+    from recbole_unrank.adapters.lightgcn import _mean_row_norm2
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(300, 64, generator=g)
+    ids = torch.randint(0, 300, (20_000,), generator=g)
+    want = float(table[ids].pow(2).sum(1).mean())  # the [N, d] gather it replaces
+    index = interaction_index(ids, torch.randint(0, 50, (20_000,), generator=g))
+    for got in (_mean_row_norm2(table, ids), _mean_row_norm2(table, index.users)):
+        # float32 mean of 20k terms vs a float64 sum: a few float32 ulps apart
+        assert abs(got - want) <= 1e-6 * want
+    assert _mean_row_norm2(table, ids[:0]) == 1.0

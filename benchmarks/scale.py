@@ -733,6 +733,23 @@ def merge_records(results: dict, paths: list[str]) -> None:
         results.setdefault("merged", []).append(other["args"]["argv"])
 
 
+def before_record(path: str) -> dict:
+    """What ``--before`` keeps of another run: its command, code, load and per (dataset, model)
+    request-time summary and peak memory."""
+    with open(path, encoding="utf-8") as f:
+        other = json.load(f)
+    cells = {}
+    for name, res in other["datasets"].items():
+        for model, out in res["models"].items():
+            s = out.get("single_summary")
+            if s:
+                cells.setdefault(name, {})[model] = {"time_s": s["time_s"], "peak_bytes": s["peak_bytes"],
+                                                     "stages": {k: v["median"] for k, v in s["stages"].items()},
+                                                     "profile": out.get("profile")}
+    return {"argv": other["args"]["argv"], "when": other["host"]["when"], "code": other.get("code_start"),
+            "load": [other["host"]["load_start"], other["host"].get("load_end")], "cells": cells}
+
+
 def report(results: dict, out_dir: str, save: bool = False) -> str:
     """Targets and plots into the record (saved as scale.json first with ``save``), then
     scale.md; returns its path."""
@@ -783,6 +800,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a finished worker's result file (work/results/<dataset>-<key>.json) to use for its dataset")
     p.add_argument("--merge", action="append", default=[],
                    help="with --report-only: add the datasets of another run's scale.json (e.g. a 20M point)")
+    p.add_argument("--before", default=None,
+                   help="with --report-only: another run's scale.json (older code, same settings) to compare "
+                        "request medians and peaks with, per dataset and model")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     return p
@@ -875,6 +895,8 @@ def _main(argv=None) -> None:
         with open(os.path.join(args.out, "scale.json"), encoding="utf-8") as f:
             results = json.load(f)
         merge_records(results, args.merge)
+        if args.before:
+            results["before"] = before_record(args.before)
         if "code_end" in results and "code_changed_files" not in results:
             results["code_changed_files"] = changed_files(results["code_start"], results["code_end"])
         print(report(results, args.out))

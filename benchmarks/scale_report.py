@@ -194,6 +194,32 @@ def _cpu_targets_section(results: dict) -> list[str]:
     return L + [""]
 
 
+def _before_after(results: dict) -> list[str]:
+    """``--before``: the same requests measured on older code (another run), per dataset and model."""
+    b = results.get("before")
+    if not b:
+        return []
+    code = (b.get("code") or {}).get("commit", "?")
+    now = results.get("code_start", {}).get("commit", "?")
+    rows = []
+    for name, res in results["datasets"].items():
+        for model, out in res["models"].items():
+            old = b["cells"].get(name, {}).get(model)
+            s = out.get("single_summary")
+            if not old or not s:
+                continue
+            t0, t1 = old["time_s"]["median"], _median(s)
+            rows.append([name, model, _s(t0), _s(t1), f"x{fmt(t0 / t1, 2)}",
+                         f"{gib(old['peak_bytes']['max']):.2f}", f"{gib(s['peak_bytes']['max']):.2f}"])
+    L = ["## Before and after this issue's changes", "",
+         f"`before`: `python benchmarks/scale.py {b['argv']}` on {b['when']}, package commit `{code}` (load average at "
+         f"start {b['load'][0]}, at end {b['load'][1]}); `after`: this run, commit `{now}`. Same settings, same "
+         "datasets, same seed (the same request users); the two runs overlapped in part on the shared machine.", ""]
+    L += md_table(["dataset", "model", "before s (median)", "after s (median)", "speed-up",
+                   "before peak GiB", "after peak GiB"], rows)
+    return L + [""]
+
+
 # =========================================================================== growth
 def _exponent(x1, y1, x2, y2) -> float:
     return math.log(y2 / y1) / math.log(x2 / x1) if min(x1, y1, x2, y2) > 0 and x1 != x2 else float("nan")
@@ -635,7 +661,8 @@ def _settings(results: dict) -> list[str]:
 
 def write_report(results: dict, out_dir: str) -> str:
     L = ["# Real-time forget requests at scale (issues 7 and 15)", ""]
-    L += _provenance(results) + _cpu_targets_section(results) + _targets(results) + _latency(results) + _preparation(results) + _growth(results)
+    L += _provenance(results) + _cpu_targets_section(results) + _before_after(results) + _targets(results)
+    L += _latency(results) + _preparation(results) + _growth(results)
     L += (growth_analysis(results) if _synth(results) else []) + _profiles(results)
     succ = [(m, o["successive"]) for _, _, m, o in _model_rows(results) if o.get("successive")]
     if succ:

@@ -747,6 +747,7 @@ def before_record(path: str) -> dict:
                                                      "stages": {k: v["median"] for k, v in s["stages"].items()},
                                                      "profile": out.get("profile")}
     return {"argv": other["args"]["argv"], "when": other["host"]["when"], "code": other.get("code_start"),
+            "path": os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path,
             "load": [other["host"]["load_start"], other["host"].get("load_end")], "cells": cells}
 
 

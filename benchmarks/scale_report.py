@@ -211,10 +211,14 @@ def _before_after(results: dict) -> list[str]:
             t0, t1 = old["time_s"]["median"], _median(s)
             rows.append([name, model, _s(t0), _s(t1), f"x{fmt(t0 / t1, 2)}",
                          f"{gib(old['peak_bytes']['max']):.2f}", f"{gib(s['peak_bytes']['max']):.2f}"])
+    host = results["host"]
     L = ["## Before and after this issue's changes", "",
          f"`before`: `python benchmarks/scale.py {b['argv']}` on {b['when']}, package commit `{code}` (load average at "
-         f"start {b['load'][0]}, at end {b['load'][1]}); `after`: this run, commit `{now}`. Same settings, same "
-         "datasets, same seed (the same request users); the two runs overlapped in part on the shared machine.", ""]
+         f"start {b['load'][0]}, at end {b['load'][1]}), added to this report by `--report-only --before "
+         f"{b.get('path', 'FILE')}`; `after`: this run, commit `{now}` (load average at start {host['load_start']}, at end "
+         f"{host.get('load_end')}). Same settings, same datasets, same seed (the same request users). The machine is "
+         "shared: the load moves absolute times, so a speed-up is only as steady as the two runs' loads are alike; "
+         "peak memory does not depend on it.", ""]
     L += md_table(["dataset", "model", "before s (median)", "after s (median)", "speed-up",
                    "before peak GiB", "after peak GiB"], rows)
     return L + [""]

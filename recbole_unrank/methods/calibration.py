@@ -243,28 +243,29 @@ class StepCalibration:
 
         best = {"progress": None, "scale": None}
         # A measurement is a function of the scales alone: the search asks some twice (the
-        # chosen steps, again for the guard and for the report), scored once.
-        seen: dict[bytes, tuple] = {}
+        # chosen steps, again for the guard and for the report), scored once. The other users'
+        # sample is scored only where the guard is read (the reference, the cap, the report):
+        # the search for each user's step reads the request users alone.
+        seen: dict[bytes, list] = {}
 
-        def measure(scale, track=False):
+        def measure(scale, track=False, guard=True):
             key = scale.detach().to("cpu", torch.float64).numpy().tobytes()
             if key not in seen:
                 bar.update()
                 # the adapter's scores are a new tensor each call: masked in place (no copy)
                 scores = self.probe.mask_(a.scores_with_delta(self.req_users, prepared, scale))
-                target, clean, ndcg, progress = self._user_ok(scores)
-                other = None
-                if self.other_probe is not None:
-                    others = self.other_probe.mask_(a.other_scores_with_delta(prepared, scale))
-                    other = float(self.other_probe.valid_ndcg(others, 10, masked=True).sum())
-                seen[key] = (target, clean, ndcg, progress, other)
-            target, clean, ndcg, progress, other = seen[key]
+                seen[key] = [*self._user_ok(scores), None, False]
+            entry = seen[key]
+            if guard and not entry[5] and self.other_probe is not None:
+                others = self.other_probe.mask_(a.other_scores_with_delta(prepared, scale))
+                entry[4], entry[5] = float(self.other_probe.valid_ndcg(others, 10, masked=True).sum()), True
+            target, clean, ndcg, progress, other, _ = entry
             if track:  # the search's own steps: remember each user's best clean one
                 bp, bs = best["progress"], best["scale"]
                 better = clean & ((progress > bp) | ((progress == bp) & (scale < bs)))
                 best["progress"] = torch.where(better, progress, bp)
                 best["scale"] = torch.where(better, scale, bs)
-            return target & clean, ndcg, other, target, clean
+            return target & clean, ndcg, other if guard else None, target, clean
 
         _, nd0, ot0, _, _ = measure(torch.zeros(U, dtype=delta.dtype, device=delta.device))
         self._set_reference(nd0, ot0)
@@ -273,10 +274,10 @@ class StepCalibration:
         hi = torch.full((U,), G - 1, dtype=torch.long, device=delta.device)
         best["progress"] = torch.full((U,), -1.0, dtype=torch.float64, device=delta.device)
         best["scale"] = grid[lo].clone()  # the floor, where no measured step is clean
-        measure(grid[lo], track=True)
+        measure(grid[lo], track=True, guard=False)
         while bool((lo < hi).any()):  # smallest grid index >= the floor meeting target and constraint
             mid = (lo + hi) // 2
-            ok = measure(grid[mid], track=True)[0]
+            ok = measure(grid[mid], track=True, guard=False)[0]
             active = lo < hi
             hi = torch.where(active & ok, mid, hi)
             lo = torch.where(active & ~ok, mid + 1, lo)
@@ -285,7 +286,7 @@ class StepCalibration:
         # search measured (the floor included), the clean one that came closest to the target
         # (the floor where none is clean), not the grid's largest step by default: on a
         # nonlinear model a larger step can bring forgotten items back into the top view_k.
-        reached = measure(chosen)[0]
+        reached = measure(chosen, guard=False)[0]
         searched = torch.where(reached, chosen, best["scale"])
         chosen, cap = self._cap(lambda sc: measure(sc), searched, grid)
         ok, ndcg, other, target, clean = measure(chosen)

@@ -1,4 +1,5 @@
-"""The interaction index (issue 24): what it answers equals the O(N) passes it replaces."""
+"""A request's cost is its work (issue 24): the interaction index, the calibration's shortcuts, and what
+they answer equals the O(N) passes and repeated scorings they replace."""
 
 import torch
 
@@ -104,3 +105,36 @@ def test_lightgcn_l2_surrogate_mean_equals_the_gathered_mean():
         # float32 mean of 20k terms vs a float64 sum: a few float32 ulps apart
         assert abs(got - want) <= 1e-6 * want
     assert _mean_row_norm2(table, ids[:0]) == 1.0
+
+
+def test_lightgcn_guard_sample_is_scored_only_where_the_guard_is_read(tmp_path):
+    """The step search scores the request users at every step it tries, the guard's sample of
+    other users only for the reference, the cap and the report; a step asked twice is scored once."""
+    from conftest import prepared_run
+
+    from recbole_unrank.adapters.lightgcn import LightGCNAdapter
+    from recbole_unrank.methods import METHODS
+
+    run = prepared_run(tmp_path, "LightGCN")
+    calls = {"users": [], "others": []}
+    orig_users, orig_others = LightGCNAdapter.scores_with_delta, LightGCNAdapter.other_scores_with_delta
+
+    def users(self, u, prepared, scale):
+        calls["users"].append(scale.tolist())
+        return orig_users(self, u, prepared, scale)
+
+    def others(self, prepared, scale):
+        calls["others"].append(scale.tolist())
+        return orig_others(self, prepared, scale)
+
+    LightGCNAdapter.scores_with_delta, LightGCNAdapter.other_scores_with_delta = users, others
+    try:
+        result = METHODS["l2unrank"]()(run._task())
+    finally:
+        LightGCNAdapter.scores_with_delta, LightGCNAdapter.other_scores_with_delta = orig_users, orig_others
+    assert result.info["guard"]["others_valid_ndcg_ratio"] is not None
+    # every scale scored at most once, for the users and for the others
+    for kind in calls:
+        assert len(calls[kind]) == len({tuple(x) for x in calls[kind]}), kind
+    assert calls["others"] and set(map(tuple, calls["others"])) <= set(map(tuple, calls["users"]))
+    assert len(calls["others"]) < len(calls["users"])  # the search's own steps read no guard

@@ -675,7 +675,7 @@ def _settings(results: dict) -> list[str]:
 
 
 def write_report(results: dict, out_dir: str) -> str:
-    L = ["# Real-time forget requests at scale (issues 7 and 15)", ""]
+    L = ["# Real-time forget requests at scale (issues 7, 15 and 24)", ""]
     L += _provenance(results) + _cpu_targets_section(results) + _before_after(results) + _targets(results)
     L += _latency(results) + _preparation(results) + _growth(results)
     L += (growth_analysis(results) if _synth(results) else []) + _profiles(results)

@@ -137,7 +137,8 @@ def report(res: dict) -> str:
             rows.append([model, n, fmt(med), fmt(med / base if n != first else 1.0) + "x",
                          " / ".join(f"{k} {fmt(v['median'])}" for k, v in st.items()),
                          fmt(runs[0]["peak_bytes"]["max"] / 2**30), fmt(runs[0].get("graph_prep_s"))])
-    lines += ["| model | code | request s (median) | ratio to " + first + " | stages s (median, round 1) | "
+    lines += ["| model | code | request s (median of a round's requests; upper median over rounds) | ratio to " + first +
+              " | stages s (median, round 1) | "
               "peak RSS GiB | graph prep s |", "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", "## Profiles (one request under cProfile, top functions by own time, round 1)", ""]

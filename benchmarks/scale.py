@@ -208,8 +208,8 @@ def _config(model: str, dataset: str, spec: dict, extra: dict | None = None):
         overrides["epochs"] = spec["epochs_100k"]
         if spec.get("lr_100k"):
             overrides["learning_rate"] = spec["lr_100k"]
-    else:
-        overrides.update(epochs=spec["synth_epochs"], train_batch_size=spec["synth_batch"])
+    else:  # RecBole's own dataset cache (save_dataset): the atomic file is parsed once per size
+        overrides.update(epochs=spec["synth_epochs"], train_batch_size=spec["synth_batch"], save_dataset=True)
     return pipeline.build_config(model, dataset, files, {**overrides, **(extra or {})})
 
 
@@ -297,6 +297,25 @@ def _neighbourhood_share(model, pairs):
     if st is None:
         return None
     return st.neighbour_share(pairs[0], pairs[1])
+
+
+def _prepare_index(data, config) -> float | None:
+    """The train and validation interactions indexed on the device (``influence.index``), as a
+    process that serves requests from one loaded data set holds them: paid once here (timed),
+    then every request of every model reads its rows from them. None where the package has no
+    index (an older checkout)."""
+    try:
+        from recbole_unrank.influence.index import interaction_index
+    except ImportError:
+        return None
+    import torch
+
+    t0 = time.perf_counter()
+    n_users, n_items = int(data.dataset.user_num), int(data.dataset.item_num)
+    for split in (data.train_ds, data.valid_ds):
+        feat = split.inter_feat
+        interaction_index(feat[split.uid_field], feat[split.iid_field], torch.device(config["device"]), n_users, n_items)
+    return time.perf_counter() - t0
 
 
 def _cuda_sync(config):
@@ -548,6 +567,7 @@ def worker(spec: dict) -> dict:
     from recbole_unrank.methods import METHODS
 
     _silence()
+    started = time.perf_counter()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     dataset, parts = spec["dataset"], spec["parts"]
@@ -555,12 +575,16 @@ def worker(spec: dict) -> dict:
            "load_start": [round(x, 2) for x in os.getloadavg()]}
     with PeakMeter() as mem:
         t0 = time.perf_counter()
-        data = pipeline.load_data(_config(spec["models"][0], dataset, spec))
+        config0 = _config(spec["models"][0], dataset, spec)
+        saved = os.path.join(config0["checkpoint_dir"], f"{dataset}-Dataset.pth")
+        res["dataset_cache"] = {"path": saved, "existed": os.path.isfile(saved)} if config0["save_dataset"] else None
+        data = pipeline.load_data(config0)
         res["load_s"] = time.perf_counter() - t0
     res["load_peak_bytes"] = mem.peak
     ds = data.dataset
     res.update(interactions=int(len(ds.inter_feat)), train_interactions=int(len(data.train_ds.inter_feat)),
                n_users=int(ds.user_num) - 1, n_items=int(ds.item_num) - 1)
+    res["index_prep_s"] = _prepare_index(data, config0)
     for model_name in spec["models"]:
         out: dict = {}
         res["models"][model_name] = out
@@ -586,6 +610,13 @@ def worker(spec: dict) -> dict:
             _successive(method, model, config, data, spec, out)
         del model
         gc.collect()
+        cell = spec.get("cells", {}).get(model_name)
+        if cell:  # one record per finished (dataset, model) cell, written atomically: a rerun resumes here
+            record = {**{k: v for k, v in res.items() if k != "models"}, "models": {model_name: out},
+                      "worker_elapsed_s": time.perf_counter() - started,
+                      "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "load_end": [round(x, 2) for x in os.getloadavg()]}
+            _write_atomic(cell, record)
     res["process_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     res["load_end"] = [round(x, 2) for x in os.getloadavg()]
     return res
@@ -635,6 +666,14 @@ def changed_files(start: dict, end: dict) -> list[str]:
                              cwd=ROOT, capture_output=True, text=True).stdout
         names |= set(out.split())
     return sorted(names)
+
+
+def _write_atomic(path: str, record: dict) -> None:
+    """``record`` as JSON at ``path``, whole or not at all (a temporary file renamed)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, default=float)
+    os.replace(path + ".tmp", path)
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
@@ -687,6 +726,24 @@ def merge_records(results: dict, paths: list[str]) -> None:
         results.setdefault("merged", []).append(other["args"]["argv"])
 
 
+def before_record(path: str) -> dict:
+    """What ``--before`` keeps of another run: its command, code, load and per (dataset, model)
+    request-time summary and peak memory."""
+    with open(path, encoding="utf-8") as f:
+        other = json.load(f)
+    cells = {}
+    for name, res in other["datasets"].items():
+        for model, out in res["models"].items():
+            s = out.get("single_summary")
+            if s:
+                cells.setdefault(name, {})[model] = {"time_s": s["time_s"], "peak_bytes": s["peak_bytes"],
+                                                     "stages": {k: v["median"] for k, v in s["stages"].items()},
+                                                     "profile": out.get("profile")}
+    return {"argv": other["args"]["argv"], "when": other["host"]["when"], "code": other.get("code_start"),
+            "path": os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path,
+            "load": [other["host"]["load_start"], other["host"].get("load_end")], "cells": cells}
+
+
 def report(results: dict, out_dir: str, save: bool = False) -> str:
     """Targets and plots into the record (saved as scale.json first with ``save``), then
     scale.md; returns its path."""
@@ -737,6 +794,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a finished worker's result file (work/results/<dataset>-<key>.json) to use for its dataset")
     p.add_argument("--merge", action="append", default=[],
                    help="with --report-only: add the datasets of another run's scale.json (e.g. a 20M point)")
+    p.add_argument("--before", default=None,
+                   help="with --report-only: another run's scale.json (older code, same settings) to compare "
+                        "request medians and peaks with, per dataset and model")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     return p
@@ -764,24 +824,37 @@ def _spec_base(args) -> dict:
 
 
 def _worker_result(spec: dict, args, code: dict, reuse: dict) -> dict:
-    """A worker's result: given by ``--reuse``, finished before with the same spec and code
-    (kept atomically in the work folder; unless ``--rerun``), or run now."""
+    """A dataset's result: given by ``--reuse``, or assembled from one record per (dataset,
+    model) cell, each finished before with the same spec and code (kept atomically in the work
+    folder; unless ``--rerun``) or run now: one worker for the cells still missing, which writes
+    each cell as soon as its model is done, so a run stopped midway resumes at the next model."""
     ds = spec["dataset"]
-    key = hashlib.sha1(json.dumps({**spec, "code": code}, sort_keys=True).encode()).hexdigest()[:12]
-    cached = os.path.join(args.work, "results", f"{ds}-{key}.json")
     if ds in reuse:
         print(f"[scale] worker {ds}: reusing {reuse[ds]['reused_from']}", flush=True)
         return reuse[ds]
-    if os.path.isfile(cached) and not args.rerun:
-        print(f"[scale] worker {ds}: finished before, reusing {cached}", flush=True)
-        with open(cached, encoding="utf-8") as f:
-            return json.load(f)
-    print(f"[scale] worker {ds} ...", flush=True)
-    res = run_worker(spec, args.timeout)
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with open(cached + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(res, f)
-    os.replace(cached + ".tmp", cached)
+    cells = {}
+    for model in spec["models"]:
+        key = hashlib.sha1(json.dumps({**spec, "models": [model], "code": code}, sort_keys=True).encode()).hexdigest()
+        cells[model] = os.path.join(args.work, "results", f"{ds}-{model}-{key[:12]}.json")
+    todo = [m for m in spec["models"] if args.rerun or not os.path.isfile(cells[m])]
+    for m in spec["models"]:
+        if m not in todo:
+            print(f"[scale] {ds} / {m}: finished before, reusing {cells[m]}", flush=True)
+    wall = None
+    if todo:
+        print(f"[scale] worker {ds} ({', '.join(todo)}) ...", flush=True)
+        ran = run_worker({**spec, "models": todo, "cells": {m: cells[m] for m in todo}}, args.timeout)
+        wall = ran["worker_wall_s"]
+    records = {}
+    for m in spec["models"]:
+        with open(cells[m], encoding="utf-8") as f:
+            records[m] = json.load(f)
+    last = records[todo[-1]] if todo else records[spec["models"][-1]]
+    res = {k: v for k, v in last.items() if k not in ("models", "worker_elapsed_s")}
+    res["models"] = {m: records[m]["models"][m] for m in spec["models"]}
+    res["process_peak_bytes"] = max(r["process_peak_bytes"] for r in records.values())
+    res["worker_wall_s"] = wall if wall is not None else max(r["worker_elapsed_s"] for r in records.values())
+    res["cells"] = {m: {"path": cells[m], "resumed": m not in todo} for m in spec["models"]}
     return res
 
 
@@ -816,6 +889,8 @@ def _main(argv=None) -> None:
         with open(os.path.join(args.out, "scale.json"), encoding="utf-8") as f:
             results = json.load(f)
         merge_records(results, args.merge)
+        if args.before:
+            results["before"] = before_record(args.before)
         if "code_end" in results and "code_changed_files" not in results:
             results["code_changed_files"] = changed_files(results["code_start"], results["code_end"])
         print(report(results, args.out))

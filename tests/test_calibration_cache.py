@@ -26,7 +26,9 @@ def test_cache_changes_no_choice_and_scores_fewer_rows(model, tmp_path, monkeypa
     cal = cached["calibration"]
     users = cal["request_users"]
     assert cal["measures"] >= 3
-    assert cal["user_scorings"] < cal["measures"] * users  # rows were reused
+    # a repeated scale vector is scored once, and a user's row once per scale of that user
+    assert cal["scored_measures"] < cal["measures"]
+    assert cal["user_scorings"] <= cal["scored_measures"] * users
 
     init = calibration._RowCache.__init__
 
@@ -36,7 +38,8 @@ def test_cache_changes_no_choice_and_scores_fewer_rows(model, tmp_path, monkeypa
 
     monkeypatch.setattr(calibration._RowCache, "__init__", off)
     plain = run.run_method("l2unrank", save=False, evaluate_test=False)
-    assert plain["calibration"]["user_scorings"] == plain["calibration"]["measures"] * users
+    assert plain["calibration"]["user_scorings"] == plain["calibration"]["scored_measures"] * users
+    assert cal["user_scorings"] <= plain["calibration"]["user_scorings"]
     for key in ("step_median", "step_min", "step_cap", "users_met", "users_not_reached", "users_capped"):
         assert cached["calibration"][key] == plain["calibration"][key], key
     a, b = cached["_model"].state_dict(), plain["_model"].state_dict()

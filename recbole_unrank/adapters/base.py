@@ -196,12 +196,14 @@ class ModelAdapter:
 
     @torch.no_grad()
     def other_scores_with_delta(self, prepared, scale: torch.Tensor) -> torch.Tensor:
-        """Scores [O, n_items] of the ``others`` of :meth:`prepare_user_delta` under the step."""
+        """Scores [O, n_items] of the ``others`` of :meth:`prepare_user_delta` under the step (a new
+        tensor: the caller may change it in place)."""
         raise NotImplementedError
 
     @torch.no_grad()
     def scores_with_delta(self, users: torch.Tensor, prepared, scale: torch.Tensor) -> torch.Tensor:
-        """Scores [U, n_items] of ``users`` if ``theta_u += scale_u * delta_u`` (scale: [U])."""
+        """Scores [U, n_items] of ``users`` if ``theta_u += scale_u * delta_u`` (scale: [U]); a new
+        tensor (the caller may change it in place)."""
         raise NotImplementedError
 
     @torch.no_grad()

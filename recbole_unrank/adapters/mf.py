@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from recbole_unrank.adapters.base import AdapterError, ModelAdapter, TrainingLoss
-from recbole_unrank.models.neumf_scoring import neumf_logits_all_items
+from recbole_unrank.models.neumf_scoring import neumf_item_parts, neumf_logits_all_items
 
 __all__ = ["DotProductAdapter", "NeuMFAdapter"]
 
@@ -196,14 +196,17 @@ class NeuMFAdapter(ModelAdapter):
 
     @torch.no_grad()
     def prepare_user_delta(self, users, delta, others=None):
+        # The step moves the users' rows only: the items' part of every layer is computed
+        # once here, not at each of the search's scorings.
         m = self.model
         theta = torch.cat((m.user_mf_embedding(users), m.user_mlp_embedding(users)), -1)
-        return theta, delta
+        return theta, delta, neumf_item_parts(m)
 
     @torch.no_grad()
     def scores_with_delta(self, users, prepared, scale):
-        theta, delta = prepared
-        return self._scores_for(theta + scale[:, None] * delta)
+        theta, delta, parts = prepared
+        moved = theta + scale[:, None] * delta
+        return neumf_logits_all_items(self.model, moved[:, : self.d_mf], moved[:, self.d_mf :], parts=parts)
 
     @torch.no_grad()
     def apply_user_delta(self, users, delta):

@@ -5,6 +5,7 @@
 - :mod:`.hvp`: Hessian- and Gauss-Newton-vector products by double back-propagation.
 - :mod:`.cg`: conjugate gradient for ``(H + lambda I) Delta = g``; exact small block solves.
 - :mod:`.probe`: per-user forget ranks and validation NDCG from a score matrix (step calibration).
+- :mod:`.index`: a split's interactions indexed once per loaded data set (rows by user and by item).
 """
 
 from recbole_unrank.influence.cg import CGResult, batched_block_solve, conjugate_gradient

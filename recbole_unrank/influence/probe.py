@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recbole_unrank.influence.index import in_sorted
+
 __all__ = ["RankProbe"]
 
 
@@ -41,11 +43,14 @@ class RankProbe:
         """A masked copy of ``scores`` (padding item and retained history to -inf)."""
         return self._masked(scores)
 
+    def mask_(self, scores: Tensor) -> Tensor:
+        """:meth:`mask` in place, for a score matrix the caller owns (no [U, n_items] copy)."""
+        scores[:, 0] = -torch.inf  # RecBole's padding item
+        scores[self.h_rows, self.h_items] = -torch.inf
+        return scores
+
     def _masked(self, scores: Tensor) -> Tensor:
-        s = scores.clone()
-        s[:, 0] = -torch.inf  # RecBole's padding item
-        s[self.h_rows, self.h_items] = -torch.inf
-        return s
+        return self.mask_(scores.clone())
 
     def forget_ranks(self, scores: Tensor, masked: bool = False) -> Tensor:
         """Rank of each forget pair: 1 + #{j not in retained history: s_uj > s_ui}. [T]
@@ -71,9 +76,14 @@ class RankProbe:
         """Per user NDCG@k of its validation items, retained history masked (0 without any). [U]"""
         s = scores if masked else self._masked(scores)
         top = s.topk(min(k, s.shape[1]), dim=1).indices  # [U, k]
-        rel = torch.zeros_like(s, dtype=torch.bool)
-        rel[self.v_rows, self.v_items] = True
-        hits = rel.gather(1, top).to(scores.dtype)
+        # a top item is relevant when (row, item) is a validation pair: looked up among the
+        # sorted pair keys (no [U, n_items] relevance mask per call)
+        n = s.shape[1]
+        if getattr(self, "_v_keys_n", None) != n:
+            self._v_keys = torch.sort(self.v_rows * n + self.v_items).values
+            self._v_keys_n = n
+        rows = torch.arange(top.shape[0], device=top.device)[:, None]
+        hits = in_sorted(rows * n + top, self._v_keys).to(scores.dtype)
         disc = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, device=s.device, dtype=scores.dtype))
         dcg = (hits * disc).sum(1)
         ideal_len = self.v_count.clamp(max=top.shape[1])

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recbole_unrank.influence.index import in_sorted
+
 __all__ = [
     "EntityInfluence",
     "entity_influence",
@@ -240,11 +242,10 @@ def influence_weights(
     device = users.device
     scope_index = torch.as_tensor(scope_index, device=device)
     target_index = torch.as_tensor(target_index, device=device)
-    # membership through a mask over the N interactions (torch.isin sorts: slow at 5M)
-    target_mask = torch.zeros(users.numel(), dtype=torch.bool, device=device)
-    target_mask[target_index] = True
-    is_target = target_mask[scope_index]
-    if int(is_target.sum()) != int(target_mask.sum()):
+    # membership by binary search among the distinct targets: the scope's size, not O(N)
+    targets = torch.unique(target_index)
+    is_target = in_sorted(scope_index, targets)
+    if int(is_target.sum()) != targets.numel():
         raise ValueError(
             "every target interaction must be inside the scope: pass the scope_index that "
             "influence_scope returned for the same target_index"

@@ -152,10 +152,15 @@ class StepCalibration:
         watch_others: the step moves other users' scores too: guard a sample of them.
         seed: seed of the sample.
         show_progress: a progress bar over the search's measurements (on a terminal only).
+        train_index, valid_index: the :class:`~recbole_unrank.influence.index.InteractionIndex`
+            of (``users``, ``items``) and of (``valid_users``, ``valid_items``), when the caller
+            holds them: the users' rows are then read from them (the rows returned) instead of
+            masks over every train and validation row. Same result.
     """
 
     def __init__(self, settings: dict, adapter, users, items, keep, req_users, t_users, t_items,
-                 valid_users, valid_items, watch_others: bool, seed: int, show_progress: bool = False):
+                 valid_users, valid_items, watch_others: bool, seed: int, show_progress: bool = False,
+                 train_index=None, valid_index=None):
         self.s = settings
         self.show_progress = show_progress
         self.adapter = adapter
@@ -165,8 +170,24 @@ class StepCalibration:
         self.U = U
         row_of = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
         row_of[req_users] = torch.arange(U, device=device)
-        hist = keep & (row_of[users] >= 0)
-        v_mine = row_of[valid_users] >= 0
+        if train_index is not None and (train_index.users is not users or train_index.items is not items):
+            train_index = None
+        if valid_index is not None and (valid_index.users is not valid_users or valid_index.items is not valid_items):
+            valid_index = None
+
+        def train_rows(who, row):  # retained train rows of the users ``who`` (sorted)
+            if train_index is None:
+                return (keep & (row[users] >= 0)).nonzero().squeeze(1)
+            rows = train_index.rows_of_users(who)
+            return rows[keep[rows]]
+
+        def valid_rows(who, row):
+            if valid_index is None:
+                return (row[valid_users] >= 0).nonzero().squeeze(1)
+            return valid_index.rows_of_users(who)
+
+        hist = train_rows(req_users, row_of)
+        v_mine = valid_rows(req_users, row_of)
         self.probe = RankProbe(U, row_of[users[hist]], items[hist], row_of[t_users], t_items,
                                row_of[valid_users[v_mine]], valid_items[v_mine])
         # the request users the guard covers: those who keep at least one train interaction
@@ -174,15 +195,15 @@ class StepCalibration:
         self.others = None
         self.other_probe = None
         if watch_others:
-            cand = torch.unique(valid_users)
+            cand = torch.unique(valid_users) if valid_index is None else valid_index.present_users()
             cand = cand[~torch.isin(cand, req_users)]
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             n = int(settings["guard_sample"])
             pick = cand[torch.randperm(cand.numel(), generator=gen)[:n].to(device)].sort().values
             o_row = torch.full((adapter.n_users,), -1, dtype=torch.long, device=device)
             o_row[pick] = torch.arange(pick.numel(), device=device)
-            o_hist = keep & (o_row[users] >= 0)
-            o_mine = o_row[valid_users] >= 0
+            o_hist = train_rows(pick, o_row)
+            o_mine = valid_rows(pick, o_row)
             empty = torch.zeros(0, dtype=torch.long, device=device)
             self.others = pick
             self.other_probe = RankProbe(pick.numel(), o_row[users[o_hist]], items[o_hist], empty, empty,
@@ -274,22 +295,37 @@ class StepCalibration:
         bar = self._bar()
 
         best = {"progress": None, "scale": None}
+        # A measurement is a function of the scales alone: the search asks some twice (the
+        # chosen steps, again for the guard and for the report), scored once. The other users'
+        # sample is scored only where the guard is read (the reference, the cap, the report):
+        # the search for each user's step reads the request users alone.
+        seen: dict[bytes, list] = {}
 
         rows = _RowCache(a, self.req_users, prepared, self.other_probe is None)
 
-        def measure(scale, track=False):
-            bar.update()
-            scores = self.probe.mask(rows.scores(scale))
-            target, clean, ndcg, progress = self._user_ok(scores)
+        asked = [0]  # measures the search asks for (some repeat a scale: scored once)
+
+        def measure(scale, track=False, guard=True):
+            asked[0] += 1
+            key = scale.detach().to("cpu", torch.float64).numpy().tobytes()
+            if key not in seen:
+                bar.update()
+                raw = rows.scores(scale)
+                # the cache's rows are read only (masked as a copy); otherwise the adapter's
+                # scores are a new tensor each call, masked in place (no copy)
+                scores = self.probe.mask(raw) if rows.on else self.probe.mask_(raw)
+                seen[key] = [*self._user_ok(scores), None, False]
+            entry = seen[key]
+            if guard and not entry[5] and self.other_probe is not None:
+                others = self.other_probe.mask_(a.other_scores_with_delta(prepared, scale))
+                entry[4], entry[5] = float(self.other_probe.valid_ndcg(others, 10, masked=True).sum()), True
+            target, clean, ndcg, progress, other, _ = entry
             if track:  # the search's own steps: remember each user's best clean one
                 bp, bs = best["progress"], best["scale"]
                 better = clean & ((progress > bp) | ((progress == bp) & (scale < bs)))
                 best["progress"] = torch.where(better, progress, bp)
                 best["scale"] = torch.where(better, scale, bs)
-            other = None
-            if self.other_probe is not None:
-                other = float(self.other_probe.valid_ndcg(a.other_scores_with_delta(prepared, scale), 10).sum())
-            return target & clean, ndcg, other, target, clean
+            return target & clean, ndcg, other if guard else None, target, clean
 
         _, nd0, ot0, _, _ = measure(torch.zeros(U, dtype=delta.dtype, device=delta.device))
         self._set_reference(nd0, ot0)
@@ -298,10 +334,10 @@ class StepCalibration:
         hi = torch.full((U,), G - 1, dtype=torch.long, device=delta.device)
         best["progress"] = torch.full((U,), -1.0, dtype=torch.float64, device=delta.device)
         best["scale"] = grid[lo].clone()  # the floor, where no measured step is clean
-        measure(grid[lo], track=True)
+        measure(grid[lo], track=True, guard=False)
         while bool((lo < hi).any()):  # smallest grid index >= the floor meeting target and constraint
             mid = (lo + hi) // 2
-            ok = measure(grid[mid], track=True)[0]
+            ok = measure(grid[mid], track=True, guard=False)[0]
             active = lo < hi
             hi = torch.where(active & ok, mid, hi)
             lo = torch.where(active & ~ok, mid + 1, lo)
@@ -310,14 +346,15 @@ class StepCalibration:
         # search measured (the floor included), the clean one that came closest to the target
         # (the floor where none is clean), not the grid's largest step by default: on a
         # nonlinear model a larger step can bring forgotten items back into the top view_k.
-        reached = measure(chosen)[0]
+        reached = measure(chosen, guard=False)[0]
         searched = torch.where(reached, chosen, best["scale"])
         chosen, cap = self._cap(lambda sc: measure(sc), searched, grid)
         ok, ndcg, other, target, clean = measure(chosen)
         bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean, reached, searched)
-        info["calibration"]["user_scorings"] = rows.scored
-        info["calibration"]["measures"] = rows.calls
+        info["calibration"]["user_scorings"] = rows.scored  # request-user rows scored
+        info["calibration"]["measures"] = asked[0]  # measures asked for
+        info["calibration"]["scored_measures"] = rows.calls  # distinct scale vectors scored
         return chosen
 
     def _bar(self):

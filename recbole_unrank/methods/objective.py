@@ -105,7 +105,8 @@ class Objective:
     Args:
         adapter: the model's adapter.
         users, items: LongTensor[N], the train rows.
-        neg: LongTensor[N, n_neg] sampled negatives per row (pairwise models and NeuMF), or None.
+        neg: LongTensor[N, n_neg] sampled negatives per row (pairwise models and NeuMF), or None, or a
+            function that draws them (called only when the loss reads negatives).
         kind: ``training`` or ``surrogate``.
         batch_size: the training batch size (LightGCN's L2 term is defined per batch).
     """
@@ -122,7 +123,10 @@ class Objective:
             self.spec = TrainingLoss("logsig", pairwise=adapter.pairwise, note="paper's log-sigmoid surrogate")
         else:
             raise UnrankError(f"loss {kind!r}: use training or surrogate")
-        if (self.spec.pairwise or self.spec.negatives) and neg is None:
+        needs = self.spec.pairwise or self.spec.negatives
+        if callable(neg):  # drawn only when the loss reads negatives (an O(N) draw otherwise wasted)
+            self.neg = neg = neg() if needs else None
+        if needs and neg is None:
             raise ValueError("this loss needs sampled negatives")
 
     @property

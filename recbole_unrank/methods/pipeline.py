@@ -31,7 +31,9 @@ from recbole_unrank.influence import (
     influence_weights,
     unflat,
 )
+from recbole_unrank.influence.index import interaction_index
 from recbole_unrank.influence.neighbourhood import collaborative_users, khop_importance
+from recbole_unrank.influence.scope import influence_scope_indexed
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.methods.calibration import StepCalibration
 from recbole_unrank.methods.objective import Objective
@@ -97,8 +99,11 @@ class InfluencePipeline(UnlearningMethod):
         info: dict = {"steps": p.describe()}
         t0 = time.perf_counter()
         feat = task.train_ds.inter_feat
-        users = feat[task.train_ds.uid_field].to(device)
-        items = feat[task.train_ds.iid_field].to(device)
+        # the train columns on the device, grouped by user and by item: paid once per loaded
+        # data set (a request reads its users' and items' rows from it, not O(N) masks)
+        index = interaction_index(feat[task.train_ds.uid_field], feat[task.train_ds.iid_field], device,
+                                  adapter.n_users, adapter.n_items)
+        users, items = index.users, index.items
         target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
         keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
         keep[target] = False
@@ -108,11 +113,13 @@ class InfluencePipeline(UnlearningMethod):
 
         calib = None
         if p.step == "calibrated":  # starting values: the original model, before anything changes
-            vu = task.valid_ds.inter_feat[task.valid_ds.uid_field].to(device)
-            vi = task.valid_ds.inter_feat[task.valid_ds.iid_field].to(device)
+            vfeat = task.valid_ds.inter_feat
+            valid = interaction_index(vfeat[task.valid_ds.uid_field], vfeat[task.valid_ds.iid_field], device,
+                                      adapter.n_users, adapter.n_items)
             watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
             calib = StepCalibration(s, adapter, users, items, keep, req_users, users[target], items[target],
-                                    vu, vi, watch, task.seed, show_progress=task.show_progress)
+                                    valid.users, valid.items, watch, task.seed, show_progress=task.show_progress,
+                                    train_index=index, valid_index=valid)
 
         # Retained graph first: a graph model is served (and saved) without D_t's edges.
         if adapter.is_graph and not adapter.remove_edges(users[target], items[target], users.numel()):
@@ -120,7 +127,8 @@ class InfluencePipeline(UnlearningMethod):
 
         n_neg = int(s.get("refit_negatives") or 1) if p.step == "newton" else 1
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
-        neg = torch.randint(1, adapter.n_items, (users.numel(), n_neg), generator=gen).to(device)
+        # drawn only for a loss that reads negatives (the same draws as before where it does)
+        neg = lambda: torch.randint(1, adapter.n_items, (users.numel(), n_neg), generator=gen).to(device)  # noqa: E731
         obj = Objective(adapter, users, items, neg, p.loss, int(task.train_batch_size))
         if "refit_negatives" in self.given and p.step == "newton" and not (obj.spec.pairwise or obj.spec.negatives):
             raise UnrankError(f"unrank_refit_negatives={s['refit_negatives']} has no effect in {self.name} on "
@@ -128,7 +136,7 @@ class InfluencePipeline(UnlearningMethod):
         info["loss"] = obj.spec.note
 
         # scope ------------------------------------------------------------------------------
-        scope_index, hops = self._scope(p, s, adapter, users, items, target, keep, req_users)
+        scope_index, hops = self._scope(p, s, adapter, users, items, target, keep, req_users, index)
         stages["scope_s"] = time.perf_counter() - t0
         info.update(scope_size=int(scope_index.numel()), train_size=int(users.numel()))
         if hops is not None:
@@ -181,7 +189,7 @@ class InfluencePipeline(UnlearningMethod):
         return UnlearnResult(task.model, stages=stages, info=info)
 
     # ---- scope ---------------------------------------------------------------------------------
-    def _scope(self, p, s, adapter, users, items, target, keep, req_users):
+    def _scope(self, p, s, adapter, users, items, target, keep, req_users, index=None):
         device = users.device
         if p.scope == "all":
             return torch.arange(users.numel(), device=device), None
@@ -203,7 +211,10 @@ class InfluencePipeline(UnlearningMethod):
         hops = s.get("hops")
         if hops is None:  # the paper's default; the user-block update reads the users' own rows
             hops = 1 if (p.params == "blocks" or adapter.is_graph) else 0
-        scope = influence_scope(users, items, target, int(hops), s.get("scope_cap"))
+        if index is not None and index.users is users and index.items is items:  # rows it reaches, not O(N)
+            scope = influence_scope_indexed(index, target, int(hops), s.get("scope_cap"))
+        else:
+            scope = influence_scope(users, items, target, int(hops), s.get("scope_cap"))
         if "scope_cap" in self.given and not scope.truncated:
             raise UnrankError(f"unrank_scope_cap={s['scope_cap']} removes nothing in {self.name}: the {int(hops)}-hop "
                               f"scope ({int(scope.scope_index.numel())} rows, the request's own always kept) fits "

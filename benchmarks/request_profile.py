@@ -46,7 +46,7 @@ def child(spec: dict) -> dict:
     from recbole_unrank import pipeline
     from recbole_unrank.methods import METHODS
 
-    scale._silence()
+    scale.silence()
     torch.set_num_threads(spec["threads"])
     os.makedirs(spec["work"], exist_ok=True)
     os.chdir(spec["work"])

@@ -66,6 +66,7 @@ for path in (ROOT, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from harness import changed_files, code_state, config_files, load_average, silence, write_json  # noqa: E402
 from scale_report import check_targets, gib, plots, write_report  # noqa: E402
 
 MODELS = ["WMF", "NeuMF", "LightGCN"]
@@ -183,25 +184,10 @@ def top_functions(profile: cProfile.Profile, n: int = 40) -> list[dict]:
 
 
 # =========================================================================== the worker
-def _silence():
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("recbole", "recbole_unrank"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _config_files(model: str, dataset: str) -> list[str]:
-    names = (["ml-100k.yaml"] if dataset == "ml-100k" else []) + [f"{model}.yaml"]
-    return [os.path.join(ROOT, "config", n) for n in names]
-
-
 def _config(model: str, dataset: str, spec: dict, extra: dict | None = None):
     from recbole_unrank import pipeline
 
-    files = _config_files(model, dataset)
+    files = config_files(model, dataset)
     overrides = {"data_path": os.path.join(ROOT, "dataset"), "checkpoint_dir": os.path.join(spec["work"], "saved"),
                  "gpu_id": "0" if spec.get("device") == "cuda" else "", "show_progress": False, "seed": spec["seed"], "eval_batch_size": 409600}
     if dataset == spec["small"]:
@@ -249,7 +235,7 @@ def _original(data, spec: dict, model_name: str, out: dict):
     train = pipeline.make_train_loader(config, data, data.train_ds)
     out.update(train_loader_s=time.perf_counter() - t0, train_batch_size=int(config["train_batch_size"]))
     if dataset == spec["small"]:
-        recipe = "".join(open(f, encoding="utf-8").read() for f in _config_files(model_name, dataset))
+        recipe = "".join(open(f, encoding="utf-8").read() for f in config_files(model_name, dataset))
         recipe += f"{spec['epochs_100k']}/{config['learning_rate']}/{spec['seed']}"
         tag = hashlib.sha1(recipe.encode()).hexdigest()[:10]  # a changed config trains again
         path = os.path.join(spec["work"], "ckpt", f"{model_name}-{dataset}-e{spec['epochs_100k']}-{tag}.pth")
@@ -559,20 +545,20 @@ def worker(spec: dict) -> dict:
     sys.argv = [sys.argv[0]]
     os.makedirs(spec["work"], exist_ok=True)
     os.chdir(spec["work"])  # RecBole writes ./log, ./log_tensorboard
-    _silence()
+    silence()
     import torch
 
     import recbole_unrank  # noqa: F401
     from recbole_unrank import pipeline
     from recbole_unrank.methods import METHODS
 
-    _silence()
+    silence()
     started = time.perf_counter()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     dataset, parts = spec["dataset"], spec["parts"]
     res = {"dataset": dataset, "threads": torch.get_num_threads(), "models": {}, "device": spec.get("device", "cpu"),
-           "load_start": [round(x, 2) for x in os.getloadavg()]}
+           "load_start": load_average()}
     with PeakMeter() as mem:
         t0 = time.perf_counter()
         config0 = _config(spec["models"][0], dataset, spec)
@@ -615,10 +601,10 @@ def worker(spec: dict) -> dict:
             record = {**{k: v for k, v in res.items() if k != "models"}, "models": {model_name: out},
                       "worker_elapsed_s": time.perf_counter() - started,
                       "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "load_end": [round(x, 2) for x in os.getloadavg()]}
-            _write_atomic(cell, record)
+                      "load_end": load_average()}
+            write_json(record, cell)
     res["process_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    res["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["load_end"] = load_average()
     return res
 
 
@@ -642,38 +628,6 @@ def ensure_synthetic(n: int, seed: int, regenerate: bool = False) -> dict:
     write_atomic(os.path.join(ROOT, "dataset"), name, u, i, ts)
     info["generated_s"] = time.perf_counter() - t0
     return info
-
-
-def code_state() -> dict:
-    """The package's commit and uncommitted changes (the tree is shared: record what ran)."""
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    diff = git("diff", "HEAD", "--", "recbole_unrank")
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
-            "dirty": sorted(line[3:] for line in git("status", "--porcelain", "--", "recbole_unrank").splitlines()
-                            if len(line) > 3),
-            "diff_sha1": __import__("hashlib").sha1(diff.encode()).hexdigest()[:10] if diff else None}
-
-
-def changed_files(start: dict, end: dict) -> list[str]:
-    """Package files that differ between two code states (commits, plus uncommitted files)."""
-    names = set(start.get("dirty", [])) | set(end.get("dirty", []))
-    if start.get("commit") and end.get("commit") and start["commit"] != end["commit"]:
-        out = subprocess.run(["git", "diff", "--name-only", start["commit"], end["commit"], "--", "recbole_unrank"],
-                             cwd=ROOT, capture_output=True, text=True).stdout
-        names |= set(out.split())
-    return sorted(names)
-
-
-def _write_atomic(path: str, record: dict) -> None:
-    """``record`` as JSON at ``path``, whole or not at all (a temporary file renamed)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(record, f, default=float)
-    os.replace(path + ".tmp", path)
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
@@ -904,7 +858,7 @@ def _main(argv=None) -> None:
     results = {
         "args": {**spec_base, "argv": " ".join(sys.argv[1:] if argv is None else argv), "sizes": sizes,
                  "growth_dataset": synth_name(growth_n), "work": args.work, "small_dataset": spec_base["small"]},
-        "host": {"cpus": os.cpu_count(), "load_start": [round(x, 2) for x in os.getloadavg()],
+        "host": {"cpus": os.cpu_count(), "load_start": load_average(),
                  "device": spec_base["device"], "device_name": _device_name(spec_base["device"]),
                  "when": time.strftime("%Y-%m-%d %H:%M")},
         "datasets": {}, "generated": {}, "code_start": code_state(),
@@ -940,7 +894,7 @@ def _main(argv=None) -> None:
     import torch
 
     results["host"]["torch_threads"] = args.threads or torch.get_num_threads()
-    results["host"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["host"]["load_end"] = load_average()
     results["wall_s"] = time.perf_counter() - start
     results["code_end"] = code_state()
     results["code_changed_files"] = changed_files(results["code_start"], results["code_end"])

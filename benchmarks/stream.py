@@ -46,8 +46,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for path in (ROOT, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from harness import config_files, load_average, silence, write_json, write_torch  # noqa: E402
 
 from recbole_unrank.tables import fmt, md_table  # noqa: E402  (no RecBole import: --report-only stays light)
 
@@ -62,37 +65,7 @@ DEFAULT_METHOD = {"WMF": "l2unrank_twosided", "NeuMF": "l2unrank_twosided", "Lig
 QUICK = {"dataset": "tiny", "models": "WMF", "requests": 4, "every": 2, "epochs": 2, "policy": "consolidate"}
 
 
-def _write_json(obj, path: str) -> None:
-    from recbole_unrank.report import write_text
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_text(path, json.dumps(obj, indent=1, default=float))
-
-
-def _write_torch(obj, path: str) -> None:
-    import torch
-
-    from recbole_unrank.atomic import atomic_write
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp, pickle_protocol=4))
-
-
-def _silence():
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("recbole", "recbole_unrank"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 # ------------------------------------------------------------------------------ measures
-def _config_files(model: str, dataset: str) -> list[str]:
-    names = (["ml-100k.yaml"] if dataset == "ml-100k" else []) + [f"{model}.yaml"]
-    return [os.path.join(ROOT, "config", n) for n in names]
-
-
 def _config(model: str, args, extra: dict | None = None):
     from recbole_unrank import pipeline
 
@@ -101,14 +74,14 @@ def _config(model: str, args, extra: dict | None = None):
                  "eval_batch_size": 409600,
                  # the timestamps, for "the user's most recent interactions" (the split is unchanged)
                  "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
-    return pipeline.build_config(model, args.dataset, _config_files(model, args.dataset), {**overrides, **(extra or {})})
+    return pipeline.build_config(model, args.dataset, config_files(model, args.dataset), {**overrides, **(extra or {})})
 
 
 def _original(config, data, args):
     """The original model: trained once with the project config, cached in the work folder."""
     from recbole_unrank import pipeline
 
-    files = _config_files(config["model"], args.dataset)
+    files = config_files(config["model"], args.dataset)
     recipe = "".join(open(f, encoding="utf-8").read() for f in files) + f"{args.epochs}/{args.seed}"
     tag = hashlib.sha1(recipe.encode()).hexdigest()[:10]
     path = os.path.join(args.work, "ckpt", f"{config['model']}-{args.dataset}-{tag}.pth")
@@ -255,7 +228,7 @@ class _Job:
             past = self.stream(k, StreamSettings(0.0))
             retrained, _ = self.train_fresh(past.retained_ds())  # same config and seed: the same retraining
             point["audit"] = self.audit(past, retrained)
-            _write_json(point, path)
+            write_json(point, path)
             print(f"[stream] {self.name}: audit added to the record after {k}", flush=True)
 
     def point(self, stream, k: int, retrain: bool, t_run: float) -> dict:
@@ -265,7 +238,7 @@ class _Job:
         args = self.args
         point = {"model": self.name, "method": self.method_name, "dataset": args.dataset, "after": k,
                  "request_seed": args.request_seed, "guard": args.guard, "policy": args.policy, "code": args.code,
-                 "host_load": [round(x, 2) for x in os.getloadavg()]}
+                 "host_load": load_average()}
         m = _measures(stream, stream.model, self.data, self.config)
         o = _measures(stream, self.original, self.data, self.config)
         ranks = m.pop("_ranks")
@@ -334,11 +307,11 @@ def run_model(model_name: str, args, out_dir: str) -> None:
         if k not in points or k in job.done:
             continue
         point = job.point(stream, k, k in thirds, t_run)
-        _write_torch({"model": stream.model, "kept": stream.kept, "applied": stream.applied,
+        write_torch({"model": stream.model, "kept": stream.kept, "applied": stream.applied,
                       "records": stream.records, "valid_reference": stream.valid_reference,
                       "consolidated": stream.consolidated},
                      _state_path(args, model_name, k))
-        _write_json(point, os.path.join(job.folder, f"point-{k:05d}.json"))
+        write_json(point, os.path.join(job.folder, f"point-{k:05d}.json"))
         m = point["unlearned"]
         print(f"[stream] {model_name}: after {k}: test NDCG@10 {fmt(m['test']['ndcg@10'])}, forget_hit@10 "
               f"{fmt(m['forget']['forget_hit@10'], 3)}, back {fmt(point['came_back']['share_back_in_top10'], 3)}, "
@@ -559,7 +532,7 @@ def write_report(out_dir: str, every: int = 50) -> str:
     from recbole_unrank.report import write_text
 
     path = write_text(os.path.join(out_dir, "stream.md"), "\n".join(L))
-    _write_json({"summary": summary, "points": data}, os.path.join(out_dir, "stream.json"))
+    write_json({"summary": summary, "points": data}, os.path.join(out_dir, "stream.json"))
     _plot(data, out_dir)
     return path
 
@@ -629,13 +602,13 @@ def main(argv=None) -> None:
     sys.argv = [sys.argv[0]]
     os.makedirs(args.work, exist_ok=True)
     os.chdir(args.work)
-    _silence()
+    silence()
     import torch
 
     import recbole_unrank  # noqa: F401
     from recbole_unrank.stream import StreamSettings
 
-    _silence()
+    silence()
     torch.set_num_threads(args.threads)
     if args.guard is None or args.policy is None:
         cfg = _config("WMF", args)

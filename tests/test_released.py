@@ -159,15 +159,23 @@ def test_step_then_repair_is_finetune_at_a_tenth_of_the_rate(tiny_wmf):
     x, _ = released_influence_step(adapter, users, items, keep, neg_f, neg_r, 10)
     orig, stepped = _state(run.original), _state(step_only.model)
     for (name, p0), xi in zip([(n, p) for n, p in run.original.named_parameters() if p.requires_grad], x):
-        torch.testing.assert_close(stepped[name], p0.detach() - xi, rtol=1e-5, atol=1e-6)
+        # undamped CG on an indefinite system (the release's solve) amplifies float32 rounding:
+        # with threaded BLAS the same step computed twice differs by up to ~1.5e-5 where the
+        # step itself reaches the size printed on failure; a wrong sign or a missing term moves
+        # the parameters by the step's own size, far above 1% of it
+        torch.testing.assert_close(stepped[name], p0.detach() - xi, rtol=0.0,
+                                   atol=0.01 * float(xi.abs().max()) + 1e-6,
+                                   msg=lambda m, xi=xi: f"{m} (step max {float(xi.abs().max()):.3g})")
     assert any(not torch.allclose(orig[k], stepped[k]) for k in orig)
     # compose by hand: finetune at 0.1 x lr for 5 epochs on the stepped model
     task = run._task()
     task.model.load_state_dict(step_only.model.state_dict())
     by_hand = FineTune(epochs=5, lr=0.1 * lr).unlearn(task).model
     a, b = _state(full.model), _state(by_hand)
-    for k in a:  # the same seeded loader and arithmetic: equal up to threaded-BLAS rounding
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    for k in a:  # the same seeded loader and arithmetic on steps equal up to the rounding above
+        moved = float((a[k] - stepped[k]).abs().max())  # what the repair itself moved
+        torch.testing.assert_close(a[k], b[k], rtol=0.0, atol=0.01 * moved + 1e-4,
+                                   msg=lambda m, moved=moved: f"{m} (repair moved up to {moved:.3g})")
     # and the repair changed what the step left
     assert any(not torch.allclose(a[k], stepped[k]) for k in a)
 

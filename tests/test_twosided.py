@@ -430,20 +430,27 @@ def _changed_rows(new_model, old_state, n_users, n_items):
     return users, items
 
 
-@pytest.mark.parametrize("model", ["WMF", "NeuMF"])
-def test_end_to_end_moves_only_scope_rows_and_forgets(runs, model):
+@pytest.mark.parametrize("model,form,sides", [("WMF", "bcd_diff", "users"), ("NeuMF", "bcd_diff", "users"),
+                                              ("WMF", "bcd_diff", "both"), ("NeuMF", "tilt", "both")])
+def test_end_to_end_moves_only_scope_rows_and_forgets(runs, model, form, sides):
+    """sides=users (the default): only request users' rows move on the interaction task (no
+    request item loses every row there); sides=both: request items' rows move too."""
     run = runs[model, "interaction"]
     before = copy.deepcopy(run.original.state_dict())
-    row = run.run_method("l2unrank_twosided", save=False)
+    settings = {"unrank_twosided_form": form, "unrank_twosided_sides": sides}
+    row = run.run_method("l2unrank_twosided", overrides=settings, save=False, label=f"twosided-{form}-{sides}")
     new = row["_model"]
     req_users = set(np.unique(run.request.users).tolist())
     req_items = set(np.unique(run.request.items).tolist())
     moved_u, moved_i = _changed_rows(new, before, new.n_users, new.n_items)
-    assert moved_u and moved_i
-    assert moved_u <= req_users and moved_i <= req_items
     solve = row["solve"]
-    assert solve["sweeps"] >= 1 and solve["kept_sweep"] >= 1
-    if model == "WMF":  # an L2 term: the sweeps lower the residual (NeuMF's may stop where it rose)
+    assert moved_u and moved_u <= req_users
+    if sides == "both":
+        assert moved_i and moved_i <= req_items
+    else:
+        assert not moved_i and solve["whole_items"] == 0 and solve["items_moved"] == 0
+    assert solve["sweeps"] >= 1 and solve["kept_sweep"] >= 1 and solve["form"] == form
+    if model == "WMF" and form == "tilt":  # an L2 term: the sweeps lower the residual (NeuMF's may stop where it rose)
         assert solve["residuals"][solve["kept_sweep"]] < solve["residuals"][0] and solve["anchor"] == 0.0
     orig = run.rows[0]
     assert row["forget"]["mean_rank"] > orig["forget"]["mean_rank"]

@@ -206,12 +206,13 @@ def main() -> None:
                      f"eigenvalue of the scope Hessian at theta0: full loss {eig_full:.3g}, retained loss "
                      f"{eig_ret:.3g} ({'indefinite: a saddle' if eig_full < 0 else 'positive definite'}).\n")
         rows = []
-        for label, sides, form, sweeps in (("tilt, 1 sweep", "both", "tilt", 1), ("tilt, 8 sweeps (default)", "both", "tilt", 8),
+        for label, sides, form, sweeps in (("tilt, 1 sweep", "both", "tilt", 1), ("tilt, 8 sweeps (previous default)", "both", "tilt", 8),
                                            ("tilt, 50 sweeps", "both", "tilt", 50),
                                            ("bcd_diff, 1 sweep", "both", "bcd_diff", 1),
                                            ("bcd_diff, 4 sweeps", "both", "bcd_diff", 4),
                                            ("bcd_diff, 50 sweeps", "both", "bcd_diff", 50),
-                                           ("users only, tilt, 1 sweep", "users", "tilt", 1)):
+                                           ("users only, tilt, 1 sweep", "users", "tilt", 1),
+                                           ("users only, bcd_diff, 1 sweep (new default)", "users", "bcd_diff", 1)):
             m = copy.deepcopy(base)
             prob, _, _ = problem(m, users, items, neg, keep, target, sides)
             info = prob.run(sweeps, 1e-12, form)

@@ -179,7 +179,7 @@ def main() -> None:
     keep[target] = False
     every = torch.ones_like(keep)
     fu, fi = users[target], items[target]
-    lines = [f"# Why the two-sided sweeps do not contract (tiny float64 WMF)\n",
+    lines = ["# Why the two-sided sweeps do not contract (tiny float64 WMF)\n",
              f"Command: `{command}`. {a.users - 1} users, {a.items - 1} items, {a.per_user} rows per user, d={a.d}; "
              f"request: {target.numel()} rows of {torch.unique(fu).numel()} users touching "
              f"{torch.unique(fi).numel()} items (interaction task). Distances are on the forgotten pairs' scores: "

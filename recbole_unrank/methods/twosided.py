@@ -28,6 +28,19 @@ blocks of both sides in the scope:
   and the ranking is then the tie-break order (measured on tiny: WMF's user task gave
   forget_hit@10 1.0 with 0, against retraining's 0.18).
 
+**Form and sides (issue 22, benchmarks/results/twosided_design.md).** The sweeps above are
+``unrank_twosided_form=tilt``. Where the original is not a local minimum of its training loss
+(RecBole trains WMF/NeuMF for a few epochs), the loss's Hessian over the scope's users *and*
+items is indefinite at ``theta0`` (ml-100k WMF, interaction task: smallest eigenvalue -24.7,
+benchmarks/twosided_saddle.py), so ``theta0`` is a saddle of the tilted objective and the sweeps
+leave it, training the scope under the tilt (over-forgetting, utility lost). ``form=bcd_diff``
+applies ``theta0 + BCD_ret^K(theta0) - BCD_full^K(theta0)`` instead (K sweeps of plain block
+minimisation of each loss from ``theta0``; both descend a bounded loss, and their shared part
+cancels). ``sides=users`` moves only the scope's users and the whole items (items keep their
+rows where some of their rows remain: re-fitting a popular item with its other users frozen
+costs utility at hop 0). The defaults (``bcd_diff``, ``users``, one sweep) were chosen on the
+design seeds.
+
 Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
 rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
 stays fixed). LightGCN is refused (before anything is written: :meth:`TwoSided.check_fit`). What

@@ -446,6 +446,10 @@ class TwoSided(UnlearningMethod):
         if s["form"] == "bcd_diff" and "tol" in self.given_kwargs:
             raise UnrankError(f"unrank_twosided_tol={s['tol']} has no effect with unrank_twosided_form=bcd_diff "
                               "(it runs exactly unrank_twosided_sweeps sweeps): unset it")
+        if s["sides"] == "users" and s["hops"] > 0:
+            raise UnrankError(f"unrank_twosided_hops={s['hops']} has no effect with unrank_twosided_sides=users: a "
+                              "neighbour user keeps every row and the items it meets do not move, so it does not "
+                              "move; use hops 0, or sides=both")
         s["damping"] = _real(s["damping"], "unrank_damping")
         if not s["damping"] > 0:
             raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
@@ -461,6 +465,10 @@ class TwoSided(UnlearningMethod):
         if model_name == "LightGCN":
             raise UnrankError(f"{self.name} does not support LightGCN yet: block curvature through graph "
                               "propagation is not implemented; use l2unrank")
+        if model_name == "WMF" and self.s["sides"] == "users" and self.s["sweeps"] > 1:
+            raise UnrankError(f"unrank_twosided_sweeps={self.s['sweeps']} has no effect on WMF with "
+                              "unrank_twosided_sides=users: with the items fixed each user block is quadratic and "
+                              "one sweep is its exact solve; use 1, or sides=both")
         if model_name not in SUPPORTED:
             raise UnrankError(f"{model_name} has no per-user and per-item parameter blocks that {self.name} can "
                               f"move (it supports {', '.join(SUPPORTED)}): use l2unrank or if")

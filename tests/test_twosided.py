@@ -511,7 +511,7 @@ def test_bad_settings_are_refused_with_one_line(runs, tmp_path):
     with pytest.raises(UnrankError, match="no train interaction"):
         cls(**ok)(task)
     with pytest.raises(UnrankError, match="unrank_twosided_hops=50 acts like"):
-        cls(**{**ok, "hops": 50})(run._task())
+        cls(**{**ok, "hops": 50, "sides": "both"})(run._task())
     config = make_tiny_config(tmp_path, "LightGCN", epochs=1)
     lrun, _ = pipeline.prepare_run(config)
     lrun.prepare_original()

@@ -83,7 +83,7 @@ def _measures(row: dict) -> dict:
 
 
 def run_cell(dataset: str, model: str, task: str, seed: int, overrides: dict, methods: list[str],
-             work: str) -> dict:
+             work: str, variants: list[tuple[str, str, dict]] = ()) -> dict:
     """Load (or train once) the original, draw the request, run every method (retrain first:
     its model fits the membership audit), audit every row: one record per method."""
     path, orig_info = original_of(dataset, model, overrides, work)
@@ -92,6 +92,9 @@ def run_cell(dataset: str, model: str, task: str, seed: int, overrides: dict, me
     run.prepare_original(ckpt, path)
     for name in methods:
         row = run.run_method(name, save=False)
+        row.pop("_model", None)
+    for label, name, settings in variants:  # one method under other settings, on the same request
+        row = run.run_method(name, overrides=settings, save=False, label=label)
         row.pop("_model", None)
     run.finish()  # the audit, now that retrain's model has fitted the attack
     res = {"model": model, "task": task, "seed": seed, "request": run.request.summary(),
@@ -132,6 +135,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra key=value config overrides (JSON values)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"methods to run, retrain first (default {','.join(METHODS)})")
+    p.add_argument("--variant", action="append", default=[],
+                   help="LABEL=METHOD:key=value,key=value (JSON values): one more row, METHOD with these "
+                        "settings, on the same request and retrain (repeatable)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "twosided_check"))
     p.add_argument("--work", default=os.path.join(HERE, "out", "twosided_check"),
                    help="originals and one record per finished cell (a rerun skips those cells)")
@@ -150,7 +156,21 @@ def main() -> None:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if methods[:1] != ["retrain"]:
         raise SystemExit("--methods must start with retrain (its model fits the membership audit)")
+    variants = []
+    for spec in a.variant:
+        label, rest = spec.split("=", 1)
+        name, _, kvs = rest.partition(":")
+        settings = {}
+        for kv in filter(None, kvs.split(",")):
+            k, v = kv.split("=", 1)
+            try:
+                settings[k] = json.loads(v)
+            except json.JSONDecodeError:
+                settings[k] = v
+        variants.append((label, name, settings))
     tag = "" if methods == METHODS else "-" + "+".join(methods[1:])
+    if variants:
+        tag += "-" + "+".join(label for label, _, _ in variants)
     results = []
     for model in [m.strip() for m in a.models.split(",") if m.strip()]:
         for task in [t.strip() for t in a.tasks.split(",") if t.strip()]:
@@ -161,7 +181,7 @@ def main() -> None:
                 with open(cell, encoding="utf-8") as f:
                     results.append(json.load(f))
                 continue
-            res = run_cell(a.dataset, model, task, a.seed, overrides, methods, a.work)
+            res = run_cell(a.dataset, model, task, a.seed, overrides, methods, a.work, variants)
             write_text(cell, json.dumps(res, indent=1, default=float) + "\n")
             results.append(res)
     md = (f"# {' vs '.join(reversed(methods))} ({a.dataset}, request seed {a.seed})\n\n"

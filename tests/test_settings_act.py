@@ -59,6 +59,8 @@ VALUES = {
     # starting residual within the 8-sweep cap (WMF's residual rises after the first sweep, then
     # falls slowly), so both run the cap; 0.9 stops them at sweep 3 there
     "unrank_twosided_tol": 0.9,
+    "unrank_twosided_form": "tilt",
+    "unrank_twosided_sides": "both",
     "unrank_released_cg_steps": 3,
     "unrank_released_repair_epochs": 1,
     "unrank_released_repair_lr_scale": 0.5,
@@ -138,8 +140,10 @@ _SEARCH = {
     # two-sided sweeps stop at the second sweep, whose residual rises (tiny: 0.20 -> 2.26 ->
     # 2.82), so neither the cap nor the tolerance is reached; at damping 100 the residual falls
     # every sweep to the cap (0.20 -> 0.11 -> ... -> 0.048), where both act
-    "unrank_twosided_sweeps": [{"unrank_damping": 100.0}],
-    "unrank_twosided_tol": [{"unrank_damping": 100.0}],
+    # (the defaults form=bcd_diff, sides=users refuse tol, hops > 0 and, on WMF, sweeps > 1 with one
+    # line; with form=tilt, sides=both they act as above)
+    "unrank_twosided_sweeps": [{"unrank_damping": 100.0, "unrank_twosided_form": "tilt", "unrank_twosided_sides": "both"}],
+    "unrank_twosided_tol": [{"unrank_damping": 100.0, "unrank_twosided_form": "tilt", "unrank_twosided_sides": "both"}],
 }
 # The utility guard (GUARD_CONTEXTS) binds only when the step costs utility. Under the default
 # request (seed 2020) the request users' forgotten items sit in their top 10 (they are not

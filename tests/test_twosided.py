@@ -318,6 +318,90 @@ def test_wmf_user_half_sweep_is_the_als_resolve_and_a_whole_item_goes_to_zero():
     assert torch.equal(m3.item_embedding.weight[whole_item].detach(), torch.zeros(3, dtype=DT))
 
 
+# --------------------------------------------------------------------------- (c2) bcd_diff and sides=users
+def _als_block(model, users, items, rows, u=None, i=None):
+    """The exact ALS re-solve of one user ``u`` (items fixed) or one item ``i`` (users fixed) on
+    the rows ``rows`` (bool), with the all-entries term over the users holding a row in ``rows``."""
+    a, w0, reg = model.alpha, model.negative_weight, model.reg_weight
+    P, Q = model.user_embedding.weight.detach(), model.item_embedding.weight.detach()
+    eye = torch.eye(P.shape[1], dtype=DT)
+    if u is not None:
+        other, G = Q[items[rows & (users == u)]], Q.T @ Q
+    else:
+        act = torch.unique(users[rows])
+        other, G = P[users[rows & (items == i)]], P[act].T @ P[act]
+    A = 2 * (1 + a - w0) * other.T @ other + 2 * w0 * G + 2 * reg * other.shape[0] * eye
+    return torch.linalg.solve(A, 2 * (1 + a) * other.sum(0))
+
+
+def _resolve_sweep(model, users, items, rows, uids, iids):
+    """One exact Gauss-Seidel sweep of ALS re-solves over the given users, then items, in place."""
+    with torch.no_grad():
+        P, Q = model.user_embedding.weight, model.item_embedding.weight
+        new = [(u, _als_block(model, users, items, rows, u=u)) for u in uids]
+        for u, p in new:
+            P[u] = p
+        new = [(i, _als_block(model, users, items, rows, i=i)) for i in iids]
+        for i, q in new:
+            Q[i] = q
+
+
+def test_bcd_diff_one_sweep_is_the_difference_of_two_als_sweeps_off_the_optimum():
+    """WMF a few ALS sweeps from its initialisation (not at the optimum: grad L_full(theta0) != 0).
+    ``bcd_diff`` with one sweep = theta0 + S_ret(theta0) - S_full(theta0), S being one exact ALS
+    sweep (scope users, then scope items) on the retained / every row; the ``tilt`` sweep is not
+    (it solves grad L_ret = grad L_full(theta0) instead)."""
+    users, items, neg = _data()
+    model = WMF(7, 9, 3)
+    _als(model, users, items, sweeps=1)
+    target = torch.tensor([0, 1, 5, 9, 10])
+    m = copy.deepcopy(model)
+    _, _, keep, prob = _problem(m, users, items, neg, target, damping=0.0)
+    assert float(prob.g0["user"].norm()) > 1e-3  # off the optimum: the two forms differ
+    uids, iids = prob.ids["user"].tolist(), prob.ids["item"].tolist()
+    assert uids and iids and prob.whole_users.numel() == 0 and prob.whole_items.numel() == 0
+    info = prob.run(1, 0.5, "bcd_diff")
+    assert info["form"] == "bcd_diff" and info["sweeps"] == 1
+    ret_m, full_m = copy.deepcopy(model), copy.deepcopy(model)
+    _resolve_sweep(ret_m, users, items, keep, uids, iids)
+    _resolve_sweep(full_m, users, items, torch.ones_like(keep), uids, iids)
+    for name in ("user_embedding", "item_embedding"):
+        w0_, wr, wf = (getattr(x, name).weight.detach() for x in (model, ret_m, full_m))
+        # float64 batched solves against one-by-one solves: agreement to ~1e-10 relative.
+        torch.testing.assert_close(getattr(m, name).weight.detach(), w0_ + wr - wf, rtol=1e-8, atol=1e-10)
+    tilt = copy.deepcopy(model)
+    _, _, _, prob_t = _problem(tilt, users, items, neg, target, damping=0.0)
+    prob_t.run(1, 0.5, "tilt")
+    assert float((tilt.item_embedding.weight - m.item_embedding.weight).detach().abs().max()) > 1e-6
+
+
+def test_bcd_diff_equals_tilt_at_an_optimum():
+    """At an ALS optimum grad L_full(theta0) = 0: the full loss's sweeps do not move, and both
+    forms are block coordinate descent on the retained loss from theta0: equal after one sweep,
+    and run to convergence both reach the same retained stationary point. (In between the
+    residual need not fall: block descent lowers the loss, not its gradient's norm; here it goes
+    0.88 -> 0.18 -> 0.21 -> 0.28 before converging, and ``tilt`` keeps the iterate of least
+    residual, so the two are compared at one sweep and at convergence only.)"""
+    users, items, neg = _data()
+    model = WMF(7, 9, 3)
+    _als(model, users, items)
+    target = torch.tensor([0, 1, 5, 9, 10])
+    start = torch.cat([model.user_embedding.weight.detach(), model.item_embedding.weight.detach()])
+    for sweeps, tol in ((1, 0.5), (2000, 1e-13)):
+        out = {}
+        for form in ("tilt", "bcd_diff"):
+            m = copy.deepcopy(model)
+            _, _, _, prob = _problem(m, users, items, neg, target, damping=0.0)
+            info = prob.run(sweeps, tol, form)
+            if sweeps > 1 and form == "tilt":
+                assert info["converged"]
+            out[form] = torch.cat([m.user_embedding.weight.detach(), m.item_embedding.weight.detach()])
+        # The optimum's gradient is ~1e-12 (ALS to 400 sweeps) and the solves are float64: the two
+        # agree to ~1e-9; 1e-7 leaves room for the convergence tolerance.
+        torch.testing.assert_close(out["bcd_diff"], out["tilt"], rtol=1e-7, atol=1e-7)
+        assert float((out["tilt"] - start).abs().max()) > 1e-4
+
+
 # --------------------------------------------------------------------------- (d) end to end, refusals
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -346,20 +430,27 @@ def _changed_rows(new_model, old_state, n_users, n_items):
     return users, items
 
 
-@pytest.mark.parametrize("model", ["WMF", "NeuMF"])
-def test_end_to_end_moves_only_scope_rows_and_forgets(runs, model):
+@pytest.mark.parametrize("model,form,sides", [("WMF", "bcd_diff", "users"), ("NeuMF", "bcd_diff", "users"),
+                                              ("WMF", "bcd_diff", "both"), ("NeuMF", "tilt", "both")])
+def test_end_to_end_moves_only_scope_rows_and_forgets(runs, model, form, sides):
+    """sides=users (the default): only request users' rows move on the interaction task (no
+    request item loses every row there); sides=both: request items' rows move too."""
     run = runs[model, "interaction"]
     before = copy.deepcopy(run.original.state_dict())
-    row = run.run_method("l2unrank_twosided", save=False)
+    settings = {"unrank_twosided_form": form, "unrank_twosided_sides": sides}
+    row = run.run_method("l2unrank_twosided", overrides=settings, save=False, label=f"twosided-{form}-{sides}")
     new = row["_model"]
     req_users = set(np.unique(run.request.users).tolist())
     req_items = set(np.unique(run.request.items).tolist())
     moved_u, moved_i = _changed_rows(new, before, new.n_users, new.n_items)
-    assert moved_u and moved_i
-    assert moved_u <= req_users and moved_i <= req_items
     solve = row["solve"]
-    assert solve["sweeps"] >= 1 and solve["kept_sweep"] >= 1
-    if model == "WMF":  # an L2 term: the sweeps lower the residual (NeuMF's may stop where it rose)
+    assert moved_u and moved_u <= req_users
+    if sides == "both":
+        assert moved_i and moved_i <= req_items
+    else:
+        assert not moved_i and solve["whole_items"] == 0 and solve["items_moved"] == 0
+    assert solve["sweeps"] >= 1 and solve["kept_sweep"] >= 1 and solve["form"] == form
+    if model == "WMF" and form == "tilt":  # an L2 term: the sweeps lower the residual (NeuMF's may stop where it rose)
         assert solve["residuals"][solve["kept_sweep"]] < solve["residuals"][0] and solve["anchor"] == 0.0
     orig = run.rows[0]
     assert row["forget"]["mean_rank"] > orig["forget"]["mean_rank"]
@@ -408,7 +499,9 @@ def test_bad_settings_are_refused_with_one_line(runs, tmp_path):
     ok = {"hops": 0, "sweeps": 8, "tol": 1e-3, "damping": 1e-2}
     for bad, key in (({"sweeps": 0}, "unrank_twosided_sweeps"), ({"tol": 0.0}, "unrank_twosided_tol"),
                      ({"tol": 1.0}, "unrank_twosided_tol"), ({"hops": -1}, "unrank_twosided_hops"),
-                     ({"damping": 0.0}, "unrank_damping")):
+                     ({"damping": 0.0}, "unrank_damping"), ({"form": "newton"}, "unrank_twosided_form"),
+                     ({"sides": "items"}, "unrank_twosided_sides"),
+                     ({"form": "bcd_diff", "tol": 1e-2}, "unrank_twosided_tol")):
         with pytest.raises(UnrankError, match=key) as exc:
             cls(**{**ok, **bad})
         assert "\n" not in str(exc.value)
@@ -418,7 +511,7 @@ def test_bad_settings_are_refused_with_one_line(runs, tmp_path):
     with pytest.raises(UnrankError, match="no train interaction"):
         cls(**ok)(task)
     with pytest.raises(UnrankError, match="unrank_twosided_hops=50 acts like"):
-        cls(**{**ok, "hops": 50})(run._task())
+        cls(**{**ok, "hops": 50, "sides": "both"})(run._task())
     config = make_tiny_config(tmp_path, "LightGCN", epochs=1)
     lrun, _ = pipeline.prepare_run(config)
     lrun.prepare_original()

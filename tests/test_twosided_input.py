@@ -49,7 +49,7 @@ def test_bad_settings_one_line(bad, needle):
 
 def test_good_settings_are_taken():
     """The counterpart: whole floats and the edges inside the ranges are accepted as numbers."""
-    m = METHODS["l2unrank_twosided"](**{**OK, "sweeps": 3.0, "tol": 0.999, "hops": 2})
+    m = METHODS["l2unrank_twosided"](**{**OK, "sweeps": 3.0, "tol": 0.999, "hops": 2, "form": "tilt", "sides": "both"})
     assert m.s["sweeps"] == 3 and isinstance(m.s["sweeps"], int) and m.s["hops"] == 2 and m.s["tol"] == 0.999
     # one sweep with the default tolerance (not given) is fine
     assert METHODS["l2unrank_twosided"](sweeps=1).s["sweeps"] == 1
@@ -78,7 +78,12 @@ def _tree(folder: Path) -> set[str]:
 
 CLI_CASES = {
     # hops beyond the retained graph's reach: tiny's graph is connected, so a few hops cover it
-    "idle hop": (["-m", "WMF", "--unrank_twosided_hops=50"], "unrank_twosided_hops=50 acts like"),
+    "idle hop": (["-m", "WMF", "--unrank_twosided_hops=50", "--unrank_twosided_sides=both"],
+                 "unrank_twosided_hops=50 acts like"),
+    # sides=users (the default) moves only users, and a neighbour user loses no row: hops would not act
+    "hop with sides=users": (["-m", "WMF", "--unrank_twosided_hops=1"], "unrank_twosided_hops=1 has no effect"),
+    # WMF's user block is quadratic with the items fixed: one sweep is exact
+    "sweeps with sides=users on WMF": (["-m", "WMF", "--unrank_twosided_sweeps=3"], "unrank_twosided_sweeps=3 has no effect"),
     "LightGCN": (["-m", "LightGCN"], "does not support LightGCN"),
     "no request pair in the data": (["-m", "WMF", "--unrank_request_file={request}"], "none is in the train split"),
     "zero sweeps": (["-m", "WMF", "--unrank_twosided_sweeps=0"], "unrank_twosided_sweeps"),
@@ -120,5 +125,6 @@ def test_cli_counterpart_runs(tmp_path, in_tmp, capsys):
     inputs.mkdir()
     out = tmp_path / "runs"
     run_unrank.main(["-d", "tiny", "-m", "WMF", "--config_files", str(_cpu_yaml(inputs)), "--epochs=1",
-                     f"--unrank_output_dir={out}", "--unrank_method=l2unrank_twosided", "--unrank_twosided_hops=1"])
+                     f"--unrank_output_dir={out}", "--unrank_method=l2unrank_twosided", "--unrank_twosided_hops=1",
+                     "--unrank_twosided_sides=both"])
     assert out.exists() and any(out.iterdir())

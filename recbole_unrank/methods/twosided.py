@@ -28,6 +28,19 @@ blocks of both sides in the scope:
   and the ranking is then the tie-break order (measured on tiny: WMF's user task gave
   forget_hit@10 1.0 with 0, against retraining's 0.18).
 
+**Form and sides (issue 22, benchmarks/results/twosided_design.md).** The sweeps above are
+``unrank_twosided_form=tilt``. Where the original is not a local minimum of its training loss
+(RecBole trains WMF/NeuMF for a few epochs), the loss's Hessian over the scope's users *and*
+items is indefinite at ``theta0`` (ml-100k WMF, interaction task: smallest eigenvalue -24.7,
+benchmarks/twosided_saddle.py), so ``theta0`` is a saddle of the tilted objective and the sweeps
+leave it, training the scope under the tilt (over-forgetting, utility lost). ``form=bcd_diff``
+applies ``theta0 + BCD_ret^K(theta0) - BCD_full^K(theta0)`` instead (K sweeps of plain block
+minimisation of each loss from ``theta0``; both descend a bounded loss, and their shared part
+cancels). ``sides=users`` moves only the scope's users and the whole items (items keep their
+rows where some of their rows remain: re-fitting a popular item with its other users frozen
+costs utility at hop 0). The defaults (``bcd_diff``, ``users``, one sweep) were chosen on the
+design seeds.
+
 Models: dot-product factor models (WMF, RecBole's BPR; analytic Jacobians) and NeuMF (user
 rows ``[p_mf ; p_mlp]``, item rows ``[q_mf ; q_mlp]``, per-pair Jacobians by autograd; its MLP
 stays fixed). LightGCN is refused (before anything is written: :meth:`TwoSided.check_fit`). What
@@ -69,8 +82,15 @@ TWOSIDED_SETTINGS = {
     "hops": "unrank_twosided_hops",
     "sweeps": "unrank_twosided_sweeps",
     "tol": "unrank_twosided_tol",
+    "form": "unrank_twosided_form",
+    "sides": "unrank_twosided_sides",
     "damping": "unrank_damping",
 }
+
+#: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
+FORMS = ("tilt", "bcd_diff")
+#: ``unrank_twosided_sides``: which non-whole blocks move
+SIDES = ("both", "users")
 
 
 def _whole(value: Any, key: str, least: int, hint: str) -> int:
@@ -138,6 +158,15 @@ class TwoSidedProblem:
         self.anchor = 0.0 if (has_l2 or obj.has_gram) else self.damping
         self.theta0 = {side: self.block(side).clone() for side in ("user", "item")}
         self.device = device
+        # Which loss the block terms read: "ret" (the retained rows) or "full" (every train row),
+        # and whether the target grad L_full(theta0) is subtracted (the tilt: difference form).
+        self.loss, self.tilt = "ret", True
+
+    def _rows(self, side: str) -> Tensor:
+        return self.rows[side] if self.loss == "ret" else self.rows_full[side]
+
+    def _active(self) -> Tensor:
+        return self.active_ret if self.loss == "ret" else self.active_full
 
     # ---- the block terms ---------------------------------------------------------------------
     def block(self, side: str) -> Tensor:
@@ -204,7 +233,7 @@ class TwoSidedProblem:
         out = theta.new_zeros(theta.shape[0])
         if ids.numel() == 0:
             return out
-        index = self.rows[side]
+        index = self._rows(side)
         if only is not None:
             owner = row_of[obj.users[index] if side == "user" else obj.items[index]]
             touch = only[owner.clamp(min=0)] & (owner >= 0)
@@ -226,18 +255,21 @@ class TwoSidedProblem:
             if side == "user":
                 G = a.gram().detach().to(theta.dtype)
             else:
-                P = a.user_tables()[0].detach()[self.active_ret]
+                P = a.user_tables()[0].detach()[self._active()]
                 G = (P.T @ P).to(theta.dtype)
             out += s.w0 * ((theta @ G) * theta).sum(1)
-        out = out - (self.g0[side] * theta).sum(1)
+        if self.tilt:
+            out = out - (self.g0[side] * theta).sum(1)
         if self.anchor > 0:
             out = out + 0.5 * self.anchor * (theta - self.theta0[side]).pow(2).sum(1)
         return out
 
     def residual(self, side: str, hessian: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``r_b = grad_b L_ret(theta) - grad_b L_full(theta0)`` and ``H_b,ret(theta)``."""
-        g, H = self.terms(side, self.rows[side], self.active_ret, hessian)
-        r = g - self.g0[side]
+        """``r_b = grad_b L_ret(theta) - grad_b L_full(theta0)`` and ``H_b,ret(theta)`` (with
+        ``self.loss == "full"`` the full loss's terms; with ``self.tilt`` False no target:
+        ``r_b = grad_b L(theta)``, the plain block minimisation)."""
+        g, H = self.terms(side, self._rows(side), self._active(), hessian)
+        r = g - self.g0[side] if self.tilt else g
         if self.anchor > 0:
             r = r + self.anchor * (self.block(side) - self.theta0[side])
             if H is not None:
@@ -309,42 +341,80 @@ class TwoSidedProblem:
         ri, _ = self.residual("item", hessian=False)
         return math.sqrt(float(ru.pow(2).sum()) + float(ri.pow(2).sum()))
 
-    def run(self, sweeps: int, tol: float) -> dict[str, Any]:
-        """Whole blocks reset, then sweeps (users, items) until the residual falls to ``tol`` of
-        its value at ``theta0``, or ``sweeps`` sweeps are done, or a sweep raises the residual.
+    def _blocks(self) -> dict[str, Tensor]:
+        return {side: self.block(side).clone() for side in ("user", "item")}
 
-        Each half-sweep lowers the scope's joint objective ``Phi = sum_b phi_b`` (block line
-        searches), but where ``Phi`` has no minimum near ``theta0`` (a loss without L2 on a model
-        that training left far from its optimum: NeuMF) the iterates run away from it while
-        ``||r||`` grows. So, for such a loss (``anchor > 0``), the sweeps stop at the first one
-        that raises ``||r||``; in every case the iterate with the smallest residual after the
-        first sweep is kept (the first sweep, the two-sided influence step itself, always is).
-        With an L2 term (WMF) ``Phi`` is bounded below and the sweeps run to ``tol`` or the cap."""
+    def _set(self, blocks: dict[str, Tensor]) -> None:
+        for side in ("user", "item"):
+            self._apply(side, blocks[side] - self.block(side))
+
+    def run(self, sweeps: int, tol: float, form: str = "tilt") -> dict[str, Any]:
+        """Whole blocks reset, then the sweeps of ``form`` (users, then items, per sweep).
+
+        ``tilt`` (the difference form of DESIGN.md 10.2): Gauss-Seidel on
+        ``r(theta) = grad L_ret(theta) - grad L_full(theta0) = 0`` until the residual falls to
+        ``tol`` of its value at ``theta0``, or ``sweeps`` sweeps are done. Each half-sweep lowers
+        the tilted objective ``Phi = L_ret - grad L_full(theta0) . theta``, and ``theta0`` is a
+        stationary point of ``L_full - grad L_full(theta0) . theta``; but where the original is
+        not a local minimum of the full loss (trained by SGD/Adam for a few epochs) the joint
+        Hessian over the scope is indefinite, ``theta0`` is a saddle of the tilted objective and
+        block Gauss-Seidel runs away from it (Ostrowski-Reich: the iteration contracts iff that
+        Hessian is positive definite; benchmarks/twosided_diagnose.py measures it). Where the
+        loss has no L2 term (``anchor > 0``) the sweeps stop at the first one that raises
+        ``||r||``; in every case the iterate with the smallest residual after the first sweep is
+        kept.
+
+        ``bcd_diff``: ``theta0 + BCD_ret^K(theta0) - BCD_full^K(theta0)``, ``BCD^K`` being
+        ``K = sweeps`` sweeps of plain block minimisation (no tilt) of the retained and of the
+        full loss over the scope's blocks, both started from ``theta0``. Each sequence lowers
+        its own loss (bounded below), so neither runs away; what both share (training left
+        unfinished) cancels, what the forgotten rows change is kept. ``tol`` is not read.
+        """
         r0 = self.norm()
-        self.reset_whole_blocks()
         residuals = [r0]
-        done, converged, stop = 0, r0 == 0.0, "converged" if r0 == 0.0 else "sweeps"
-        best, best_at = None, 0
-        while not converged and done < sweeps:
-            self.half_sweep("user")
-            self.half_sweep("item")
-            done += 1
+        if form == "bcd_diff":
+            start = self._blocks()
+            self.tilt = False
+            self.loss = "full"
+            for _ in range(sweeps):
+                self.half_sweep("user")
+                self.half_sweep("item")
+            full = self._blocks()
+            self._set(start)
+            self.reset_whole_blocks()
+            self.loss = "ret"
+            for _ in range(sweeps):
+                self.half_sweep("user")
+                self.half_sweep("item")
+            ret = self._blocks()
+            self._set({side: start[side] + ret[side] - full[side] for side in ("user", "item")})
+            self.tilt = True
             residuals.append(self.norm())
-            converged = residuals[-1] <= tol * r0
-            if best is None or residuals[-1] < residuals[best_at]:
-                best = {side: self.block(side).clone() for side in ("user", "item")}
-                best_at = done
-            if converged:
-                stop = "converged"
-            elif self.anchor > 0 and done > 1 and residuals[-1] > residuals[-2]:
-                stop = "residual_rose"
-                break
-        if best is not None and best_at != done:
-            for side in ("user", "item"):
-                self._apply(side, best[side] - self.block(side))
+            done, best_at, stop, converged = sweeps, sweeps, "sweeps", False
+        else:
+            self.reset_whole_blocks()
+            done, converged, stop = 0, r0 == 0.0, "converged" if r0 == 0.0 else "sweeps"
+            best, best_at = None, 0
+            while not converged and done < sweeps:
+                self.half_sweep("user")
+                self.half_sweep("item")
+                done += 1
+                residuals.append(self.norm())
+                converged = residuals[-1] <= tol * r0
+                if best is None or residuals[-1] < residuals[best_at]:
+                    best = self._blocks()
+                    best_at = done
+                if converged:
+                    stop = "converged"
+                elif self.anchor > 0 and done > 1 and residuals[-1] > residuals[-2]:
+                    stop = "residual_rose"
+                    break
+            if best is not None and best_at != done:
+                self._set(best)
         return {
-            "sweeps": done, "kept_sweep": best_at, "stop": stop, "residuals": residuals,
-            "rel_residual": residuals[best_at] / r0 if r0 > 0 else 0.0, "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
+            "form": form, "sweeps": done, "kept_sweep": best_at, "stop": stop, "residuals": residuals,
+            "rel_residual": residuals[-1 if form == "bcd_diff" else best_at] / r0 if r0 > 0 else 0.0,
+            "converged": bool(converged), "users_moved": int(self.ids["user"].numel()),
             "items_moved": int(self.ids["item"].numel()), "whole_users": int(self.whole_users.numel()),
             "whole_items": int(self.whole_items.numel()), "anchor": self.anchor,
             "rows_user_side": int(self.rows["user"].numel()), "rows_item_side": int(self.rows["item"].numel()),
@@ -369,6 +439,17 @@ class TwoSided(UnlearningMethod):
         if not 0.0 < s["tol"] < 1.0:
             raise UnrankError(f"unrank_twosided_tol={s['tol']} must lie in (0, 1) (a share of the starting "
                               "residual, e.g. 1e-3)")
+        if s["form"] not in FORMS:
+            raise UnrankError(f"unrank_twosided_form={s['form']!r} is not one of {', '.join(FORMS)}")
+        if s["sides"] not in SIDES:
+            raise UnrankError(f"unrank_twosided_sides={s['sides']!r} is not one of {', '.join(SIDES)}")
+        if s["form"] == "bcd_diff" and "tol" in self.given_kwargs:
+            raise UnrankError(f"unrank_twosided_tol={s['tol']} has no effect with unrank_twosided_form=bcd_diff "
+                              "(it runs exactly unrank_twosided_sweeps sweeps): unset it")
+        if s["sides"] == "users" and s["hops"] > 0:
+            raise UnrankError(f"unrank_twosided_hops={s['hops']} has no effect with unrank_twosided_sides=users: a "
+                              "neighbour user keeps every row and the items it meets do not move, so it does not "
+                              "move; use hops 0, or sides=both")
         s["damping"] = _real(s["damping"], "unrank_damping")
         if not s["damping"] > 0:
             raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
@@ -384,6 +465,10 @@ class TwoSided(UnlearningMethod):
         if model_name == "LightGCN":
             raise UnrankError(f"{self.name} does not support LightGCN yet: block curvature through graph "
                               "propagation is not implemented; use l2unrank")
+        if model_name == "WMF" and self.s["sides"] == "users" and self.s["sweeps"] > 1:
+            raise UnrankError(f"unrank_twosided_sweeps={self.s['sweeps']} has no effect on WMF with "
+                              "unrank_twosided_sides=users: with the items fixed each user block is quadratic and "
+                              "one sweep is its exact solve; use 1, or sides=both")
         if model_name not in SUPPORTED:
             raise UnrankError(f"{model_name} has no per-user and per-item parameter blocks that {self.name} can "
                               f"move (it supports {', '.join(SUPPORTED)}): use l2unrank or if")
@@ -434,13 +519,16 @@ class TwoSided(UnlearningMethod):
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))
+        if s["sides"] == "users":  # items move only where whole (no retained row: to their retained optimum)
+            ret_items = torch.bincount(items[keep], minlength=adapter.n_items)
+            item_mask = item_mask & (ret_items == 0)
         problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]), int(task.seed))
         stages["scope_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        solve = problem.run(int(s["sweeps"]), float(s["tol"]))
+        solve = problem.run(int(s["sweeps"]), float(s["tol"]), str(s["form"]))
         adapter.invalidate()
         stages["solve_s"] = time.perf_counter() - t0
-        info = {"loss": obj.spec.note, "hops": hops, "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
+        info = {"loss": obj.spec.note, "hops": hops, "form": s["form"], "sides": s["sides"], "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
                 "scope_per_hop": sizes, "solve": {"method": "block_gauss_seidel", **solve},
                 "train_size": int(users.numel())}
         return UnlearnResult(task.model, stages=stages, info=info)

@@ -367,6 +367,9 @@ def _targets(name: str, pts: list[dict], every: int) -> tuple[list[list[str]], d
 
     refs = [p for p in pts if "retrain" in p]
     last = pts[-1]
+    if len(refs) > len(QUARTERS):
+        raise SystemExit(f"{name}: {len(refs)} retrained references (at {[p['after'] for p in refs]}), a stream has "
+                         f"{len(QUARTERS)}: its folder mixes streams of two lengths; move the older one's points away")
     s = {"requests": last["after"], "references": [p["after"] for p in refs]}
     rows = []
 

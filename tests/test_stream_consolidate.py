@@ -22,7 +22,7 @@ from recbole_unrank.methods import METHODS
 from recbole_unrank.stream import RequestStream, StreamSettings, consolidate_blocks, recent_requests
 
 TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}
-# a budget that request 4 keeps and request 5 breaks on this tiny stream (checked in the test)
+# the budget of the stream tests that only need one that holds
 GUARD = 0.95
 
 
@@ -193,22 +193,29 @@ def test_a_resumed_journaled_stream_consolidates_as_the_uninterrupted_one(wmf, t
     ckpt = tmp_path / "wmf.pth"
     train, valid, _ = pipeline.make_loaders(config0, data)
     pipeline.train_model(config0, train, valid, str(ckpt), tag="original")
-    argv = [f"--unrank_stream_guard={GUARD}", "--unrank_stream_policy=consolidate", "--unrank_method=l2unrank_twosided",
-            f"--data_path={DATA_PATH}"]
-    requests = _request_rows(config0, data, 6, 2, seed=11)
+    requests = _request_rows(config0, data, 6, 2, seed=5)
 
-    def run(folder, todo):
-        config, ck = make_config(checkpoint=str(ckpt), argv=argv)
+    def argv(guard):
+        return [f"--unrank_stream_guard={guard}", "--unrank_stream_policy=consolidate",
+                "--unrank_method=l2unrank_twosided", f"--data_path={DATA_PATH}"]
+
+    def run(folder, todo, guard):
+        config, ck = make_config(checkpoint=str(ckpt), argv=argv(guard))
         with Journal(folder, snapshot_every=4) as j:
             stream = open_journaled_stream(config, ck, str(ckpt), j)
             for rows in todo:
                 stream.apply(rows)
-            return model_digest(stream.model), list(j.requests)
+            return model_digest(stream.model), list(j.requests), [r.get("valid_ratio") for r in stream.records]
 
-    whole, recs = run(tmp_path / "A", requests)
+    # the budget is read off the stream itself: one that requests 1-4 keep and request 5 breaks
+    _, _, ratios = run(tmp_path / "probe", requests[:5], 1e-6)
+    kept, fifth = min(ratios[:4]), ratios[4]
+    assert fifth < kept - 1e-3, f"request 5 must take the monitor NDCG below requests 1-4 (ratios {ratios})"
+    guard = (kept + fifth) / 2
+    whole, recs, _ = run(tmp_path / "A", requests, guard)
     events = [(r["position"], (r.get("event") or {}).get("policy")) for r in recs]
     # the case under test: rows pending at the snapshot (position 4), consolidated after it (5)
     assert pending_consolidation(recs, 4).size > 0 and events[4] == (5, "consolidate"), events
-    run(tmp_path / "B", requests[:5])  # stops after request 5: the snapshot at 4, record 5 after it
-    resumed, _ = run(tmp_path / "B", requests[5:])  # replays 5 from the snapshot (digest checked), then 6
+    run(tmp_path / "B", requests[:5], guard)  # stops after request 5: the snapshot at 4, record 5 after it
+    resumed, _, _ = run(tmp_path / "B", requests[5:], guard)  # replays 5 from the snapshot (digest checked), then 6
     assert resumed == whole

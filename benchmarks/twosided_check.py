@@ -37,10 +37,16 @@ from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.pat
 from recbole_unrank.training import train_model  # noqa: E402 (after the sys.path line)
 
 #: The suite's default ratio of each task (config/suite/ml100k.yaml).
+#: The old names keep their meaning (results files use them): ``interaction`` is the 0.2 ratio,
+#: ``user`` the random users; issue 22's other ratios and user selections are named beside them.
 TASKS = {
     "interaction": {"unrank_request": "interaction", "unrank_user_ratio": 0.1, "unrank_inter_ratio": 0.2},
+    "interaction-0.1": {"unrank_request": "interaction", "unrank_user_ratio": 0.1, "unrank_inter_ratio": 0.1},
+    "interaction-0.4": {"unrank_request": "interaction", "unrank_user_ratio": 0.1, "unrank_inter_ratio": 0.4},
     "item": {"unrank_request": "item", "unrank_item_ratio": 0.02},
     "user": {"unrank_request": "user", "unrank_user_ratio": 0.05},
+    "user-core": {"unrank_request": "user", "unrank_user_ratio": 0.05, "unrank_request_users": "core"},
+    "user-edge": {"unrank_request": "user", "unrank_user_ratio": 0.05, "unrank_request_users": "edge"},
 }
 METHODS = ["retrain", "l2unrank", "l2unrank_twosided"]
 
@@ -48,7 +54,7 @@ METHODS = ["retrain", "l2unrank", "l2unrank_twosided"]
 def _config(dataset: str, model: str, task: str | None, seed: int, overrides: dict, work: str):
     settings = {"checkpoint_dir": os.path.join(work, "saved"), **overrides}
     if task is not None:
-        settings.update({**TASKS[task], "unrank_request_users": "random", "unrank_request_seed": seed})
+        settings.update({"unrank_request_users": "random", **TASKS[task], "unrank_request_seed": seed})
     if dataset == "ml-100k":
         files = [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", f"{model}.yaml")]
     else:  # a dataset under dataset/ (tiny): the package presets
@@ -79,7 +85,8 @@ def _measures(row: dict) -> dict:
     audit = row.get("audit") or {}
     return {"time_s": row["time_s"], "forget_hit@10": row["forget"]["forget_hit@10"],
             "ndcg@10": row["test"]["ndcg@10"], "req_ndcg@10": (row.get("request_users") or {}).get("ndcg@10"),
-            "mia_auc": audit.get("mia_auc"), "solve": row.get("solve")}
+            "mia_auc": audit.get("mia_auc"), "over_unlearned": audit.get("over_unlearned"),
+            "under_unlearned": audit.get("under_unlearned"), "solve": row.get("solve")}
 
 
 def run_cell(dataset: str, model: str, task: str, seed: int, overrides: dict, methods: list[str],
@@ -90,17 +97,23 @@ def run_cell(dataset: str, model: str, task: str, seed: int, overrides: dict, me
     config = _config(dataset, model, task, seed, overrides, work)
     run, ckpt = pipeline.prepare_run(config, path, methods=methods)
     run.prepare_original(ckpt, path)
-    for name in methods:
-        row = run.run_method(name, save=False)
-        row.pop("_model", None)
-    for label, name, settings in variants:  # one method under other settings, on the same request
-        row = run.run_method(name, overrides=settings, save=False, label=label)
+    failed = {}  # a method that fails is a row that says so; the other methods go on
+    for label, name, settings in [(m, m, None) for m in methods] + list(variants):
+        try:
+            row = run.run_method(name, overrides=settings, save=False, label=label)
+        except Exception as e:  # noqa: BLE001 (any failure of one method is reported, not fatal)
+            if label == "retrain":
+                raise  # retrain's model fits the audit: without it the cell has no reference
+            logging.getLogger(__name__).exception("[%s] failed", label)
+            failed[label] = {"error": f"{type(e).__name__}: {e}"}
+            continue
         row.pop("_model", None)
     run.finish()  # the audit, now that retrain's model has fitted the attack
     res = {"model": model, "task": task, "seed": seed, "request": run.request.summary(),
            "original": {**_measures(run.rows[0]), "time_s": orig_info["time_s"]}, "methods": {}}
     for row in run.rows[1:]:
         res["methods"][row["method"]] = _measures(row)
+    res["methods"].update(failed)
     return res
 
 
@@ -109,6 +122,9 @@ def report(results: list[dict]) -> str:
     for res in results:
         ret = res["methods"].get("retrain")
         for name, r in [("original", res["original"])] + list(res["methods"].items()):
+            if "error" in r:
+                rows.append([res["model"], res["task"], name, "failed: " + r["error"]] + [""] * 8)
+                continue
             vs = (fmt(r["forget_hit@10"] - ret["forget_hit@10"], 3) if ret else "")
             ratio = (fmt(r["ndcg@10"] / max(ret["ndcg@10"], 1e-12), 3) if ret else "")
             req = r.get("req_ndcg@10")

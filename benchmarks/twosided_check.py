@@ -35,6 +35,7 @@ from recbole_unrank.data import load_data, make_loaders  # noqa: E402 (after the
 from recbole_unrank.report import write_text  # noqa: E402 (after the sys.path line)
 from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.path line)
 from recbole_unrank.training import train_model  # noqa: E402 (after the sys.path line)
+from twosided_targets import targets_report  # noqa: E402 (benchmarks/, beside this script)
 
 #: The suite's default ratio of each task (config/suite/ml100k.yaml).
 #: The old names keep their meaning (results files use them): ``interaction`` is the 0.2 ratio,
@@ -123,7 +124,7 @@ def report(results: list[dict]) -> str:
         ret = res["methods"].get("retrain")
         for name, r in [("original", res["original"])] + list(res["methods"].items()):
             if "error" in r:
-                rows.append([res["model"], res["task"], name, "failed: " + r["error"]] + [""] * 8)
+                rows.append([res["model"], res["task"], name, "failed: " + r["error"]] + [""] * 9)
                 continue
             vs = (fmt(r["forget_hit@10"] - ret["forget_hit@10"], 3) if ret else "")
             ratio = (fmt(r["ndcg@10"] / max(ret["ndcg@10"], 1e-12), 3) if ret else "")
@@ -134,11 +135,13 @@ def report(results: list[dict]) -> str:
             mia_gap = (fmt(mia - ret["mia_auc"], 3) if ret and mia is not None and ret.get("mia_auc") is not None
                        else "")
             speed = (fmt(ret["time_s"] / max(r["time_s"], 1e-9), 0) + "x" if ret and name != "original" else "")
+            over = r.get("over_unlearned")
             rows.append([res["model"], res["task"], name, fmt(r["forget_hit@10"], 3), vs, fmt(r["ndcg@10"], 4),
-                         ratio, req_ratio, "" if mia is None else fmt(mia, 3), mia_gap, fmt(r["time_s"], 3), speed])
+                         ratio, req_ratio, "" if mia is None else fmt(mia, 3), mia_gap,
+                         "" if over is None else fmt(over, 3), fmt(r["time_s"], 3), speed])
     head = ["model", "task", "method", "forget_hit@10", "- retrain's", "test NDCG@10", "/ retrain's",
-            "req. users NDCG@10 / retrain's", "MIA AUC", "- retrain's", "time (s)", "speed-up"]
-    return "\n".join(md_table(head, rows))
+            "req. users NDCG@10 / retrain's", "MIA AUC", "- retrain's", "over-unlearned", "time (s)", "speed-up"]
+    return "\n".join(md_table(head, rows)) + "\n\n" + targets_report(results)
 
 
 def main() -> None:

@@ -29,13 +29,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from twosided_targets import targets_report  # noqa: E402 (benchmarks/, beside this script)
+
 from recbole_unrank import pipeline  # noqa: E402 (after the sys.path line)
 from recbole_unrank.checkpoints import save_checkpoint  # noqa: E402 (after the sys.path line)
 from recbole_unrank.data import load_data, make_loaders  # noqa: E402 (after the sys.path line)
 from recbole_unrank.report import write_text  # noqa: E402 (after the sys.path line)
 from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.path line)
 from recbole_unrank.training import train_model  # noqa: E402 (after the sys.path line)
-from twosided_targets import targets_report  # noqa: E402 (benchmarks/, beside this script)
 
 #: The suite's default ratio of each task (config/suite/ml100k.yaml).
 #: The old names keep their meaning (results files use them): ``interaction`` is the 0.2 ratio,

@@ -16,8 +16,9 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.path line)
 from twosided_targets import targets_report  # noqa: E402 (benchmarks/, beside this script)
+
+from recbole_unrank.tables import fmt, md_table  # noqa: E402 (after the sys.path line)
 
 
 def main() -> None:

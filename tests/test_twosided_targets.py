@@ -99,3 +99,11 @@ def test_failed_method_and_means():
     assert mv["n_power"] == 1 and mv["MIA AUC"] == pytest.approx(0.10, abs=1e-12)  # only seed 1's gap
     j = judge(mv, "interaction")
     assert j["test NDCG@10"] == (False, "0.975x missed by 0.005")
+    # The table shows the per-seed count beside the mean's verdict: one of the two seeds meets it.
+    recs = [_record(seed=1001, method=_row(nd=0.19)), _record(seed=1002, method=_row(nd=0.20))]
+    assert "0.975x missed by 0.005 (1/2 seeds)" in targets_report(recs)
+
+
+def test_small_miss_is_not_shown_as_zero():
+    ok, text = judge(values(_record(method=_row(fh=0.1104)), "m"), "interaction")["forget_hit@10"]
+    assert ok is False and text == "+0.010 missed by 0.0004"

@@ -194,6 +194,39 @@ def targets_table(records: list[dict], methods: list[str] | None = None) -> tupl
     return "\n".join(md_table(head, rows)), notes
 
 
+def versus_table(records: list[dict], ref: str = "l2unrank_twosided") -> str:
+    """Per model x task and baseline: the targets the baseline meets where ``ref`` misses them
+    (wins) and those it misses where ``ref`` meets them (loses), judged on the means over seeds."""
+    groups: dict = {}
+    for res in records:
+        groups.setdefault((res["model"], res["task"]), []).append(res)
+    rows = []
+    for (model, task), recs in groups.items():
+        def means(name, recs=recs):
+            per_seed = [values(r, name) for r in recs if name in r["methods"]]
+            return mean_values(per_seed) if per_seed else None
+        mref = means(ref)
+        if mref is None:
+            continue
+        jref = judge(mref, task)
+        for name in methods_of(recs):
+            if name == ref:
+                continue
+            mv = means(name)
+            if mv is None:
+                continue
+            j = judge(mv, task)
+            wins = [n for n in TARGET_NAMES if j[n][0] and not jref[n][0]]
+            loses = [n for n in TARGET_NAMES if jref[n][0] and not j[n][0]]
+            met = sum(1 for ok, _ in j.values() if ok)
+            met_ref = sum(1 for ok, _ in jref.values() if ok)
+            rows.append([model, task, name, f"{met}/{len(TARGET_NAMES)} vs {met_ref}/{len(TARGET_NAMES)}",
+                         ", ".join(wins) or "-", ", ".join(loses) or "-"])
+    head = ["model", "task", "baseline", f"targets met: baseline vs {ref}",
+            f"baseline meets, {ref} misses", f"baseline misses, {ref} meets"]
+    return "\n".join(md_table(head, rows))
+
+
 def targets_report(records: list[dict], methods: list[str] | None = None) -> str:
     """The targets table with its notes, as markdown."""
     table, notes = targets_table(records, methods)
@@ -204,4 +237,7 @@ def targets_report(records: list[dict], methods: list[str] | None = None) -> str
             f"(k/n seeds): how many seeds meet it on their own; met: targets met by the mean.\n\n{table}\n")
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    if any("l2unrank_twosided" in r["methods"] for r in records) and len(methods_of(records)) > 1:
+        text += ("\nWhere each baseline wins or loses against l2unrank_twosided (on the means over seeds):\n\n"
+                 + versus_table(records) + "\n")
     return text

@@ -17,6 +17,7 @@ from twosided_targets import (  # noqa: E402 (after the sys.path line)
     mean_values,
     targets_report,
     values,
+    versus_table,
 )
 
 
@@ -107,3 +108,13 @@ def test_failed_method_and_means():
 def test_small_miss_is_not_shown_as_zero():
     ok, text = judge(values(_record(method=_row(fh=0.1104)), "m"), "interaction")["forget_hit@10"]
     assert ok is False and text == "+0.010 missed by 0.0004"
+
+
+def test_versus_table():
+    # A baseline that meets forget_hit where twosided misses it, and
+    # misses test NDCG where twosided meets it.
+    rec = _record()
+    rec["methods"]["l2unrank_twosided"] = _row(fh=0.15)  # forget_hit +0.05: missed
+    rec["methods"]["m"] = _row(nd=0.10)  # test NDCG 0.5x: missed
+    line = next(ln for ln in versus_table([rec]).splitlines() if "| m |" in ln)
+    assert "| 5/6 vs 5/6 | forget_hit@10 | test NDCG@10 |" in line

@@ -8,9 +8,12 @@ Each model's original is trained once with the project's config (config/ml-100k.
 config/<model>.yaml; the tiny dataset uses the package presets) and shared by its tasks; each
 (model, task) draws the request with the
 suite's default task settings (config/suite/ml100k.yaml: interaction 10% of users x 20% of
-their rows, item 2% of items, user 5% of users; random users), then runs retrain, l2unrank and
-l2unrank_twosided on it (run_unrank's Run.run_method, as the suite does) and audits every row
-(the logistic membership attack fitted on retrain's model). Resumable: one record per finished
+their rows, item 2% of items, user 5% of users; random users) or issue 22's other tasks
+(interaction-0.1 / interaction-0.4: 10% or 40% of the rows; user-core / user-edge: the most / least
+active users), then runs retrain, l2unrank and l2unrank_twosided (or --methods) on it
+(run_unrank's Run.run_method, as the suite does; a method that fails is a row saying so) and
+audits every row (the logistic membership attack fitted on retrain's model; over_unlearned from
+the ranks). The report ends with issue 22's targets table (benchmarks/twosided_targets.py). Resumable: one record per finished
 cell under --work (benchmarks/out/twosided_check), written atomically. The request seed
 defaults to a design seed (101): settings may be chosen on these numbers, never reported as
 held out. Writes <out>.json and <out>.md (default benchmarks/results/twosided_check.*).

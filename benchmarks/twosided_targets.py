@@ -129,13 +129,16 @@ def verdict(name: str, value: float | None, task: str, power_ok: bool = True,
             shown = f"{value:.3f}x"
     elif name == "speed-up":
         miss = targets["speedup_min"] - value
-        shown = f"{value:.0f}x"
+        shown = f"{value:.0f}x" if abs(miss) >= 1 else f"{value:.1f}x"  # 199.6x is not "200x missed"
     else:
         raise KeyError(name)
     if miss <= 0:
         return True, f"{shown} met"
     # a miss below 0.001 keeps one significant figure (0.0004, not a "missed by 0.000")
-    by = f"{miss:.0f}x" if name == "speed-up" else (f"{miss:.3f}" if miss >= 0.001 else f"{miss:.1g}")
+    if name == "speed-up":
+        by = f"{miss:.0f}x" if miss >= 1 else f"{miss:.1f}x"
+    else:
+        by = f"{miss:.3f}" if miss >= 0.001 else f"{miss:.1g}"
     return False, f"{shown} missed by {by}"
 
 
@@ -154,6 +157,14 @@ def methods_of(records: list[dict]) -> list[str]:
             if name != "retrain" and name not in seen:
                 seen.append(name)
     return seen
+
+
+def _seed_count(oks: list) -> str:
+    """`` (k/n seeds)``: seeds meeting a target on their own, out of those judged (a seed whose
+    audit has no power is not judged on MIA: counted apart as n/a)."""
+    judged = [ok for ok in oks if ok is not None]
+    na = len(oks) - len(judged)
+    return f" ({sum(1 for ok in judged if ok)}/{len(judged)} seeds" + (f", {na} n/a)" if na else ")")
 
 
 def targets_table(records: list[dict], methods: list[str] | None = None) -> tuple[str, list[str]]:
@@ -182,8 +193,7 @@ def targets_table(records: list[dict], methods: list[str] | None = None) -> tupl
             met = sum(1 for ok, _ in j.values() if ok)
             if len(per_seed) > 1:  # how many seeds meet each target on their own
                 each = [judge(v, task) for v in per_seed]
-                j = {n: (ok, f"{text} ({sum(1 for e in each if e[n][0])}/{len(each)} seeds)")
-                     for n, (ok, text) in j.items()}
+                j = {n: (ok, text + _seed_count([e[n][0] for e in each])) for n, (ok, text) in j.items()}
             power = "" if mv["power"] is None else f"{mv['power']:+.3f}"
             seeds = str(mv["seeds"]) + (f" ({mv['failed']} failed)" if mv["failed"] else "")
             rows.append([model, task, name, seeds, power] + [j[n][1] for n in TARGET_NAMES]

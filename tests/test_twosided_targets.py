@@ -118,3 +118,12 @@ def test_versus_table():
     rec["methods"]["m"] = _row(nd=0.10)  # test NDCG 0.5x: missed
     line = next(ln for ln in versus_table([rec]).splitlines() if "| m |" in ln)
     assert "| 5/6 vs 5/6 | forget_hit@10 | test NDCG@10 |" in line
+
+
+def test_speed_near_the_line_and_na_seeds():
+    # 10 s / 0.0501 s = 199.6x: shown with a decimal, not as "200x missed by 0x".
+    ok, text = judge(values(_record(method=_row(t=0.0501)), "m"), "interaction")["speed-up"]
+    assert ok is False and text == "199.6x missed by 0.4x"
+    # Two seeds, one without audit power: the MIA count is out of the judged seed, the other n/a.
+    recs = [_record(seed=1001, method=_row(mia=0.51)), _record(seed=1002, original_mia=0.505)]
+    assert "0.010 met (1/1 seeds, 1 n/a)" in targets_report(recs)

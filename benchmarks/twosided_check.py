@@ -148,6 +148,23 @@ def report(results: list[dict]) -> str:
     return "\n".join(md_table(head, rows)) + "\n\n" + targets_report(results)
 
 
+def _check_names(methods: list[str], variants: list[tuple[str, str, dict]], tasks: list[str]) -> str | None:
+    """Why the run is refused before anything runs (an unknown task, method or variant setting), or None."""
+    from recbole_unrank.methods import METHODS as KNOWN
+
+    bad_tasks = [t for t in tasks if t not in TASKS]
+    if bad_tasks:
+        return f"unknown task(s) {bad_tasks}: choose from {', '.join(TASKS)}"
+    unknown = [m for m in methods + [name for _, name, _ in variants] if m not in KNOWN]
+    if unknown:
+        return f"unknown method(s) {unknown}: choose from {', '.join(sorted(KNOWN))}"
+    for label, name, settings in variants:
+        extra = sorted(set(settings) - set(KNOWN[name].settings.values()))
+        if extra:
+            return f"variant {label}: {name} does not take {extra}"
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="ml-100k")
@@ -191,6 +208,10 @@ def main() -> None:
             except json.JSONDecodeError:
                 settings[k] = v
         variants.append((label, name, settings))
+    refusal = _check_names(methods, variants, [t.strip() for t in a.tasks.split(",") if t.strip()])
+    if refusal:  # one line, exit 2, nothing written
+        print(f"twosided_check: {refusal}", file=sys.stderr)
+        raise SystemExit(2)
     tag = "" if methods == METHODS else "-" + "+".join(methods[1:])
     if variants:
         tag += "-" + "+".join(label for label, _, _ in variants)

@@ -21,9 +21,8 @@ import torch
 
 from recbole_unrank.data import Data, make_forget_loader, make_loaders, make_monitor_loader, request_seed
 from recbole_unrank.device import model_device
-from recbole_unrank.evaluation import measures
+from recbole_unrank.evaluation import lira, measures
 from recbole_unrank.evaluation import metrics as unrank_metrics
-from recbole_unrank.evaluation import lira
 from recbole_unrank.evaluation.audit import Auditor, fit_attack
 from recbole_unrank.request import ForgetRequest
 

@@ -3,7 +3,7 @@
 for the original and retrain.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/lira_design.py --seed 101 --shadows 8 \
-        --out benchmarks/results/lira_design.json
+        --out benchmarks/results/lira_design_101.json
 
 For every judged pair (forgotten and test pairs of the request users), the K shadows' values
 are tested with Shapiro-Wilk; under a Gaussian about 5% of the pairs fall below p = 0.05. Pairs
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=101, help="request seed (a design seed: 101-103)")
     ap.add_argument("--shadows", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=None, help="shadow epoch budget (None: the config's)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "lira_design.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "lira_design_101.json"))
     args = ap.parse_args()
     if args.seed in (1001, 1002, 1003):
         sys.exit("choose the statistic on a design seed (101-103), not an evaluation seed")

@@ -33,15 +33,18 @@ def main() -> None:
     if args.seed in (1001, 1002, 1003):
         sys.exit("choose the statistic on a design seed (101-103), not an evaluation seed")
 
+    import tempfile
+
     from scipy.stats import shapiro
 
     from recbole_unrank.evaluation import lira
     from recbole_unrank.pipeline import build_config, prepare_run
 
+    scratch = tempfile.mkdtemp(prefix="lira_design_")
     cfg = build_config("WMF", "ml-100k", [os.path.join(ROOT, "config", "ml-100k.yaml"), os.path.join(ROOT, "config", "WMF.yaml")],
                        {"unrank_request": "interaction", "unrank_user_ratio": 0.1, "unrank_inter_ratio": 0.2,
                         "unrank_request_seed": args.seed, "show_progress": False,
-                        "checkpoint_dir": "/tmp/lira_design_saved", "unrank_output_dir": "/tmp/lira_design_runs"}, argv=[])
+                        "checkpoint_dir": os.path.join(scratch, "saved"), "unrank_output_dir": os.path.join(scratch, "runs")}, argv=[])
     run, _ = prepare_run(cfg, methods=["retrain"])
     run.prepare_original()
     retrain = run.run_method("retrain", save=False)

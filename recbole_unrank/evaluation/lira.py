@@ -25,13 +25,13 @@ The value per pair (:data:`STATISTIC`) is the model's raw *score* of the pair (f
 scores a dot product, already a logit-like confidence: the paper's ``log(p / (1 - p))`` scaling
 is for softmax probabilities). The other candidate, the pair's rank log-odds within the user's
 row (:func:`rank_logit`, scale-free, which would guard against the half-data shadows scoring on
-another scale than a model trained on all the retained rows), was compared on a design request
-seed (101; ml-100k WMF, 8 shadows; ``benchmarks/lira_design.py``, results in
+another scale than a model trained on all the retained rows), was compared on the design request
+seeds 101-103 (ml-100k WMF, 8 shadows; ``benchmarks/lira_design.py``, results in
 ``benchmarks/results/lira_check.md``): over the shadows the score's per-pair spread is the more
-Gaussian of the two (Shapiro-Wilk rejects p < 0.05 on 8.3% of the pairs against 10.4% for the
-rank log-odds; about 5% under an exact Gaussian), and retrain's ``lira_auc`` sits at 0.502 with
-it (0.510 with the rank log-odds), so the scale shift does not show there. The rank log-odds
-gave the original a slightly higher ``lira_auc`` (0.647 against 0.623); it stays available to
+Gaussian of the two on every seed (Shapiro-Wilk rejects p < 0.05 on 7.8-9.8% of the pairs
+against 10.4-12.1% for the rank log-odds; about 5% under an exact Gaussian), and retrain's
+``lira_auc`` with it sits at 0.502-0.515, so the scale shift does not show there. The rank
+log-odds gave the original 0.009-0.025 more ``lira_auc``; it stays available to
 :class:`ShadowAudit` (``statistic="rank_logit"``) for comparison.
 
 Cost: ``K`` trainings on half the retained data, once per request (a suite cell's request, a

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, base_config_dict
+from conftest import DATA_PATH, REPO_ROOT, base_config_dict
 
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.evaluation import lira
@@ -146,6 +146,36 @@ def test_lira_auc_of_the_run_matches_the_statistic_by_hand(lira_run):
     original = next(r for r in run.rows if r["method"] == "original")
     # same model, same pairs, same arithmetic: only summation order may differ
     assert original["audit"]["lira_auc"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_suite_trains_shadows_once_per_request_and_reports_lira_gap(tmp_path, monkeypatch):
+    """A suite request (retrain first, then each cell): the shadows are trained once, after
+    retrain; every cell carries lira_auc, a method's cell its lira_gap to retrain's, and the
+    original's row the shadows' count and time."""
+    import yaml
+
+    from recbole_unrank import suite
+
+    calls = []
+    real = lira.train_shadow
+    monkeypatch.setattr(lira, "train_shadow", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    spec_path = tmp_path / "suite.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "dataset": "tiny", "models": ["WMF"], "tasks": [{"task": "interaction", "vary": "unrank_inter_ratio", "ratios": [0.2]}],
+        "design_seeds": [101], "eval_seeds": [1001], "methods": ["retrain", "l2unrank"],
+        "settings": {"data_path": str(DATA_PATH), "gpu_id": "", "epochs": 3, "show_progress": False,
+                     "unrank_audit_shadows": 2, "unrank_audit_shadow_epochs": 2},
+        "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}), encoding="utf-8")
+    record = suite.run_suite(suite.load_spec(str(spec_path)), show_progress=False)
+    cells = {c["method"]: c for c in record["cells"]}
+    assert set(cells) == {"retrain", "l2unrank"} and all(c["status"] == "ok" for c in cells.values())
+    assert len(calls) == 2  # one request, 2 shadows, trained once for both cells
+    retrain, method = cells["retrain"]["row"]["audit"], cells["l2unrank"]["row"]["audit"]
+    assert 0.0 <= retrain["lira_auc"] <= 1.0 and 0.0 <= method["lira_auc"] <= 1.0
+    # the gap is the difference of the two values the cells hold (same float arithmetic)
+    assert method["lira_gap"] == pytest.approx(abs(method["lira_auc"] - retrain["lira_auc"]), abs=1e-12)
+    original = cells["l2unrank"]["original"]["audit"]
+    assert original["shadows"] == 2 and original["shadows_s"] > 0 and 0.0 <= original["lira_auc"] <= 1.0
 
 
 # --------------------------------------------------------------------------- refusals

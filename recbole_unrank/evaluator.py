@@ -5,7 +5,9 @@ metrics on the test split (with only the *retained* history masked), the forget 
 the request's pairs (ranks against the original's), the request users' own test utility, the
 fairness of the change (active against other users) and the audit's features, which
 :meth:`Evaluator.audit_row` turns into ``audit`` measures once retrain's membership attack is
-known; ``split="valid"`` (model selection) holds validation utility and forget measures only.
+known (and, with ``unrank_audit_shadows`` >= 2, the LiRA audit's ``lira_auc`` from shadows
+trained once per request: :mod:`recbole_unrank.evaluation.lira`); ``split="valid"`` (model
+selection) holds validation utility and forget measures only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from recbole_unrank.data import Data, make_forget_loader, make_loaders, make_monitor_loader, request_seed
 from recbole_unrank.device import model_device
-from recbole_unrank.evaluation import measures
+from recbole_unrank.evaluation import lira, measures
 from recbole_unrank.evaluation import metrics as unrank_metrics
 from recbole_unrank.evaluation.audit import Auditor, fit_attack
 from recbole_unrank.request import ForgetRequest
@@ -150,12 +152,36 @@ class Evaluator:
                 self._attack = fit_attack(p.members, p.non_members, seed=request_seed(self.config))
         probe = row.pop("_probe")
         audit = Auditor.measures(probe, getattr(self, "_attack", None))
+        shadows = self.shadow_audit
+        if shadows is not None:
+            audit["lira_auc"] = shadows.lira_auc(probe)
+            if row.get("method") == "original":  # the shadows' cost, once per request
+                audit.update({"shadows": shadows.k, "shadows_s": shadows.time_s})
         ref = getattr(self, "retrain_ranks", None)
         if ref is not None and "ranks" in row:
             aligned = measures.align_ranks(row["ranks"]["keys"], row["ranks"]["ranks"], ref["keys"])
             audit.update(measures.retrain_agreement(aligned, ref["ranks"]))
         row["audit"] = audit
         return row
+
+    @property
+    def shadow_audit(self) -> lira.ShadowAudit | None:
+        """The LiRA audit's shadows (:mod:`recbole_unrank.evaluation.lira`), trained on first use
+        (once per request: the suite audits retrain's row first, a run after all its methods);
+        None when ``unrank_audit_shadows`` is 0."""
+        k, epochs = lira.shadow_settings(self.config)
+        if k < 2:
+            return None
+        if getattr(self, "_shadow_audit", None) is None:
+            shadows = lira.ShadowAudit(self.auditor)
+            seed = request_seed(self.config)
+            logger.info("[lira] training %d shadow models on halves of the retained data (%s epochs at most)",
+                        k, epochs if epochs is not None else self.config["epochs"])
+            shadows.train(k, lambda rows, tseed, tag: lira.train_shadow(self.config, self.data, self.retain_ds, rows,
+                                                                        tseed, epochs, tag), seed)
+            logger.info("[lira] %d shadows trained in %.1fs", k, shadows.time_s)
+            self._shadow_audit = shadows
+        return self._shadow_audit
 
     def finish(self) -> None:
         """Audit every row (called once all methods have run); audit_row drops the features."""

@@ -40,6 +40,7 @@ from recbole_unrank.data import (
     without_forgotten,
 )
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.evaluation import lira
 from recbole_unrank.evaluator import Evaluator, log_row, score_users
 from recbole_unrank.hooks import pause_point
 from recbole_unrank.methods import METHODS, UnlearnTask, check_finite
@@ -266,6 +267,7 @@ def prepare_run(config, checkpoint: str | None = None, ckpt: dict | None = None,
         except UnknownModelError as exc:
             raise UnrankError(f"reference model: {exc}") from None
     _check_train_data_model(config, names)
+    lira.check_settings(config)
     check_output_dir(config)
     if config["unrank_request_file"]:  # readable, UTF-8, with the id columns: before the data loads
         check_request_file(config["unrank_request_file"], config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])

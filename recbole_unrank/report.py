@@ -40,6 +40,7 @@ TABLE_COLUMNS = [
     ("forget.rank_decline_ratio", "decline ratio"),
     ("request_users.ndcg@10", "request users NDCG@10"),
     ("audit.mia_auc", "MIA AUC"),
+    ("audit.lira_auc", "LiRA AUC"),
     ("audit.score_auc", "score AUC"),
     ("audit.retrain_spearman", "retrain Spearman"),
     ("audit.over_unlearned", "over-unlearned"),

@@ -40,6 +40,8 @@ NOT_METHOD_SETTINGS = {
     "unrank_request_file": "the forget request",
     "unrank_topk": "what is measured",
     "unrank_metrics": "what is measured",
+    "unrank_audit_shadows": "what is measured: the LiRA audit (tests/test_lira.py)",
+    "unrank_audit_shadow_epochs": "what is measured: the LiRA audit (tests/test_lira.py)",
     "unrank_stream_guard": "the stream's budget (recbole_unrank.stream), not one update",
     "unrank_stream_policy": "the stream's budget policy",
     "unrank_consolidate_sweeps": "the stream's consolidate policy (tests/test_stream_consolidate.py)",

@@ -252,10 +252,11 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
                                   "traceback": traceback.format_exc()[-2000:]})
     if "original" not in base:
         base["original"] = _strip(run.audit_row(run.rows[0]))
-    retrain_mia = None
+    retrain_mia = retrain_lira = None
     retrain_row = next((r for r in run.rows if r["method"] == "retrain"), None)
     if retrain_row is not None:
         retrain_mia = retrain_row.get("audit", {}).get("mia_auc")
+        retrain_lira = retrain_row.get("audit", {}).get("lira_auc")  # with unrank_audit_shadows >= 2
     for cell in todo:
         if cell.method == "retrain":
             continue
@@ -268,6 +269,8 @@ def run_request(spec: SuiteSpec, req: Request, cells: list[Cell], out: str, prog
                 rec["speedup"] = retrain_time / rec["time_s"]
             if retrain_mia is not None and rec["audit"].get("mia_auc") is not None:
                 rec["audit"]["mia_gap"] = abs(rec["audit"]["mia_auc"] - retrain_mia)
+            if retrain_lira is not None and rec["audit"].get("lira_auc") is not None:
+                rec["audit"]["lira_gap"] = abs(rec["audit"]["lira_auc"] - retrain_lira)
             record(cell, {"status": "ok", "row": rec})
         except Exception as exc:  # noqa: BLE001
             logger.exception("%s failed on %s", cell.label, req.key)

@@ -88,6 +88,7 @@ VALUES = {
     "unrank_utility_guard": 0.0,
     "unrank_guard_sample": 2,
     "unrank_step_grid": [0.01, 100.0, 9],
+    "unrank_step_max_move": 0.001,
     "unrank_finetune_epochs": 1,
     "unrank_finetune_lr": 1e-2,
     "unrank_neggrad_epochs": 2,
@@ -137,6 +138,9 @@ _SEARCH = {
     "unrank_view_k": [{"unrank_step_floor": 0.0, "unrank_calib_target": "view"}],
     **{k: [{"unrank_step_floor": 0.0, "unrank_calib_target": "view", "unrank_view_k": 50}]
        for k in ("unrank_view_share", "unrank_step_grid")},
+    # the bound acts where the search moves a block beyond it: with the floor at 0 (a floor
+    # above the bound would win over it) and a bound of 0.001 x the block's norm
+    "unrank_step_max_move": [{"unrank_step_floor": 0.0}],
     "unrank_step_floor": [{}],
     # NeuMF (no L2 term: its blocks are anchored at the damping): at the default damping the
     # two-sided sweeps stop at the second sweep, whose residual rises (tiny: 0.20 -> 2.26 ->

@@ -34,6 +34,15 @@ items, or outside the top ``view_k``); the floor if none is clean (``users_not_r
 the grid's largest step by default: on a nonlinear model a larger step can bring forgotten
 items back into the top ``view_k``.
 
+**Move bound** (``step_max_move``, per-user steps): beyond the floor, the search may enlarge a
+request user's step only while the user's block moves at most ``step_max_move`` x its own
+norm (0: no bound; the floor wins over it). Without it, on LightGCN the valid_rank target asks
+for steps tens to hundreds of times the influence step, a request user's base embedding grows
+to hundreds of times the typical norm, and propagation carries it into the items every other
+user scores: one request barely moves the others' validation NDCG (the guard lets it pass), a
+stream of them erodes everyone's (benchmarks/results/step_bound.md). ``users_move_bounded``
+in ``info["calibration"]`` counts the steps it lowered.
+
 **Guard** (``utility_guard``): the request users' own validation NDCG@10 (summed over them,
 retained history masked) keeps at least ``utility_guard`` of its starting value, the model's
 before the step (the original; for graph models the original serving the retained graph,
@@ -348,14 +357,34 @@ class StepCalibration:
         # nonlinear model a larger step can bring forgotten items back into the top view_k.
         reached = measure(chosen, guard=False)[0]
         searched = torch.where(reached, chosen, best["scale"])
+        bound = self._move_bound(delta)
+        bounded = 0
+        if bound is not None:  # beyond the floor, a block moves at most step_max_move x its norm
+            bounded = int((searched > bound).sum())
+            searched = torch.minimum(searched, bound)
         chosen, cap = self._cap(lambda sc: measure(sc), searched, grid)
         ok, ndcg, other, target, clean = measure(chosen)
         bar.close()
         self._report(info, chosen, cap, ndcg, other, target, clean, reached, searched)
+        info["calibration"]["users_move_bounded"] = bounded  # steps the move bound lowered
         info["calibration"]["user_scorings"] = rows.scored  # request-user rows scored
         info["calibration"]["measures"] = asked[0]  # measures asked for
         info["calibration"]["scored_measures"] = rows.calls  # distinct scale vectors scored
         return chosen
+
+    def _move_bound(self, delta: Tensor) -> Tensor | None:
+        """Per request user, the largest scale at which the block moves at most
+        ``step_max_move`` x its own norm, never below the floor (the influence step itself);
+        None without a bound (``step_max_move`` 0)."""
+        move = float(self.s.get("step_max_move") or 0.0)
+        if move <= 0:
+            return None
+        own = self.adapter.user_block(self.req_users).to(delta.dtype).norm(dim=1)
+        step = delta.norm(dim=1)
+        bound = torch.where(step > 0, move * own / step.clamp(min=torch.finfo(delta.dtype).tiny),
+                            torch.full_like(step, float("inf")))
+        floor = float(self.s["step_floor"])
+        return bound.clamp(min=floor) if floor > 0 else bound
 
     def _bar(self):
         """A bar counting the search's measurements (each scores the request users once)."""

@@ -30,6 +30,7 @@ CALIBRATION_SETTINGS = {
     "utility_guard": "unrank_utility_guard",
     "step_grid": "unrank_step_grid",
     "guard_sample": "unrank_guard_sample",
+    "step_max_move": "unrank_step_max_move",
 }
 
 #: the L2UnRank family's keywords (a variant's pinned value points the user to l2unrank)
@@ -169,6 +170,10 @@ def check_settings(plan: Steps, s: dict, given: set, settings: dict, name: str) 
             raise UnrankError(f"unrank_step_floor={s['step_floor']} must be >= 0 (0: no floor)")
         if int(s["guard_sample"]) < 1:
             raise UnrankError(f"unrank_guard_sample={s['guard_sample']} must be at least 1")
+        move = s.get("step_max_move")
+        if move is not None and (isinstance(move, bool) or not isinstance(move, (int, float))
+                                 or not math.isfinite(float(move)) or float(move) < 0):
+            raise UnrankError(f"unrank_step_max_move={move} must be a finite number >= 0 (0: no bound)")
     if s.get("ifru_keep") is not None and not 0.0 < float(s["ifru_keep"]) <= 1.0:
         raise UnrankError(f"unrank_ifru_keep={s['ifru_keep']} must lie in (0, 1] (1 keeps every node within the hops)")
     if s.get("ifru_hops") is not None and int(s["ifru_hops"]) < 0:
@@ -202,6 +207,11 @@ def check_model_settings(plan: Steps, s: dict, given: set, name: str, adapter, m
                           f"{model_name}: the 0-hop scope is the request alone, so it has no context rows; "
                           "set unrank_hops >= 1 or unset it")
     watch = adapter.moves_other_users or p.params in ("all", "khop_rows")
+    per_user = p.params == "blocks" or (p.params == "user_rows" and adapter.supports_user_blocks)
+    if "step_max_move" in given and p.step == "calibrated" and not per_user:
+        raise UnrankError(f"unrank_step_max_move={s['step_max_move']} has no effect in {name} on "
+                          f"{model_name}: its step is scaled as a whole, not per request user's block, "
+                          "so no block's move is bounded; unset it")
     if "guard_sample" in given and p.step == "calibrated" and not watch:
         raise UnrankError(f"unrank_guard_sample={s['guard_sample']} has no effect in {name} on "
                           f"{model_name}: its step moves only the request users, so no other user is "

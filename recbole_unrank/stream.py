@@ -65,6 +65,14 @@ def _stream_default(key: str):
     return default_of(key)
 
 
+def _config_value(config, key: str):
+    """``config[key]``, None where the config does not hold it."""
+    try:
+        return config[key]
+    except KeyError:
+        return None
+
+
 def _setting(config, key: str):
     """``config[key]``, or its documented default where the config does not set it."""
     try:
@@ -336,6 +344,11 @@ class RequestStream:
     consolidated: int = 0  # requests of ``applied`` already re-solved by a consolidation (or a retraining)
 
     def __post_init__(self):
+        for key in ("unrank_audit_shadows", "unrank_audit_shadow_epochs"):  # the run's audit, not a stream's
+            value = _config_value(self.config, key)
+            if value not in (None, 0):
+                raise UnrankError(f"{key}={value} has no effect in a request stream (it sizes the LiRA audit of "
+                                  "a run's rows; the stream reports no audit per request): unset it")
         train = self.data.train_ds
         if self.kept is None:
             self.kept = np.arange(len(train.inter_feat))

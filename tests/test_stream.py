@@ -261,3 +261,16 @@ def test_a_refused_solve_in_a_lightgcn_stream_leaves_the_graph_and_model_as_they
     assert torch.equal(m.norm_adj_matrix.to_dense(), graph)
     for k, v in m.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("key, value", [("unrank_audit_shadows", 4), ("unrank_audit_shadow_epochs", 2)])
+def test_the_lira_audit_settings_are_refused_by_a_stream(wmf, key, value):
+    """The LiRA audit sizes a run's rows; a stream reports no audit per request: one line, not ignored."""
+    config, data, model = wmf
+    config[key] = value
+    try:
+        with pytest.raises(UnrankError, match=f"{key}={value} has no effect in a request stream"):
+            _stream(config, data, model)
+    finally:
+        config[key] = None if key == "unrank_audit_shadow_epochs" else 0
+    _stream(config, data, model)  # unset again: the stream builds

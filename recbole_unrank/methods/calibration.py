@@ -36,7 +36,8 @@ items back into the top ``view_k``.
 
 **Move bound** (``step_max_move``, per-user steps): beyond the floor, the search may enlarge a
 request user's step only while the user's block moves at most ``step_max_move`` x its own
-norm (0: no bound; the floor wins over it). Without it, on LightGCN the valid_rank target asks
+norm (0: no bound; the floor wins over it; a user with no retained train row is not bounded:
+their block goes where the search takes it, as retraining leaves them cold). Without it, on LightGCN the valid_rank target asks
 for steps tens to hundreds of times the influence step, a request user's base embedding grows
 to hundreds of times the typical norm, and propagation carries it into the items every other
 user scores: one request barely moves the others' validation NDCG (the guard lets it pass), a
@@ -374,8 +375,9 @@ class StepCalibration:
 
     def _move_bound(self, delta: Tensor) -> Tensor | None:
         """Per request user, the largest scale at which the block moves at most
-        ``step_max_move`` x its own norm, never below the floor (the influence step itself);
-        None without a bound (``step_max_move`` 0)."""
+        ``step_max_move`` x its own norm, never below the floor (the influence step itself), and
+        no bound for a user whose every train row is forgotten; None without a bound
+        (``step_max_move`` 0)."""
         move = float(self.s.get("step_max_move") or 0.0)
         if move <= 0:
             return None
@@ -384,7 +386,10 @@ class StepCalibration:
         bound = torch.where(step > 0, move * own / step.clamp(min=torch.finfo(delta.dtype).tiny),
                             torch.full_like(step, float("inf")))
         floor = float(self.s["step_floor"])
-        return bound.clamp(min=floor) if floor > 0 else bound
+        bound = bound.clamp(min=floor) if floor > 0 else bound
+        # a user with no retained train row goes to the retained optimum unbounded: retraining
+        # leaves them cold, and with no edge left their block reaches no other user's scores
+        return torch.where(self.guarded, bound, torch.full_like(bound, float("inf")))
 
     def _bar(self):
         """A bar counting the search's measurements (each scores the request users once)."""

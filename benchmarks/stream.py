@@ -22,11 +22,12 @@ plain score AUC of the forgotten pairs against the same users' test pairs (``sco
 time per request. At the retraining points, the MIA audit of DESIGN.md section 4
 (``recbole_unrank.evaluation.audit``, attack fitted on that retraining) for the stream's model, the
 original and the retraining.
-At three points (a third, two thirds, the end) one retraining without all requests so far
-(same config, seed and epoch budget) gives the same measures. Rerunning the same command skips
+At 1/4, 2/4, 3/4 and 4/4 of the stream one retraining without all requests so far (same
+config, seed and epoch budget) gives the same measures. Rerunning the same command skips
 every finished record: the stream resumes from the last saved state (in ``--work``).
 
-Writes ``benchmarks/results/stream.md``, ``stream.json``, ``stream.png`` and one folder of
+Writes ``benchmarks/results/stream.md``, ``stream.json`` (the targets' summary and the names of
+the point files), ``stream.png`` and one folder of
 records per model under ``benchmarks/results/stream/``: :func:`run_model` measures and writes
 the records, :func:`write_report` reads only them.
 """
@@ -331,6 +332,7 @@ def load_points(out_dir: str) -> dict:
     for path in sorted(glob.glob(os.path.join(out_dir, "stream", "*", "point-*.json"))):
         with open(path, encoding="utf-8") as f:
             p = json.load(f)
+        p["_file"] = os.path.relpath(path, out_dir).replace(os.sep, "/")  # where the record lies
         by_model.setdefault(_name(p), []).append(p)
     for pts in by_model.values():
         pts.sort(key=lambda p: p["after"])
@@ -535,7 +537,9 @@ def write_report(out_dir: str, every: int = 50) -> str:
     from recbole_unrank.report import write_text
 
     path = write_text(os.path.join(out_dir, "stream.md"), "\n".join(L))
-    write_json({"summary": summary, "points": data}, os.path.join(out_dir, "stream.json"))
+    # the records themselves stay in their point files (stream/<stream>/point-*.json): named, not copied
+    write_json({"summary": summary, "points": {name: [p["_file"] for p in pts] for name, pts in data.items()}},
+               os.path.join(out_dir, "stream.json"))
     _plot(data, out_dir)
     return path
 

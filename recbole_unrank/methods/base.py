@@ -17,7 +17,7 @@ from torch import nn
 
 from recbole_unrank.errors import UnrankError
 
-__all__ = ["UnlearnTask", "UnlearnResult", "UnlearningMethod", "check_finite"]
+__all__ = ["UnlearnTask", "UnlearnResult", "UnlearningMethod", "check_finite", "request_rows"]
 
 
 @dataclass
@@ -68,6 +68,18 @@ class UnlearnResult:
     stages: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     extra_rows: list[dict] = field(default_factory=list)
+
+
+def request_rows(train_ds: Any, request_index: Any, device: Any = "cpu"):
+    """``(users, items, target, keep)`` of a request on ``train_ds``: the train split's user and
+    item columns on ``device``, the request's row indices and the retained-row mask."""
+    feat = train_ds.inter_feat
+    users = feat[train_ds.uid_field].to(device)
+    items = feat[train_ds.iid_field].to(device)
+    target = torch.as_tensor(request_index, device=device, dtype=torch.long)
+    keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
+    keep[target] = False
+    return users, items, target, keep
 
 
 def check_finite(model: nn.Module, method: str) -> None:

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from recbole_unrank.adapters import AdapterError, ModelAdapter, get_adapter
 from recbole_unrank.errors import UnrankError
-from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask, request_rows
 from recbole_unrank.methods.finetune import FineTune
 
 __all__ = ["RELEASED_SETTINGS", "Released", "released_influence_step"]
@@ -152,14 +152,9 @@ class Released(UnlearningMethod):
         device = adapter.device
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        feat = task.train_ds.inter_feat
-        users = feat[task.train_ds.uid_field].to(device)
-        items = feat[task.train_ds.iid_field].to(device)
-        target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
+        users, items, target, keep = request_rows(task.train_ds, task.request_index, device)
         if target.numel() == 0:
             raise UnrankError(f"{name}: the request holds no train interaction")
-        keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
-        keep[target] = False
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg_f = torch.randint(1, adapter.n_items, (int((~keep).sum()),), generator=gen).to(device)
         neg_r = torch.randint(1, adapter.n_items, (int(keep.sum()),), generator=gen).to(device)

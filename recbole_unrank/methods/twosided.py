@@ -70,7 +70,7 @@ from torch import Tensor
 from recbole_unrank.adapters import AdapterError, ModelAdapter, get_adapter
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.influence.blocks import block_gradients, block_step, row_map, scope_blocks
-from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
+from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask, request_rows
 from recbole_unrank.methods.objective import Objective, row_loss
 
 __all__ = ["SUPPORTED", "TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
@@ -472,19 +472,16 @@ class TwoSided(UnlearningMethod):
         if model_name not in SUPPORTED:
             raise UnrankError(f"{model_name} has no per-user and per-item parameter blocks that {self.name} can "
                               f"move (it supports {', '.join(SUPPORTED)}): use l2unrank or if")
-        feat = train_ds.inter_feat
-        users, items = feat[train_ds.uid_field], feat[train_ds.iid_field]
-        target = torch.as_tensor(request_index, dtype=torch.long)
-        self._check_scope(users, items, target, int(train_ds.user_num), int(train_ds.item_num))
+        users, items, target, keep = request_rows(train_ds, request_index)
+        self._check_scope(users, items, target, keep, int(train_ds.user_num), int(train_ds.item_num))
 
-    def _check_scope(self, users: Tensor, items: Tensor, target: Tensor, n_users: int, n_items: int):
+    def _check_scope(self, users: Tensor, items: Tensor, target: Tensor, keep: Tensor, n_users: int,
+                     n_items: int):
         """The scope (:func:`scope_blocks`) of ``target``; an empty request or an idle hop -> one line."""
         name, hops = self.name, int(self.s["hops"])
         if target.numel() == 0:
             raise UnrankError(f"{name}: the request holds no train interaction, so no block would move; check "
                               "unrank_request and its file or ids")
-        keep = torch.ones(users.numel(), dtype=torch.bool, device=users.device)
-        keep[target] = False
         user_mask, item_mask, sizes = scope_blocks(users, items, keep, target, hops, n_users, n_items)
         idle = [h for h in range(1, hops + 1) if sizes[h] == sizes[h - 1]]
         if idle:  # a hop that adds no block: every later one adds none either
@@ -508,14 +505,9 @@ class TwoSided(UnlearningMethod):
         device = adapter.device
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        feat = task.train_ds.inter_feat
-        users = feat[task.train_ds.uid_field].to(device)
-        items = feat[task.train_ds.iid_field].to(device)
-        target = torch.as_tensor(task.request_index, device=device, dtype=torch.long)
+        users, items, target, keep = request_rows(task.train_ds, task.request_index, device)
         hops = int(s["hops"])
-        user_mask, item_mask, sizes = self._check_scope(users, items, target, adapter.n_users, adapter.n_items)
-        keep = torch.ones(users.numel(), dtype=torch.bool, device=device)
-        keep[target] = False
+        user_mask, item_mask, sizes = self._check_scope(users, items, target, keep, adapter.n_users, adapter.n_items)
         gen = torch.Generator(device="cpu").manual_seed(int(task.seed))
         neg = torch.randint(1, adapter.n_items, (users.numel(), 1), generator=gen).to(device)
         obj = Objective(adapter, users, items, neg, "training", int(task.train_batch_size))

@@ -40,6 +40,9 @@ def main(argv=None) -> None:
     parser.add_argument("--redo", default=None,
                         help="comma-separated methods whose finished cells are run again (e.g. after a change "
                              "to them); retrain here reruns only its evaluation, its model stays cached")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated methods to run now (retrain always runs); the other cells wait for "
+                             "a later run, and the summary still counts the whole grid")
     parser.add_argument("--summarise_only", action="store_true", help="rewrite summary and plots from the cells")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -55,6 +58,13 @@ def main(argv=None) -> None:
         if args.tool != "ray" and (args.num_cpus or args.address):
             raise UnrankError("--num_cpus / --address need --tool ray")
         requests = suite.plan(spec)
+        only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else None
+        if only is not None:
+            labels = {c.label for _, cs in requests for c in cs} | {c.method for _, cs in requests for c in cs}
+            if not only or any(m not in labels for m in only):
+                bad = [m for m in only if m not in labels]
+                raise UnrankError(f"--only: {bad or 'nothing'} is not a method of this grid: choose from "
+                                  f"{sorted({c.method for _, cs in requests for c in cs})}")
         if args.redo:
             suite.forget_cells(spec, requests, [m.strip() for m in args.redo.split(",") if m.strip()])
         if args.summarise_only:
@@ -65,7 +75,7 @@ def main(argv=None) -> None:
             suite.summarise(spec, record, spec.output_dir)
         else:
             suite.run_suite(spec, tool=args.tool, num_cpus=args.num_cpus, address=args.address,
-                            show_progress=not args.no_progress)
+                            show_progress=not args.no_progress, only=only)
     except UnrankError as exc:
         fail(PROG, str(exc))
     print(spec.output_dir, flush=True)

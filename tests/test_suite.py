@@ -58,6 +58,10 @@ def test_plan_orders_retrain_first_and_sweeps(tmp_path):
         else:
             assert not any("[" in lab for lab in labels)
     assert {r.seed for r, _ in suite.plan(suite.load_spec(_spec_file(tmp_path, seeds="design")))} == {101}
+    # the two-sided update reads its own hops setting: the sweep varies that one
+    spec = suite.load_spec(_spec_file(tmp_path, hop_sweep={"methods": ["l2unrank_twosided"], "hops": [1]}))
+    assert {c.overrides for _, cells in suite.plan(spec) for c in cells if "[" in c.label} == {
+        (("unrank_twosided_hops", 1),)}
 
 
 def test_a_task_can_run_its_own_methods(tmp_path):
@@ -69,8 +73,30 @@ def test_a_task_can_run_its_own_methods(tmp_path):
     assert by_task == {"interaction": ["retrain", "l2unrank", "finetune"], "user": ["retrain", "l2unrank"]}
 
 
+def test_a_task_draws_its_own_user_selections_and_skip_leaves_cells_out(tmp_path):
+    tasks = [{"task": "interaction", "ratios": [0.2]},
+             {"task": "user", "ratios": [0.1], "users": ["random", "core", "edge"]},
+             {"task": "item", "ratios": [0.1]}]
+    skip = {"WMF": {"finetune": "five epochs cost more than the cell is worth here"}}
+    spec = suite.load_spec(_spec_file(tmp_path, tasks=tasks, skip=skip))
+    plan = suite.plan(spec)
+    assert sorted({(r.task, r.users) for r, _ in plan}) == [
+        ("interaction", "random"), ("item", "random"), ("user", "core"), ("user", "edge"), ("user", "random")]
+    assert all([c.method for c in cells] == ["retrain", "l2unrank"] for _, cells in plan)
+    record = {"dataset": "tiny", "planned": 0, "eval_seeds": [1001], "design_seeds": [101], "cells": [],
+              "skipped": spec.skip}
+    text = suite.summary.summary_markdown(record, [], [])
+    assert "## Not run" in text and "WMF `finetune`: five epochs cost more" in text
+
+
 @pytest.mark.parametrize("over, message", [
     ({"models": ["NoSuchModel"]}, "NoSuchModel"),
+    ({"tasks": [{"task": "user", "ratios": [0.1], "users": ["middle"]}]}, "task user: unknown user selection"),
+    ({"tasks": [{"task": "item", "ratios": [0.1], "users": ["core"]}]}, "task item draws items"),
+    ({"skip": {"NeuMF": {"if": "why"}}}, "not one of the suite's models"),
+    ({"skip": {"WMF": {"retrain": "why"}}}, "retrain cannot be skipped"),
+    ({"skip": {"WMF": {"finetune": ""}}}, "give the reason"),
+    ({"skip": {"WMF": ["finetune"]}}, "'skip' must map a model"),
     ({"tasks": [{"task": "items", "ratios": [0.1]}]}, "unknown task"),
     ({"methods": ["retrain", "magic"]}, "unknown method 'magic'"),
     ({"modelz": ["WMF"]}, "did you mean 'models'"),
@@ -350,3 +376,16 @@ def test_suite_runs_against_a_ray_cluster_address(serial_run, tmp_path):
     for cell in record["cells"]:
         assert json.dumps(_strip_times(cell), sort_keys=True) == json.dumps(
             _strip_times(by_key[cell["key"]]), sort_keys=True), cell["key"]
+
+
+def test_only_runs_the_named_methods_and_the_summary_counts_the_whole_grid(tmp_path):
+    spec = suite.load_spec(_spec_file(tmp_path, eval_seeds=[1001], tasks=[{"task": "user", "ratios": [0.1]}]))
+    record = suite.run_suite(spec, show_progress=False, only=["l2unrank"])
+    assert sorted(c["method"] for c in record["cells"]) == ["l2unrank", "retrain"]
+    assert record["planned"] == 3  # finetune waits for a later run
+    record = suite.run_suite(spec, show_progress=False)
+    assert sorted(c["method"] for c in record["cells"]) == ["finetune", "l2unrank", "retrain"]
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "run_unrank_suite.py"), "--config_files",
+                           _spec_file(tmp_path), "--only", "magic"],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--only: ['magic'] is not a method of this grid" in proc.stderr

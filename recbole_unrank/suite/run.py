@@ -42,6 +42,10 @@ __all__ = ["plan", "run_suite", "forget_cells", "write_suite_json", "model_cache
 logger = logging.getLogger("recbole_unrank")
 
 
+# the setting a hop sweep varies, where a method reads its own (default: unrank_hops)
+HOPS_KEY = {"l2unrank_twosided": "unrank_twosided_hops"}
+
+
 def plan(spec: SuiteSpec) -> list[tuple[Request, list[Cell]]]:
     """The requests of the grid, each with its cells (retrain first), in the order they run:
     by task and ratio as listed, then seed, then model, so early results cover every model."""
@@ -51,19 +55,20 @@ def plan(spec: SuiteSpec) -> list[tuple[Request, list[Cell]]]:
     out = []
     for t in spec.tasks:
         for ratio in t["ratios"]:
-            for users in (spec.users if t["task"] != "item" else ["random"]):
+            for users in t["users"]:
                 for seed, split in seeds:
                     for model in spec.models:
                         for tseed in spec.train_seeds:
                             req = Request(model, tseed, t["task"], t["vary"], ratio, users, seed, split)
-                            methods = sorted(t["methods"], key=lambda m: m != "retrain")
+                            skipped = spec.skip.get(model, {})
+                            methods = sorted((m for m in t["methods"] if m not in skipped), key=lambda m: m != "retrain")
                             cells = [Cell(req, m, m) for m in methods]
                             sw = spec.hop_sweep
                             if sw and t["task"] in sw.get("tasks", [t["task"]]) and \
                                     ratio in [float(r) for r in sw.get("ratios", [ratio])]:
-                                for m in sw["methods"]:
+                                for m in (m for m in sw["methods"] if m not in skipped):
                                     for h in sw["hops"]:
-                                        cells.append(Cell(req, m, f"{m}[hops={h}]", (("unrank_hops", h),)))
+                                        cells.append(Cell(req, m, f"{m}[hops={h}]", ((HOPS_KEY.get(m, "unrank_hops"), h),)))
                             out.append((req, cells))
     if not out:
         raise UnrankError("suite: the grid is empty: give at least one task ratio, seed and model")
@@ -319,12 +324,18 @@ def _ray_request(spec, req, cells, out, _deps=None):
 
 
 def run_suite(spec: SuiteSpec, tool: str = "serial", num_cpus: int | None = None,
-              address: str | None = None, show_progress: bool = True) -> dict:
-    """Run the grid (skipping finished cells), then write suite.json, summary and plots."""
+              address: str | None = None, show_progress: bool = True, only: list[str] | None = None) -> dict:
+    """Run the grid (skipping finished cells), then write suite.json, summary and plots.
+
+    ``only``: run these methods' cells now (a method name, or a sweep label such as
+    ``l2unrank_twosided[hops=1]``; retrain always runs); the others wait for a later run."""
     from tqdm import tqdm
 
     out = spec.output_dir
-    requests = plan(spec)
+    whole = plan(spec)
+    requests = whole if only is None else [
+        (req, [c for c in cells if c.method == "retrain" or c.method in only or c.label in only])
+        for req, cells in whole]
     if tool not in ("serial", "ray"):
         raise UnrankError(f"suite: --tool {tool!r}: use serial or ray")
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
@@ -345,7 +356,7 @@ def run_suite(spec: SuiteSpec, tool: str = "serial", num_cpus: int | None = None
             train_original(spec, model, tseed, out)
         for req, cells in requests:
             run_request(spec, req, cells, out, progress)
-            write_suite_json(spec, requests, out)
+            write_suite_json(spec, whole, out)
     else:
         import ray
 
@@ -366,11 +377,11 @@ def run_suite(spec: SuiteSpec, tool: str = "serial", num_cpus: int | None = None
                     pending.pop(ref)
                     for rec in ray.get(ref):
                         progress(next(c for _, cs in requests for c in cs if c.key == rec["key"]), rec)
-                write_suite_json(spec, requests, out)
+                write_suite_json(spec, whole, out)
         finally:
             ray.shutdown()
     bar.close()
-    record = write_suite_json(spec, requests, out)
+    record = write_suite_json(spec, whole, out)
     summarise(spec, record, out)
     logger.info("suite finished in %.0fs: %s", time.perf_counter() - start, out)
     return record
@@ -385,6 +396,6 @@ def write_suite_json(spec: SuiteSpec, requests, out: str) -> dict:
                 cells.append(rec)
     record = {"suite": spec.source, "dataset": spec.dataset, "models": list(spec.models),
               "design_seeds": spec.design_seeds, "eval_seeds": spec.eval_seeds,
-              "planned": sum(len(cs) for _, cs in requests), "cells": cells}
+              "planned": sum(len(cs) for _, cs in requests), "skipped": spec.skip, "cells": cells}
     _atomic_json(os.path.join(out, "suite.json"), record)
     return record

@@ -21,7 +21,7 @@ __all__ = ["SuiteSpec", "Request", "Cell", "load_spec", "TASK_KEYS", "SPEC_KEYS"
 TASK_KEYS = {"interaction": ("unrank_inter_ratio", "unrank_user_ratio"),
              "user": ("unrank_user_ratio",), "item": ("unrank_item_ratio",)}
 SPEC_KEYS = {"dataset", "config_files", "models", "train_seeds", "tasks", "users", "design_seeds",
-             "eval_seeds", "seeds", "methods", "hop_sweep", "settings", "output_dir", "cache_dir"}
+             "eval_seeds", "seeds", "methods", "hop_sweep", "settings", "output_dir", "cache_dir", "skip"}
 
 
 # --------------------------------------------------------------------------- the grid
@@ -73,6 +73,7 @@ class SuiteSpec:
     hop_sweep: dict | None
     settings: dict = field(default_factory=dict)
     output_dir: str = "runs/suite"
+    skip: dict = field(default_factory=dict)  # model -> {method: reason}: cells not run, listed with the reason
     source: str = ""
     cache_dir: str = ""  # models/, saved/, runs/ (default: <output_dir>/cache)
 
@@ -86,11 +87,22 @@ def _ints(name: str, value) -> list[int]:
         raise UnrankError(f"suite: '{name}' must be a list of integers, got {value!r}") from None
 
 
+def _users(value, where: str) -> list[str]:
+    from recbole_unrank.request import USER_SELECTIONS
+
+    users = [value] if isinstance(value, str) else list(value or [])
+    if not users:
+        raise UnrankError(f"suite: {where}'users' must name at least one selection of {list(USER_SELECTIONS)}")
+    for u in users:
+        if u not in USER_SELECTIONS:
+            raise UnrankError(f"suite: {where}unknown user selection '{u}': use {list(USER_SELECTIONS)}")
+    return list(dict.fromkeys(users))
+
+
 def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
     """Read and check a suite YAML; every error is one line (UnrankError), nothing written."""
     from recbole_unrank.methods import METHODS
     from recbole_unrank.models import UnknownModelError, get_model
-    from recbole_unrank.request import USER_SELECTIONS
 
     if not os.path.isfile(path):
         raise UnrankError(f"suite file '{path}' does not exist: give a YAML such as config/suite/ml100k.yaml")
@@ -146,10 +158,10 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
     for t in tasks:
         if not isinstance(t, dict) or t.get("task") not in TASK_KEYS:
             raise UnrankError(f"suite: unknown task {t!r}: use interaction, item or user")
-        extra = sorted(set(t) - {"task", "vary", "ratios", "methods"})
+        extra = sorted(set(t) - {"task", "vary", "ratios", "methods", "users"})
         if extra:
             raise UnrankError(f"suite: task {t['task']} has unknown key '{extra[0]}': a task takes task, vary, "
-                              "ratios and (optionally) methods")
+                              "ratios and (optionally) methods and users")
         own = method_list(t["methods"], f"task {t['task']}: ") if "methods" in t else methods
         vary = t.get("vary", TASK_KEYS[t["task"]][0])
         if vary not in TASK_KEYS[t["task"]]:
@@ -165,12 +177,26 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
             if not ok:
                 raise UnrankError(f"suite: ratio {r!r} of task {t['task']} is outside (0, 1]")
         checked.append({"task": t["task"], "vary": vary, "ratios": [float(r) for r in ratios],
-                        "methods": own})
-    users = raw.get("users", ["random"])
-    users = [users] if isinstance(users, str) else list(users or [])
-    for u in users:
-        if u not in USER_SELECTIONS:
-            raise UnrankError(f"suite: unknown user selection '{u}': use {list(USER_SELECTIONS)}")
+                        "methods": own, "users": _users(t["users"], f"task {t['task']}: ") if "users" in t else None})
+    users = _users(raw.get("users", ["random"]), "")
+    for t in checked:
+        if t["users"] is None:
+            t["users"] = users if t["task"] != "item" else ["random"]
+        elif t["task"] == "item" and t["users"] != ["random"]:
+            raise UnrankError("suite: task item draws items, not users: drop its 'users' (or give [random])")
+    skip = raw.get("skip") or {}
+    if not isinstance(skip, dict) or not all(isinstance(v, dict) for v in skip.values()):
+        raise UnrankError("suite: 'skip' must map a model to {method: reason}, e.g. {NeuMF: {if: 'why'}}")
+    for m, reasons in skip.items():
+        if m not in models:
+            raise UnrankError(f"suite: skip: '{m}' is not one of the suite's models {list(models)}")
+        for meth, why in reasons.items():
+            if meth not in METHODS:
+                raise UnrankError(f"suite: skip: unknown method '{meth}' for {m}")
+            if meth == "retrain":
+                raise UnrankError("suite: skip: retrain cannot be skipped (its model fits the audit)")
+            if not isinstance(why, str) or not why.strip():
+                raise UnrankError(f"suite: skip: give the reason {m}'s {meth} is not run (a sentence)")
     design = _ints("design_seeds", raw.get("design_seeds", [101, 102, 103]))
     evals = _ints("eval_seeds", raw.get("eval_seeds"))
     both = sorted(set(design) & set(evals))
@@ -202,5 +228,6 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
         tasks=checked, users=users, design_seeds=design, eval_seeds=evals, seeds=seeds,
         methods=methods, hop_sweep=sweep, settings=dict(settings),
         output_dir=str(raw.get("output_dir", "runs/suite")), source=os.path.abspath(path),
+        skip={m: dict(r) for m, r in skip.items()},
         cache_dir=str(raw.get("cache_dir") or os.path.join(str(raw.get("output_dir", "runs/suite")), "cache")),
     )

@@ -207,6 +207,11 @@ def summary_markdown(record: dict, rows: list[dict], pooled: list[dict], split: 
                           ([r["model"], r["method"], max((r.get(f"{k}.n") or 0) for k, _ in keys)]
                            + [diff(r, k) for k, _ in keys] for r in pooled))
         lines.append("")
+    if record.get("skipped"):
+        lines += ["## Not run", "", "Cells the suite file leaves out (`skip`), with its reason:", ""]
+        lines += [f"- {model} `{method}`: {why}" for model, ms in record["skipped"].items()
+                  for method, why in ms.items()]
+        lines.append("")
     if failed:
         lines += ["## Failed cells", ""]
         lines += [f"- `{c['key']}`: {c.get('error', '')}" for c in failed]

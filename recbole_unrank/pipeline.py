@@ -58,7 +58,7 @@ from recbole_unrank.run_folder import (
     new_run_dir,
     tensorboard_in,
 )
-from recbole_unrank.training import train_model
+from recbole_unrank.training import initial_model, train_model
 
 __all__ = [
     "Run",
@@ -190,6 +190,7 @@ class Run(Evaluator):
             train_batch_size=int(config["train_batch_size"]),
             show_progress=bool(config["show_progress"]),
             learning_rate=float(config["learning_rate"]),
+            initial_model=lambda: initial_model(config, self.data.train_ds),
         )
 
     def _train_on(self, train_ds, tag: str):

@@ -360,6 +360,14 @@ class RequestStream:
             self.valid_reference = self.valid_ndcg()
 
     # ---- state -------------------------------------------------------------------------
+    def _initial_model(self):
+        """The model as training starts it (built once per stream; :func:`initial_model`)."""
+        if getattr(self, "_initial", None) is None:
+            from recbole_unrank.training import initial_model
+
+            self._initial = initial_model(self.config, self.data.train_ds)
+        return self._initial
+
     def retained_ds(self):
         if self._retained is None:
             train = self.data.train_ds
@@ -411,7 +419,7 @@ class RequestStream:
         task = UnlearnTask(
             model=self.model, model_name=self.config["model"], train_ds=current, retain_ds=None, forget_ds=None,
             request_index=request.index, seed=seed,
-            valid_ds=method_valid(self.data),
+            valid_ds=method_valid(self.data), initial_model=self._initial_model,
         )
         rollback = _model_snapshot(self.model)
         try:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 
+import numpy as np
+import torch
 from recbole.utils import get_trainer, init_seed
 
 from recbole_unrank import compat  # noqa: F401
@@ -14,7 +17,7 @@ from recbole_unrank.models import get_model
 from recbole_unrank.progress import bars_shown
 from recbole_unrank.unpickle import load_file
 
-__all__ = ["train_model"]
+__all__ = ["train_model", "initial_model"]
 
 logger = logging.getLogger("recbole_unrank")
 
@@ -56,3 +59,22 @@ def train_model(config, train_loader, valid_loader, path: str | None = None, tag
     model.eval()
     logger.info("trained %s (%s): %d epochs, %.1fs, best valid %.4f", config["model"], tag, epochs, elapsed, best_score)
     return model, {"epochs": epochs, "time_s": elapsed, "best_valid_score": float(best_score)}
+
+
+def initial_model(config, dataset):
+    """The model exactly as :func:`train_model` starts training it (the run's seed, the same
+    construction), with the global random states left as they were. Retraining never updates
+    a block with no row left (its gradient is 0, so Adam's step is 0): it ends where this model
+    has it (``l2unrank_twosided``'s whole users)."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        init_seed(config["seed"], config["reproducibility"])
+        model = get_model(config["model"])(config, dataset).to(config["device"])
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+    return model.eval()

@@ -517,3 +517,27 @@ def test_bad_settings_are_refused_with_one_line(runs, tmp_path):
     lrun.prepare_original()
     with pytest.raises(UnrankError, match="does not support LightGCN"):
         cls(**ok)(lrun._task())
+
+
+@pytest.mark.parametrize("model", ["WMF", "NeuMF"])
+def test_a_whole_user_goes_exactly_where_retraining_leaves_it(tmp_path, model):
+    """User task: a forgotten user keeps no row, so retraining (same config and seed) never
+    updates its block: it ends at its value in the initial model. The two-sided update puts it
+    there too (ground truth: retraining itself)."""
+    from recbole_unrank.training import initial_model
+
+    config = make_tiny_config(tmp_path, model, epochs=8, learning_rate=0.01, unrank_request="user")
+    run, _ = pipeline.prepare_run(config)
+    run.prepare_original()
+    state = torch.get_rng_state()
+    init = get_adapter(initial_model(config, run.data.train_ds))
+    assert torch.equal(state, torch.get_rng_state())  # the global random state is left as it was
+    retrain = run.run_method("retrain", save=False)["_model"]
+    twosided = run.run_method("l2unrank_twosided", save=False)
+    assert twosided["whole_users"] == {"count": len(np.unique(run.request.users)), "to": "initial model"}
+    users = torch.as_tensor(np.unique(run.request.users))
+    expected = init.user_block(users)
+    torch.testing.assert_close(get_adapter(retrain).user_block(users), expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(get_adapter(twosided["_model"]).user_block(users), expected, rtol=0, atol=1e-7)
+    # the original had moved them: the update is not a no-op
+    assert float((get_adapter(run.original).user_block(users) - expected).abs().max()) > 1e-3

@@ -43,6 +43,9 @@ class UnlearnTask:
             (drawn on a terminal only, :mod:`recbole_unrank.progress`).
         learning_rate: the run's training ``learning_rate`` (None where not known), for methods
             whose step is set relative to it (``l2unrank_released``'s repair).
+        initial_model: ``initial_model() -> model``: the model as training starts it (the run's
+            config and seed; :func:`recbole_unrank.training.initial_model`), where retraining
+            leaves a block no retained row updates; None where not known.
     """
 
     model: nn.Module
@@ -58,6 +61,7 @@ class UnlearnTask:
     train_batch_size: int = 2048
     show_progress: bool = False
     learning_rate: float | None = None
+    initial_model: Callable[[], nn.Module] | None = None
 
 
 @dataclass

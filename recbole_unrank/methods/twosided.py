@@ -23,10 +23,13 @@ blocks of both sides in the scope:
   without L2 (NeuMF, RecBole's BPR, whose retained loss meets the item only as a sampled
   negative and has no minimum), the mean of the embeddings' prior. A user: its retained loss
   is empty (no row, no L2 row, and WMF's all-entries term covers users with rows only), so
-  retraining never moves it from its initialisation; the block takes a fresh draw from the
-  model's initialisation (seeded by the run's seed). Not 0: a zero user scores every item 0,
-  and the ranking is then the tie-break order (measured on tiny: WMF's user task gave
-  forget_hit@10 1.0 with 0, against retraining's 0.18).
+  retraining never moves it from its initialisation (its gradient is 0, so Adam's step is 0).
+  The block returns to that value: the model built as training starts it, with the run's
+  config and seed (``task.initial_model``, :func:`recbole_unrank.training.initial_model`), is
+  where retraining with that seed leaves the user, exactly. Where no initial model is known, a
+  fresh draw from the model's initialisation (seeded by the run's seed). Not 0: a zero user
+  scores every item 0, and the ranking is then the tie-break order (measured on tiny: WMF's
+  user task gave forget_hit@10 1.0 with 0, against retraining's 0.18).
 
 **Form and sides (issue 22, benchmarks/results/twosided_design.md).** The sweeps above are
 ``unrank_twosided_form=tilt``. Where the original is not a local minimum of its training loss
@@ -118,15 +121,19 @@ class TwoSidedProblem:
         keep: bool [N], the retained rows.
         user_mask, item_mask: bool [n_users], [n_items], the scope's blocks.
         damping: ``lambda >= 0`` of the block solves.
-        seed: of the fresh draw a whole user's block takes (:meth:`reset_whole_blocks`).
+        seed: of the fresh draw a whole user's block takes (:meth:`reset_whole_blocks`) where
+            ``initial`` is not given.
+        initial: the adapter of the model as training starts it (the run's seed): a whole user's
+            block returns to its value there, which is where retraining leaves it.
 
     On construction the targets ``grad_b L_full(theta0)`` are taken at the model as it is;
     :meth:`reset_whole_blocks`, :meth:`half_sweep` and :meth:`run` then move it in place.
     """
 
     def __init__(self, adapter: ModelAdapter, obj: Objective, keep: Tensor, user_mask: Tensor,
-                 item_mask: Tensor, damping: float, seed: int = 0):
+                 item_mask: Tensor, damping: float, seed: int = 0, initial: ModelAdapter | None = None):
         self.a, self.obj, self.damping, self.seed = adapter, obj, float(damping), int(seed)
+        self.initial = initial
         users, items = obj.users, obj.items
         device = users.device
         ret_users = torch.bincount(users[keep], minlength=adapter.n_users)
@@ -280,12 +287,16 @@ class TwoSidedProblem:
     @torch.no_grad()
     def reset_whole_blocks(self) -> None:
         """Blocks with no retained row take what retraining leaves them (module docstring): a
-        whole item 0, a whole user a fresh seeded draw from the model's initialisation."""
+        whole item 0; a whole user its value in the initial model (``initial``; retraining
+        never updates it), else a fresh seeded draw from the model's initialisation."""
         users = self.whole_users
         if users.numel():
-            gen = torch.Generator(device="cpu").manual_seed(self.seed)
-            fresh = torch.cat([torch.randn(users.numel(), t.shape[1], generator=gen, dtype=t.dtype) * self.a.init_std(t)
-                               for t in self.a.user_tables()], -1).to(users.device)
+            if self.initial is not None:
+                fresh = self.initial.user_block(users).to(device=users.device, dtype=self.a.user_block(users).dtype)
+            else:
+                gen = torch.Generator(device="cpu").manual_seed(self.seed)
+                fresh = torch.cat([torch.randn(users.numel(), t.shape[1], generator=gen, dtype=t.dtype)
+                                   * self.a.init_std(t) for t in self.a.user_tables()], -1).to(users.device)
             self.a.apply_user_delta(users, fresh - self.a.user_block(users))
         if self.whole_items.numel():
             self.a.apply_item_delta(self.whole_items, -self.a.item_block(self.whole_items))
@@ -514,7 +525,10 @@ class TwoSided(UnlearningMethod):
         if s["sides"] == "users":  # items move only where whole (no retained row: to their retained optimum)
             ret_items = torch.bincount(items[keep], minlength=adapter.n_items)
             item_mask = item_mask & (ret_items == 0)
-        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]), int(task.seed))
+        whole_users = bool((user_mask & (torch.bincount(users[keep], minlength=adapter.n_users) == 0)).any())
+        initial = get_adapter(task.initial_model()) if whole_users and task.initial_model is not None else None
+        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]), int(task.seed),
+                                  initial)
         stages["scope_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         solve = problem.run(int(s["sweeps"]), float(s["tol"]), str(s["form"]))
@@ -522,5 +536,7 @@ class TwoSided(UnlearningMethod):
         stages["solve_s"] = time.perf_counter() - t0
         info = {"loss": obj.spec.note, "hops": hops, "form": s["form"], "sides": s["sides"], "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
                 "scope_per_hop": sizes, "solve": {"method": "block_gauss_seidel", **solve},
-                "train_size": int(users.numel())}
+                "train_size": int(users.numel()),
+                "whole_users": {"count": int(problem.whole_users.numel()),
+                                "to": "initial model" if initial is not None else "seeded draw"}}
         return UnlearnResult(task.model, stages=stages, info=info)

@@ -62,6 +62,18 @@ def test_plan_orders_retrain_first_and_sweeps(tmp_path):
     spec = suite.load_spec(_spec_file(tmp_path, hop_sweep={"methods": ["l2unrank_twosided"], "hops": [1]}))
     assert {c.overrides for _, cells in suite.plan(spec) for c in cells if "[" in c.label} == {
         (("unrank_twosided_hops", 1),)}
+    # ... and 'set' gives every cell of the sweep more settings (named in its label)
+    spec = suite.load_spec(_spec_file(tmp_path, hop_sweep={"methods": ["l2unrank_twosided"], "hops": [0, 1],
+                                                           "set": {"unrank_twosided_sides": "both"}}))
+    swept = {c.label: c.overrides for _, cells in suite.plan(spec) for c in cells if "[" in c.label}
+    assert swept == {"l2unrank_twosided[hops=0,sides=both]": (("unrank_twosided_hops", 0),
+                                                              ("unrank_twosided_sides", "both")),
+                     "l2unrank_twosided[hops=1,sides=both]": (("unrank_twosided_hops", 1),
+                                                              ("unrank_twosided_sides", "both"))}
+    for bad in ({"unrank_hops": 2}, ["unrank_twosided_sides"]):
+        with pytest.raises(UnrankError, match="hop_sweep: 'set'"):
+            suite.load_spec(_spec_file(tmp_path, hop_sweep={"methods": ["l2unrank_twosided"], "hops": [1],
+                                                            "set": bad}))
 
 
 def test_a_task_can_run_its_own_methods(tmp_path):

@@ -46,6 +46,14 @@ logger = logging.getLogger("recbole_unrank")
 HOPS_KEY = {"l2unrank_twosided": "unrank_twosided_hops"}
 
 
+def _short(key: str) -> str:
+    """A setting's name in a cell label: ``unrank_twosided_sides`` -> ``sides``."""
+    for prefix in ("unrank_twosided_", "unrank_"):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
 def plan(spec: SuiteSpec) -> list[tuple[Request, list[Cell]]]:
     """The requests of the grid, each with its cells (retrain first), in the order they run:
     by task and ratio as listed, then seed, then model, so early results cover every model."""
@@ -66,9 +74,12 @@ def plan(spec: SuiteSpec) -> list[tuple[Request, list[Cell]]]:
                             sw = spec.hop_sweep
                             if sw and t["task"] in sw.get("tasks", [t["task"]]) and \
                                     ratio in [float(r) for r in sw.get("ratios", [ratio])]:
+                                extra = tuple(sorted((sw.get("set") or {}).items()))
+                                tag = "".join(f",{_short(k)}={v}" for k, v in extra)
                                 for m in (m for m in sw["methods"] if m not in skipped):
                                     for h in sw["hops"]:
-                                        cells.append(Cell(req, m, f"{m}[hops={h}]", ((HOPS_KEY.get(m, "unrank_hops"), h),)))
+                                        cells.append(Cell(req, m, f"{m}[hops={h}{tag}]",
+                                                          ((HOPS_KEY.get(m, "unrank_hops"), h),) + extra))
                             out.append((req, cells))
     if not out:
         raise UnrankError("suite: the grid is empty: give at least one task ratio, seed and model")

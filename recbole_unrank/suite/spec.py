@@ -215,6 +215,11 @@ def load_spec(path: str, overrides: dict | None = None) -> SuiteSpec:
         for h in sweep["hops"]:
             if not isinstance(h, int) or h < 0:
                 raise UnrankError(f"suite: hop_sweep: hops must be integers >= 0, got {h!r}")
+        extra = sweep.get("set", {})
+        if not isinstance(extra, dict) or any(not isinstance(k, str) or k.endswith("_hops") or k == "unrank_hops"
+                                              for k in extra):
+            raise UnrankError("suite: hop_sweep: 'set' must map config keys (not a hops key: the sweep sets that) "
+                              "to values, e.g. set: {unrank_twosided_sides: both}")
     settings = raw.get("settings") or {}
     if not isinstance(settings, dict):
         raise UnrankError("suite: 'settings' must be a mapping of config keys")

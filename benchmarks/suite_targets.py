@@ -4,7 +4,7 @@
 
 Reads ``<suite>/cells/*.json``, turns each evaluation request into the record
 ``benchmarks/twosided_targets.py`` judges (retrain's row of the same request and sitting is the
-reference) and writes the targets table, where each baseline wins or loses against the project's
+reference) and writes the targets table (the original first: what doing nothing scores), where each baseline wins or loses against the project's
 variant (``l2unrank_twosided``; ``l2unrank`` where the two-sided update is refused), and the
 second audit's gaps (LiRA, where the suite ran shadows). Task labels: ``interaction-<ratio>``,
 ``item``, ``user`` (random users), ``user-core``, ``user-edge``.
@@ -21,7 +21,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twosided_targets import targets_report  # noqa: E402 (benchmarks/, beside this script)
+from twosided_targets import methods_of, targets_report  # noqa: E402 (benchmarks/, beside this script)
 
 from recbole_unrank.tables import fmt, md_table  # noqa: E402
 
@@ -108,7 +108,7 @@ def report(folder: str) -> str:
     if not records:
         raise SystemExit(f"{folder}: no finished evaluation request (retrain included) yet")
     parts = [f"Suite: `{folder}`; {len(records)} evaluation requests with a finished retrain.", "",
-             targets_report(records)]
+             targets_report(records, ["original"] + methods_of(records))]
     lira = lira_table(records)
     if lira:
         parts += ["", "The second audit (LiRA, 8 shadows per request; not a target: shown beside the logistic "

@@ -170,7 +170,8 @@ def _seed_count(oks: list) -> str:
 def targets_table(records: list[dict], methods: list[str] | None = None) -> tuple[str, list[str]]:
     """The targets table over the given records (mean over their seeds per model x task x
     method) and the notes: every (model, task, seed) whose audit has no power. ``methods``:
-    the rows wanted (default every method but retrain, in the records' order)."""
+    the rows wanted (default every method but retrain, in the records' order; ``original``: the
+    model before unlearning, judged like a method, with no speed-up)."""
     groups: dict = {}
     for res in records:
         groups.setdefault((res["model"], res["task"]), []).append(res)
@@ -182,7 +183,7 @@ def targets_table(records: list[dict], methods: list[str] | None = None) -> tupl
                 notes.append(f"{model} {task} seed {res['seed']}: {NO_POWER} (power "
                              f"{'not measured' if p is None else f'{p:+.3f}'})")
         for name in methods or methods_of(recs):
-            per_seed = [values(r, name) for r in recs if name in r["methods"]]
+            per_seed = [values(r, name) for r in recs if name == "original" or name in r["methods"]]
             if not per_seed:
                 continue
             mv = mean_values(per_seed)
@@ -194,6 +195,8 @@ def targets_table(records: list[dict], methods: list[str] | None = None) -> tupl
             if len(per_seed) > 1:  # how many seeds meet each target on their own
                 each = [judge(v, task) for v in per_seed]
                 j = {n: (ok, text + _seed_count([e[n][0] for e in each])) for n, (ok, text) in j.items()}
+            if name == "original":  # nothing was run: no time to compare
+                j["speed-up"] = (None, "n/a (no update)")
             power = "" if mv["power"] is None else f"{mv['power']:+.3f}"
             seeds = str(mv["seeds"]) + (f" ({mv['failed']} failed)" if mv["failed"] else "")
             rows.append([model, task, name, seeds, power] + [j[n][1] for n in TARGET_NAMES]

@@ -36,6 +36,9 @@ def test_targets_from_a_suite_folder(tmp_path):
     assert rec["methods"]["l2unrank"]["ndcg@10"] == cell["row"]["test"]["ndcg@10"]
     text = suite_targets.report(str(tmp_path / "out"))
     assert "| WMF | user-core | l2unrank_twosided |" in text and "| WMF | interaction-0.2 | l2unrank |" in text
+    # the original (what doing nothing scores) heads each model x task, with no speed-up
+    lines = [ln for ln in text.splitlines() if ln.startswith("| WMF | interaction-0.2 |")]
+    assert "| original |" in lines[0] and "| n/a (no update) |" in lines[0]
     out = tmp_path / "targets.md"
     suite_targets.main([str(tmp_path / "out"), "--out", str(out)])
     assert out.read_text() == text

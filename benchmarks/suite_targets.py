@@ -1,6 +1,6 @@
 """Issue 22's targets table from a suite's cells (evaluation seeds only).
 
-    python benchmarks/suite_targets.py benchmarks/results/suite/ml100k-targets [--out FILE.md]
+    python benchmarks/suite_targets.py benchmarks/results/suite/ml100k-targets [--out FILE.md] [--doc DOC.md]
 
 Reads ``<suite>/cells/*.json``, turns each evaluation request into the record
 ``benchmarks/twosided_targets.py`` judges (retrain's row of the same request and sitting is the
@@ -16,6 +16,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 
@@ -116,18 +117,37 @@ def report(folder: str) -> str:
     return "\n".join(parts)
 
 
+_BLOCK = re.compile(r"(<!-- suite-targets (\S+) -->\n)(.*?)(<!-- /suite-targets -->)", re.S)
+
+
+def fill_doc(doc: str, folder: str) -> str:
+    """``doc`` with the block ``<!-- suite-targets FOLDER -->`` ... ``<!-- /suite-targets -->``
+    naming ``folder`` refilled with its report (so no number in the document is copied by hand)."""
+    hits = [m for m in _BLOCK.finditer(doc) if os.path.normpath(m.group(2)) == os.path.normpath(folder)]
+    if not hits:
+        raise SystemExit(f"no block '<!-- suite-targets {folder} -->' ... '<!-- /suite-targets -->' in the document")
+    text = report(folder)
+    for m in reversed(hits):
+        doc = doc[:m.start(3)] + text.rstrip("\n") + "\n" + doc[m.end(3):]
+    return doc
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("folder", help="a suite's output folder (with cells/)")
     ap.add_argument("--out", default=None, help="write the markdown here (default: print it)")
+    ap.add_argument("--doc", default=None, help="refill this document's '<!-- suite-targets FOLDER -->' block")
     args = ap.parse_args(argv)
-    text = report(args.folder)
-    if args.out:
-        from recbole_unrank.atomic import atomic_text
+    from recbole_unrank.atomic import atomic_text
 
-        atomic_text(args.out, text)
-    else:
-        print(text)
+    if args.doc:
+        with open(args.doc, encoding="utf-8") as f:
+            doc = f.read()
+        atomic_text(args.doc, fill_doc(doc, args.folder))
+    if args.out:
+        atomic_text(args.out, report(args.folder))
+    elif not args.doc:
+        print(report(args.folder))
 
 
 if __name__ == "__main__":

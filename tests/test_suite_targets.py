@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import yaml
 from conftest import DATA_PATH, REPO_ROOT
 
@@ -42,6 +43,14 @@ def test_targets_from_a_suite_folder(tmp_path):
     out = tmp_path / "targets.md"
     suite_targets.main([str(tmp_path / "out"), "--out", str(out)])
     assert out.read_text() == text
+    # a document's block naming the folder is refilled with the same report, the rest kept
+    folder = str(tmp_path / "out")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# head\n<!-- suite-targets {folder} -->\nold\n<!-- /suite-targets -->\ntail\n")
+    suite_targets.main([folder, "--doc", str(doc)])
+    assert doc.read_text() == f"# head\n<!-- suite-targets {folder} -->\n{text.rstrip()}\n<!-- /suite-targets -->\ntail\n"
+    with pytest.raises(SystemExit, match="no block"):
+        suite_targets.fill_doc("no markers here", folder)
 
 
 def test_versus_falls_back_to_l2unrank_where_the_two_sided_update_is_absent():

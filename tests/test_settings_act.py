@@ -63,6 +63,7 @@ VALUES = {
     "unrank_twosided_tol": 0.9,
     "unrank_twosided_form": "tilt",
     "unrank_twosided_sides": "both",
+    "unrank_twosided_damping": 1.0,
     "unrank_released_cg_steps": 3,
     "unrank_released_repair_epochs": 1,
     "unrank_released_repair_lr_scale": 0.5,

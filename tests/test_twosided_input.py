@@ -36,6 +36,8 @@ BAD_SETTINGS = [
     ({"hops": -1}, "unrank_twosided_hops"),
     ({"hops": 0.5}, "unrank_twosided_hops"),
     ({"damping": 0.0}, "unrank_damping"),
+    ({"own_damping": 0.0}, "unrank_twosided_damping=0.0 must be > 0"),
+    ({"own_damping": "big"}, "unrank_twosided_damping"),
     ({"sweeps": 1, "tol": 0.2}, "unrank_twosided_tol=0.2 has no effect"),
 ]
 
@@ -53,6 +55,9 @@ def test_good_settings_are_taken():
     assert m.s["sweeps"] == 3 and isinstance(m.s["sweeps"], int) and m.s["hops"] == 2 and m.s["tol"] == 0.999
     # one sweep with the default tolerance (not given) is fine
     assert METHODS["l2unrank_twosided"](sweeps=1).s["sweeps"] == 1
+    # its own damping wins over the project-wide one where set; unset, the project-wide one acts
+    assert METHODS["l2unrank_twosided"](damping=0.5, own_damping=0.1).s["damping"] == 0.1
+    assert METHODS["l2unrank_twosided"](damping=0.5).s["damping"] == 0.5
 
 
 def _cpu_yaml(folder: Path) -> Path:

@@ -16,7 +16,8 @@ blocks of both sides in the scope:
   ``(H_b,ret + lambda I) Delta_b = -r_b``, ``H`` the Gauss-Newton block, exact for WMF), then
   every scope item at the point the users reached, then users again ..., until
   ``||r_scope|| <= unrank_twosided_tol * ||r_scope(theta0)||`` or ``unrank_twosided_sweeps``
-  sweeps. ``lambda = unrank_damping`` damps the path only: the fixed point is ``r = 0``;
+  sweeps. ``lambda = unrank_twosided_damping`` (where unset: ``unrank_damping``) damps the path
+  only: the fixed point is ``r = 0``;
 * **whole blocks**: a user with no retained row, an item with no retained (positive) row, has
   no retained data of its own: it goes where retraining leaves it, without a guard. An item:
   0, its retained optimum under WMF (the all-entries term pins it there) and, for losses
@@ -88,6 +89,7 @@ TWOSIDED_SETTINGS = {
     "form": "unrank_twosided_form",
     "sides": "unrank_twosided_sides",
     "damping": "unrank_damping",
+    "own_damping": "unrank_twosided_damping",
 }
 
 #: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
@@ -441,6 +443,7 @@ class TwoSided(UnlearningMethod):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         s = {k: self.kwargs.get(k) for k in self.settings}
+        own = s.pop("own_damping")  # None: the project-wide unrank_damping
         for k, v in s.items():
             if v is None:
                 raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")
@@ -461,9 +464,11 @@ class TwoSided(UnlearningMethod):
             raise UnrankError(f"unrank_twosided_hops={s['hops']} has no effect with unrank_twosided_sides=users: a "
                               "neighbour user keeps every row and the items it meets do not move, so it does not "
                               "move; use hops 0, or sides=both")
-        s["damping"] = _real(s["damping"], "unrank_damping")
+        key = "unrank_damping" if own is None else "unrank_twosided_damping"
+        s["damping"] = _real(s["damping"] if own is None else own, key)
         if not s["damping"] > 0:
-            raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+            raise UnrankError(f"{key}={s['damping']} must be > 0 (e.g. 1e-2)")
+        s["damping_key"] = key
         if "tol" in self.given_kwargs and s["sweeps"] == 1:
             raise UnrankError(f"unrank_twosided_tol={s['tol']} has no effect with unrank_twosided_sweeps=1 (one "
                               "sweep is taken whatever the residual): unset it, or allow more sweeps")
@@ -534,7 +539,9 @@ class TwoSided(UnlearningMethod):
         solve = problem.run(int(s["sweeps"]), float(s["tol"]), str(s["form"]))
         adapter.invalidate()
         stages["solve_s"] = time.perf_counter() - t0
-        info = {"loss": obj.spec.note, "hops": hops, "form": s["form"], "sides": s["sides"], "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
+        info = {"loss": obj.spec.note, "hops": hops, "form": s["form"], "sides": s["sides"],
+                "damping": {"value": s["damping"], "from": s["damping_key"]},
+                "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
                 "scope_per_hop": sizes, "solve": {"method": "block_gauss_seidel", **solve},
                 "train_size": int(users.numel()),
                 "whole_users": {"count": int(problem.whole_users.numel()),

@@ -121,16 +121,8 @@ _NOT_DEFINING = frozenset({
 
 
 def _file_sha256(path: str) -> str:
-    """The sha256 of what a config file says about training: its YAML mapping without the
-    ``unrank_*`` keys (which training does not read) and without comments or layout, so adding
-    an unlearning setting to a model's YAML does not retrain its cached models."""
-    import yaml
-
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if not str(k).startswith("unrank_")}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def model_cache_key(spec: SuiteSpec, model: str, config, req: Request | None = None) -> str:

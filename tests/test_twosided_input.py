@@ -55,9 +55,12 @@ def test_good_settings_are_taken():
     assert m.s["sweeps"] == 3 and isinstance(m.s["sweeps"], int) and m.s["hops"] == 2 and m.s["tol"] == 0.999
     # one sweep with the default tolerance (not given) is fine
     assert METHODS["l2unrank_twosided"](sweeps=1).s["sweeps"] == 1
-    # its own damping wins over the project-wide one where set; unset, the project-wide one acts
-    assert METHODS["l2unrank_twosided"](damping=0.5, own_damping=0.1).s["damping"] == 0.1
-    assert METHODS["l2unrank_twosided"](damping=0.5).s["damping"] == 0.5
+    # its own damping wins over the project-wide one where given; auto: NeuMF's own, else the project-wide one
+    assert METHODS["l2unrank_twosided"](damping=0.5, own_damping=0.2).damping_for("WMF") == (0.2, "unrank_twosided_damping")
+    auto = METHODS["l2unrank_twosided"](damping=0.5)
+    assert auto.damping_for("WMF") == (0.5, "unrank_damping") and auto.damping_for("NeuMF")[0] == 0.5
+    assert METHODS["l2unrank_twosided"]().damping_for("NeuMF")[0] == 0.1  # unrank_damping not given
+    assert METHODS["l2unrank_twosided"]().damping_for("WMF")[0] == 0.01
 
 
 def _cpu_yaml(folder: Path) -> Path:

@@ -16,8 +16,8 @@ blocks of both sides in the scope:
   ``(H_b,ret + lambda I) Delta_b = -r_b``, ``H`` the Gauss-Newton block, exact for WMF), then
   every scope item at the point the users reached, then users again ..., until
   ``||r_scope|| <= unrank_twosided_tol * ||r_scope(theta0)||`` or ``unrank_twosided_sweeps``
-  sweeps. ``lambda = unrank_twosided_damping`` (where unset: ``unrank_damping``) damps the path
-  only: the fixed point is ``r = 0``;
+  sweeps. ``lambda`` (``unrank_twosided_damping``; ``auto``: :data:`AUTO_DAMPING` on NeuMF, else
+  ``unrank_damping``) damps the path only: the fixed point is ``r = 0``;
 * **whole blocks**: a user with no retained row, an item with no retained (positive) row, has
   no retained data of its own: it goes where retraining leaves it, without a guard. An item:
   0, its retained optimum under WMF (the all-entries term pins it there) and, for losses
@@ -77,7 +77,7 @@ from recbole_unrank.influence.blocks import block_gradients, block_step, row_map
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask, request_rows
 from recbole_unrank.methods.objective import Objective, row_loss
 
-__all__ = ["SUPPORTED", "TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
+__all__ = ["AUTO_DAMPING", "SUPPORTED", "TWOSIDED_SETTINGS", "TwoSided", "TwoSidedProblem"]
 
 #: RecBole models whose adapters give both user and item blocks (LightGCN: refused, see TwoSided)
 SUPPORTED = ("WMF", "BPR", "NeuMF")
@@ -91,6 +91,13 @@ TWOSIDED_SETTINGS = {
     "damping": "unrank_damping",
     "own_damping": "unrank_twosided_damping",
 }
+
+#: ``unrank_twosided_damping: auto``: the damping of the block solves per model where it is not
+#: the project-wide ``unrank_damping``. NeuMF's loss has no L2 term, so the damping is what
+#: anchors its blocks; 0.1 was chosen on design seeds 101-103 (benchmarks/results/twosided_design.md,
+#: "NeuMF: the damping of the users' step": request users 0.843 of retrain's against 0.732 at
+#: 0.01, forget_hit@10 within retrain's + 0.01; 1.0 and more forget too little).
+AUTO_DAMPING = {"NeuMF": 0.1}
 
 #: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
 FORMS = ("tilt", "bcd_diff")
@@ -443,7 +450,7 @@ class TwoSided(UnlearningMethod):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         s = {k: self.kwargs.get(k) for k in self.settings}
-        own = s.pop("own_damping")  # None: the project-wide unrank_damping
+        own = s.pop("own_damping")  # auto: AUTO_DAMPING on its models, else the project-wide unrank_damping
         for k, v in s.items():
             if v is None:
                 raise UnrankError(f"{self.settings[k]} is not set: {self.name} reads it (see properties/unrank.yaml)")
@@ -464,15 +471,30 @@ class TwoSided(UnlearningMethod):
             raise UnrankError(f"unrank_twosided_hops={s['hops']} has no effect with unrank_twosided_sides=users: a "
                               "neighbour user keeps every row and the items it meets do not move, so it does not "
                               "move; use hops 0, or sides=both")
-        key = "unrank_damping" if own is None else "unrank_twosided_damping"
-        s["damping"] = _real(s["damping"] if own is None else own, key)
+        if own != "auto":
+            own = _real(own, "unrank_twosided_damping")
+            if not own > 0:
+                raise UnrankError(f"unrank_twosided_damping={own} must be > 0 (e.g. 0.1), or auto")
+        s["damping"] = _real(s["damping"], "unrank_damping")
         if not s["damping"] > 0:
-            raise UnrankError(f"{key}={s['damping']} must be > 0 (e.g. 1e-2)")
-        s["damping_key"] = key
+            raise UnrankError(f"unrank_damping={s['damping']} must be > 0 (e.g. 1e-2)")
+        s["own_damping"] = own
         if "tol" in self.given_kwargs and s["sweeps"] == 1:
             raise UnrankError(f"unrank_twosided_tol={s['tol']} has no effect with unrank_twosided_sweeps=1 (one "
                               "sweep is taken whatever the residual): unset it, or allow more sweeps")
         self.s = s
+
+    def damping_for(self, model_name: str) -> tuple[float, str]:
+        """The block solves' damping on ``model_name`` and where it comes from: the number
+        ``unrank_twosided_damping`` where given; with ``auto`` (the default), the project-wide
+        ``unrank_damping`` where the user gave it, else AUTO_DAMPING's value for the model, else
+        ``unrank_damping``'s default."""
+        own = self.s["own_damping"]
+        if own != "auto":
+            return float(own), "unrank_twosided_damping"
+        if model_name in AUTO_DAMPING and "damping" not in self.given_kwargs:
+            return AUTO_DAMPING[model_name], f"unrank_twosided_damping=auto ({model_name})"
+        return float(self.s["damping"]), "unrank_damping"
 
     def check_fit(self, model_name: str, train_ds: Any, request_index: Any) -> None:
         """Refuse, before anything is written, a model without both kinds of blocks and a
@@ -532,15 +554,15 @@ class TwoSided(UnlearningMethod):
             item_mask = item_mask & (ret_items == 0)
         whole_users = bool((user_mask & (torch.bincount(users[keep], minlength=adapter.n_users) == 0)).any())
         initial = get_adapter(task.initial_model()) if whole_users and task.initial_model is not None else None
-        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, float(s["damping"]), int(task.seed),
-                                  initial)
+        damping, damping_from = self.damping_for(task.model_name)
+        problem = TwoSidedProblem(adapter, obj, keep, user_mask, item_mask, damping, int(task.seed), initial)
         stages["scope_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         solve = problem.run(int(s["sweeps"]), float(s["tol"]), str(s["form"]))
         adapter.invalidate()
         stages["solve_s"] = time.perf_counter() - t0
         info = {"loss": obj.spec.note, "hops": hops, "form": s["form"], "sides": s["sides"],
-                "damping": {"value": s["damping"], "from": s["damping_key"]},
+                "damping": {"value": damping, "from": damping_from},
                 "scope_users": sizes[-1][0], "scope_items": sizes[-1][1],
                 "scope_per_hop": sizes, "solve": {"method": "block_gauss_seidel", **solve},
                 "train_size": int(users.numel()),

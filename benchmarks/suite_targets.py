@@ -44,7 +44,7 @@ def row_values(row: dict) -> dict:
 
 
 #: rows in this order (the project's variant, its ablation, the released procedure, the baselines), then the rest
-METHOD_ORDER = ["retrain", "l2unrank_twosided", "l2unrank", "l2unrank_nocalib", "l2unrank_paper", "l2unrank_released",
+METHOD_ORDER = ["retrain", "retrain_reseeded", "l2unrank_twosided", "l2unrank", "l2unrank_nocalib", "l2unrank_paper", "l2unrank_released",
                 "finetune", "user_refit", "scif", "if"]
 
 

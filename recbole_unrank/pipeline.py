@@ -193,10 +193,19 @@ class Run(Evaluator):
             initial_model=lambda: initial_model(config, self.data.train_ds),
         )
 
-    def _train_on(self, train_ds, tag: str):
-        """A fresh model trained on ``train_ds`` with the run's recipe: ``(model, info)``."""
-        train, valid, _ = make_loaders(self.config, self.data, train_ds)
-        return train_model(self.config, train, valid, None, tag=tag)
+    def _train_on(self, train_ds, tag: str, seed: int | None = None):
+        """A fresh model trained on ``train_ds`` with the run's recipe: ``(model, info)``; with
+        ``seed``, that training seed instead of the run's (``retrain_reseeded``)."""
+        if seed is None:
+            train, valid, _ = make_loaders(self.config, self.data, train_ds)
+            return train_model(self.config, train, valid, None, tag=tag)
+        old = self.config["seed"]
+        self.config["seed"] = int(seed)
+        try:
+            train, valid, _ = make_loaders(self.config, self.data, train_ds)
+            return train_model(self.config, train, valid, None, tag=tag)
+        finally:
+            self.config["seed"] = old
 
     def run_method(self, name: str, overrides: dict | None = None, save: bool = True,
                    evaluate_test: bool = True, label: str | None = None) -> dict:

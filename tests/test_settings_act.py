@@ -64,6 +64,7 @@ VALUES = {
     "unrank_twosided_form": "tilt",
     "unrank_twosided_sides": "both",
     "unrank_twosided_damping": 1.0,
+    "unrank_reseed_offset": 2,
     "unrank_released_cg_steps": 3,
     "unrank_released_repair_epochs": 1,
     "unrank_released_repair_lr_scale": 0.5,

@@ -329,3 +329,26 @@ def test_receraser_partition_is_balanced(runs, partition_by):
             assert np.unique(row_shard[users == user]).size == 1
     else:
         assert np.bincount(row_shard).max() <= math.ceil(users.size / k)
+
+
+# ------------------------------------------------------------------------------ retrain_reseeded
+def test_retrain_reseeded_is_retraining_with_another_seed(runs):
+    """retrain_reseeded trains on the retained data with the run's seed + the offset: a model
+    other than retrain's, which retrain (run after it) still reproduces; the run's seed is left
+    as it was, and the same offset gives the same model again."""
+    run = runs("WMF")
+    seed = run.config["seed"]
+    first = run.run_method("retrain", save=False)
+    other = run.run_method("retrain_reseeded", save=False)
+    assert run.config["seed"] == seed and other["seed"] == seed + 1
+    assert _changed(first["_model"], other["_model"])
+    again = run.run_method("retrain", save=False)
+    assert not _changed(first["_model"], again["_model"])
+    same = run.run_method("retrain_reseeded", save=False)
+    assert not _changed(other["_model"], same["_model"])
+
+
+@pytest.mark.parametrize("offset", [0, 1.5, True, "one"])
+def test_retrain_reseeded_refuses_an_offset_that_is_not_another_seed(offset):
+    with pytest.raises(UnrankError, match="unrank_reseed_offset"):
+        METHODS["retrain_reseeded"](offset=offset)

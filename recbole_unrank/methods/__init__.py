@@ -12,11 +12,12 @@ from recbole_unrank.methods.l2unrank import VARIANTS, L2UnRank, L2UnRankPaper
 from recbole_unrank.methods.partition import SISA, RecEraser, ShardEnsemble
 from recbole_unrank.methods.pipeline import InfluencePipeline, Steps, declare
 from recbole_unrank.methods.released import Released
-from recbole_unrank.methods.retrain import Retrain
+from recbole_unrank.methods.retrain import Retrain, RetrainReseeded
 from recbole_unrank.methods.twosided import TwoSided
 
 METHODS: dict[str, type[UnlearningMethod]] = {
     "retrain": Retrain,
+    "retrain_reseeded": RetrainReseeded,
     "finetune": FineTune,
     "neggrad": NegGrad,
     "sisa": SISA,
@@ -33,6 +34,7 @@ __all__ = [
     "UnlearnResult",
     "UnlearnTask",
     "Retrain",
+    "RetrainReseeded",
     "FineTune",
     "NegGrad",
     "SISA",

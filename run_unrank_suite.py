@@ -12,6 +12,7 @@ atomically: rerunning the same command skips finished cells. The output folder i
 
 import argparse
 import os
+import re
 import sys
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
@@ -24,6 +25,12 @@ PROG = "run_unrank_suite"
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         fail(PROG, f"{message} (see --help)")
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated methods or cell labels; a comma inside a label's brackets
+    (``l2unrank_twosided[hops=1,sides=both]``) does not split it."""
+    return [m.strip() for m in re.split(r",(?![^\[]*\])", text) if m.strip()]
 
 
 def main(argv=None) -> None:
@@ -58,7 +65,7 @@ def main(argv=None) -> None:
         if args.tool != "ray" and (args.num_cpus or args.address):
             raise UnrankError("--num_cpus / --address need --tool ray")
         requests = suite.plan(spec)
-        only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else None
+        only = _names(args.only) if args.only else None
         if only is not None:
             labels = {c.label for _, cs in requests for c in cs} | {c.method for _, cs in requests for c in cs}
             if not only or any(m not in labels for m in only):
@@ -66,7 +73,7 @@ def main(argv=None) -> None:
                 raise UnrankError(f"--only: {bad or 'nothing'} is not a method of this grid: choose from "
                                   f"{sorted({c.method for _, cs in requests for c in cs})}")
         if args.redo:
-            suite.forget_cells(spec, requests, [m.strip() for m in args.redo.split(",") if m.strip()])
+            suite.forget_cells(spec, requests, _names(args.redo))
         if args.summarise_only:
             path = os.path.join(spec.output_dir, "cells")
             if not os.path.isdir(path):

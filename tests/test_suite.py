@@ -401,3 +401,11 @@ def test_only_runs_the_named_methods_and_the_summary_counts_the_whole_grid(tmp_p
                            _spec_file(tmp_path), "--only", "magic"],
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--only: ['magic'] is not a method of this grid" in proc.stderr
+
+
+def test_only_and_redo_split_at_commas_outside_a_labels_brackets():
+    sys.path.insert(0, str(REPO_ROOT))
+    import run_unrank_suite
+
+    assert run_unrank_suite._names("retrain_reseeded, l2unrank_twosided[hops=1,sides=both],if") == [
+        "retrain_reseeded", "l2unrank_twosided[hops=1,sides=both]", "if"]

@@ -118,6 +118,7 @@ def report(folder: str) -> str:
 
 
 _BLOCK = re.compile(r"(<!-- suite-targets (\S+) -->\n)(.*?)(<!-- /suite-targets -->)", re.S)
+_BLOCK_FOLDERS = re.compile(r"<!-- suite-targets (\S+) -->")
 
 
 def fill_doc(doc: str, folder: str) -> str:

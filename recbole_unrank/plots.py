@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import matplotlib
 
@@ -170,16 +171,26 @@ def _mia_figure(rows: list[dict], models: list[str], methods: list[str], note: s
     return fig
 
 
+_HOPS = re.compile(r"hops=(\d+),?")
+
+
+def _hop_series(label: str) -> tuple[str, int]:
+    """A sweep cell's label -> (its series: the label without the hops, its hops):
+    ``l2unrank_twosided[hops=1,sides=both]`` -> (``l2unrank_twosided[sides=both]``, 1)."""
+    hops = int(_HOPS.search(label).group(1))
+    return _HOPS.sub("", label).replace("[]", "").replace(",]", "]"), hops
+
+
 def _hop_figure(sweep: list[dict], models: list[str]):
     series = [(model, method) for model in models
-              for method in dict.fromkeys(r["method"].split("[")[0] for r in sweep if r["model"] == model)]
+              for method in dict.fromkeys(_hop_series(r["method"])[0] for r in sweep if r["model"] == model)]
     styles = method_styles([f"{model} {method}" for model, method in series])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
     for j, (key, title) in enumerate([("forget.forget_hit@10", "forget_hit@10"), ("test.ndcg@10", "test NDCG@10")]):
         ax = axes[0][j]
         for model, method in series:
-            pts = sorted((int(r["method"].split("hops=")[1].rstrip("]")), r[f"{key}.mean"], r[f"{key}.std"] or 0.0)
-                         for r in sweep if r["model"] == model and r["method"].startswith(method + "[")
+            pts = sorted((_hop_series(r["method"])[1], r[f"{key}.mean"], r[f"{key}.std"] or 0.0)
+                         for r in sweep if r["model"] == model and _hop_series(r["method"])[0] == method
                          and r[f"{key}.mean"] is not None)
             if pts:
                 x, y, e = zip(*pts)

@@ -127,3 +127,10 @@ def test_a_method_keeps_its_style_across_figures(figures):
         for label, colour, marker in _series(figures[name]):
             style = (tuple(np.round(colour[:3], 3)), marker)
             assert seen.setdefault(label, style) == style, f"{label} changes style in {name}"
+
+
+def test_a_sweep_label_with_more_settings_is_one_series_by_hops():
+    from recbole_unrank.plots import _hop_series
+
+    assert _hop_series("l2unrank_twosided[hops=1,sides=both]") == ("l2unrank_twosided[sides=both]", 1)
+    assert _hop_series("l2unrank_paper[hops=2]") == ("l2unrank_paper", 2)

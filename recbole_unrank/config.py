@@ -156,6 +156,8 @@ def _shown(default) -> str:
 def _check_type(key: str, value, kinds: set[str], default, source: str) -> None:
     if value is None and "None" in kinds:
         return
+    if isinstance(value, str) and value in kinds - {"int", "float", "number", "bool", "str", "list", "None"}:
+        return  # a literal the type names, e.g. "(float or auto)"
     shown = setting(key, value, source)
     if "int" in kinds and not _is_int(value):
         what = "not a whole number" if _is_number(value) else "not a number"

@@ -16,6 +16,7 @@ from conftest import run_python
 
 import recbole_unrank  # noqa: F401  (compat patches before RecBole)
 from recbole_unrank import pipeline
+from recbole_unrank.errors import UnrankError
 from recbole_unrank.request import split_train
 from recbole_unrank.synthetic import generate_interactions, write_atomic
 
@@ -647,6 +648,19 @@ def test_console_scripts_and_presets_are_packaged():
         assert any(fnmatch(rel, g) for g in globs), rel
 
 
+def test_a_literal_the_type_names_is_taken():
+    """``(float or auto)``: ``auto`` and a number pass the type check, another word does not."""
+    from recbole_unrank.config import check_settings
+
+    base = {"data_path": str(REPO_ROOT / "dataset"), "gpu_id": ""}
+    for value in ("auto", 0.1):
+        config = pipeline.build_config("NeuMF", "tiny", None, {**base, "unrank_twosided_damping": value}, argv=[])
+        check_settings(config)
+    with pytest.raises(UnrankError, match="unrank_twosided_damping.*is not a number"):
+        check_settings(pipeline.build_config("NeuMF", "tiny", None, {**base, "unrank_twosided_damping": "big"},
+                                             argv=[]))
+
+
 def test_python_api_names_python_arguments(tmp_path, monkeypatch):
     import recbole_unrank as ru
 
@@ -657,6 +671,8 @@ def test_python_api_names_python_arguments(tmp_path, monkeypatch):
         (dict(dataset="tiny", config_dict=base), "no model given: pass model="),
         (dict(model="WMF", dataset="tiny", config_dict={**base, "unrank_damping": "abc"}),
          "config_dict['unrank_damping']='abc' is not a number"),
+        (dict(model="WMF", dataset="tiny", config_dict={**base, "unrank_twosided_damping": "abc"}),
+         "config_dict['unrank_twosided_damping']='abc' is not a number"),
         (dict(model="WMF", dataset="tiny", config_dict={**base, "unrank_hopz": 1}),
          "config_dict['unrank_hopz']: did you mean unrank_hops?"),
         (dict(model="WMF", dataset="tiny", config_dict=base, config_file_list="a.yaml"), "config_file_list="),

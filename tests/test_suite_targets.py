@@ -60,3 +60,14 @@ def test_versus_falls_back_to_l2unrank_where_the_two_sided_update_is_absent():
            "methods": {"retrain": {**row, "time_s": 10.0}, "l2unrank": row, "finetune": {**row, "ndcg@10": 0.1}}}
     line = next(ln for ln in versus_table([rec]).splitlines() if "| finetune |" in ln)
     assert "| l2unrank | 5/6 vs 6/6 | - | test NDCG@10 |" in line
+
+
+def test_the_results_doc_shows_the_committed_grid(monkeypatch):
+    """docs/results.md's targets blocks are the reports of the committed cells, byte for byte
+    (rebuild them with: python benchmarks/suite_targets.py FOLDER --doc docs/results.md)."""
+    monkeypatch.chdir(REPO_ROOT)
+    doc = (REPO_ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    folders = sorted(set(suite_targets._BLOCK_FOLDERS.findall(doc)))
+    assert folders, "docs/results.md has no suite-targets block"
+    for folder in folders:
+        assert suite_targets.fill_doc(doc, folder) == doc, f"{folder}: rerun suite_targets.py --doc docs/results.md"

@@ -196,11 +196,8 @@ class Run(Evaluator):
     def _train_on(self, train_ds, tag: str, seed: int | None = None):
         """A fresh model trained on ``train_ds`` with the run's recipe: ``(model, info)``; with
         ``seed``, that training seed instead of the run's (``retrain_reseeded``)."""
-        if seed is None:
-            train, valid, _ = make_loaders(self.config, self.data, train_ds)
-            return train_model(self.config, train, valid, None, tag=tag)
         old = self.config["seed"]
-        self.config["seed"] = int(seed)
+        self.config["seed"] = old if seed is None else int(seed)
         try:
             train, valid, _ = make_loaders(self.config, self.data, train_ds)
             return train_model(self.config, train, valid, None, tag=tag)

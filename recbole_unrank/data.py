@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from recbole.data import create_dataset
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.utils import create_samplers, get_dataloader
@@ -21,7 +20,7 @@ from recbole.utils import init_seed
 
 from recbole_unrank import compat  # noqa: F401
 from recbole_unrank.errors import UnrankError
-from recbole_unrank.request import ForgetRequest, read_request_file, sample_request
+from recbole_unrank.request import ForgetRequest, read_request_file, sample_request, take_rows
 
 __all__ = ["Data", "without_forgotten", "load_data", "make_train_loader", "make_loaders", "make_forget_loader",
            "make_request", "request_seed", "split_valid", "method_valid", "monitor_valid", "make_monitor_loader"]
@@ -109,8 +108,8 @@ def divide_valid(config, data: Data) -> Data:
                           f"validation rows, {given_as(config, 'unrank_monitor_share', share)}): use a dataset "
                           "with more validation rows or another unrank_monitor_share")
     v = data.valid_ds
-    data.method_valid_ds = v.copy(v.inter_feat[torch.from_numpy(method_rows)])
-    data.monitor_valid_ds = v.copy(v.inter_feat[torch.from_numpy(monitor_rows)])
+    data.method_valid_ds = take_rows(v, method_rows)
+    data.monitor_valid_ds = take_rows(v, monitor_rows)
     return data
 
 
@@ -120,7 +119,7 @@ def without_forgotten(data: Data, rows: np.ndarray) -> Data:
     keep = np.ones(len(data.train_ds.inter_feat), dtype=bool)
     keep[rows] = False
     row_map = np.flatnonzero(keep)
-    reduced = data.train_ds.copy(data.train_ds.inter_feat[torch.from_numpy(row_map)])
+    reduced = take_rows(data.train_ds, row_map)
     return Data(data.dataset, reduced, data.valid_ds, data.test_ds, data.train_ds, rows, row_map,
                 data.method_valid_ds, data.monitor_valid_ds)
 

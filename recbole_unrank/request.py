@@ -29,6 +29,7 @@ __all__ = [
     "read_request_file",
     "write_request_file",
     "split_train",
+    "take_rows",
     "request_from_pairs",
     "check_request_file",
 ]
@@ -276,12 +277,28 @@ def write_request_file(path: str, request: ForgetRequest, dataset) -> str:
     return atomic_text(path, "".join(lines))
 
 
+def take_rows(ds, rows):
+    """``ds`` restricted to the rows ``rows`` of its ``inter_feat`` (indices or a bool mask,
+    numpy or torch), ids and sizes unchanged: ``ds.copy(ds.inter_feat[rows])`` without RecBole
+    1.2.1's ``Interaction.__getitem__``, which turns a tensor index into a Python list first
+    (on ml-100k's train split 25 ms per call, most of a stream request's time on WMF). Same rows,
+    same order, same dtypes, each column indexed on its own device."""
+    from recbole.data.interaction import Interaction
+
+    index = rows if torch.is_tensor(rows) else torch.as_tensor(np.asarray(rows))
+    if index.dtype == torch.bool:
+        index = index.nonzero().squeeze(1)
+    index = index.reshape(-1).long()
+    feat = ds.inter_feat
+    return ds.copy(Interaction({k: v[index.to(v.device)] for k, v in feat.interaction.items()}))
+
+
 def split_train(train_ds, request: ForgetRequest):
     """``(retain_ds, forget_ds)``: in-memory copies of the train split without / with D_t.
     Ids, ``user_num`` and ``item_num`` are those of ``train_ds``."""
     n = len(train_ds.inter_feat)
     keep = np.ones(n, dtype=bool)
     keep[request.index] = False
-    retain = train_ds.copy(train_ds.inter_feat[torch.from_numpy(np.flatnonzero(keep))])
-    forget = train_ds.copy(train_ds.inter_feat[torch.from_numpy(request.index)])
+    retain = take_rows(train_ds, np.flatnonzero(keep))
+    forget = take_rows(train_ds, request.index)
     return retain, forget

@@ -16,6 +16,7 @@ from recbole_unrank.request import (
     request_from_pairs,
     sample_request,
     split_train,
+    take_rows,
     write_request_file,
 )
 
@@ -280,3 +281,27 @@ def test_core_and_edge_users(data):
     assert not np.array_equal(np.unique(core.users), np.unique(other.users))
     with pytest.raises(UnrankError, match="unrank_request_users"):
         sample_request(tiny_train, "user", user_selection="middle")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor", "mask", "empty"])
+def test_take_rows_equals_recboles_own_indexing(data, kind):
+    """take_rows (the stream's retained data, the splits) gives the rows RecBole's
+    ``ds.copy(ds.inter_feat[index])`` gives: same columns, values, dtypes and order."""
+    train = data.train_ds
+    n = len(train.inter_feat)
+    rows = np.sort(np.random.default_rng(3).choice(n, n // 2, replace=False))
+    if kind == "empty":
+        rows = rows[:0]
+    index = {"numpy": rows, "empty": rows, "tensor": torch.as_tensor(rows)}.get(kind)
+    if kind == "mask":
+        index = np.zeros(n, dtype=bool)
+        index[rows] = True
+    got = take_rows(train, index)
+    want = train.copy(train.inter_feat[torch.as_tensor(rows, dtype=torch.long)])
+    assert len(got.inter_feat) == rows.size
+    assert set(got.inter_feat.interaction) == set(want.inter_feat.interaction)
+    for key, column in want.inter_feat.interaction.items():
+        assert got.inter_feat[key].dtype == column.dtype
+        assert torch.equal(got.inter_feat[key], column), key
+    assert got.user_num == train.user_num and got.item_num == train.item_num
+    assert len(train.inter_feat) == n  # the source is untouched

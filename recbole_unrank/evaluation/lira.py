@@ -47,6 +47,7 @@ import time
 import numpy as np
 
 from recbole_unrank.errors import UnrankError
+from recbole_unrank.request import take_rows
 
 __all__ = ["GLOBAL_VARIANCE_BELOW", "STATISTIC", "lira_statistic", "lira_z", "rank_logit", "pair_values",
            "check_settings", "shadow_settings", "shadow_half", "ShadowAudit"]
@@ -257,7 +258,7 @@ def train_shadow(config, data, retain_ds, rows: np.ndarray, seed: int, epochs: i
     from recbole_unrank.data import make_loaders
     from recbole_unrank.training import train_model
 
-    shadow_ds = retain_ds.copy(retain_ds.inter_feat[torch.from_numpy(np.asarray(rows, dtype=np.int64))])
+    shadow_ds = take_rows(retain_ds, np.asarray(rows, dtype=np.int64))
     saved = {"seed": config["seed"], "epochs": config["epochs"]}
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)

@@ -40,6 +40,7 @@ from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods.base import UnlearningMethod, UnlearnResult, UnlearnTask
 from recbole_unrank.models.ensemble import ShardEnsemble
 from recbole_unrank.progress import progress
+from recbole_unrank.request import take_rows
 
 __all__ = [
     "ShardEnsemble",
@@ -168,7 +169,7 @@ def _rows(ds) -> tuple[np.ndarray, np.ndarray]:
 
 def _subset(train_ds, rows: np.ndarray):
     """The train rows ``rows`` as a dataset with the train split's ids and sizes."""
-    return train_ds.copy(train_ds.inter_feat[torch.as_tensor(rows, dtype=torch.long)])
+    return take_rows(train_ds, np.asarray(rows, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- the pipeline

@@ -45,6 +45,8 @@ import sys
 import tempfile
 import time
 
+import yaml
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 for path in (ROOT, HERE):
@@ -75,7 +77,8 @@ def _config(model: str, args, extra: dict | None = None):
                  "eval_batch_size": 409600,
                  # the timestamps, for "the user's most recent interactions" (the split is unchanged)
                  "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
-    return pipeline.build_config(model, args.dataset, config_files(model, args.dataset), {**overrides, **(extra or {})})
+    return pipeline.build_config(model, args.dataset, config_files(model, args.dataset),
+                                 {**overrides, **getattr(args, "settings", {}), **(extra or {})})
 
 
 def _original(config, data, args):
@@ -153,7 +156,8 @@ def _method_of(args, model: str) -> str:
 
 
 def _tag(args, model: str) -> str:
-    return f"{model}-{_method_of(args, model)}-seed{args.request_seed}-guard{args.guard:g}-{args.policy}"
+    settings = "".join(f"-{k}={v}" for k, v in sorted(getattr(args, "settings", {}).items()))
+    return f"{model}-{_method_of(args, model)}{settings}-seed{args.request_seed}-guard{args.guard:g}-{args.policy}"
 
 
 def _state_path(args, model: str, k: int) -> str:
@@ -239,7 +243,7 @@ class _Job:
         args = self.args
         point = {"model": self.name, "method": self.method_name, "dataset": args.dataset, "after": k,
                  "request_seed": args.request_seed, "guard": args.guard, "policy": args.policy, "code": args.code,
-                 "host_load": load_average()}
+                 "host_load": load_average(), **({"settings": args.settings} if args.settings else {})}
         m = _measures(stream, stream.model, self.data, self.config)
         o = _measures(stream, self.original, self.data, self.config)
         ranks = m.pop("_ranks")
@@ -325,7 +329,8 @@ def run_model(model_name: str, args, out_dir: str) -> None:
 # ------------------------------------------------------------------------------ report
 def _name(p: dict) -> str:
     budget = f"budget {p['guard']:g} {p['policy']}" if p["guard"] else "no budget"
-    return f"{p['model']} {p.get('method', 'l2unrank')} (request seed {p['request_seed']}, {budget})"
+    settings = "".join(f"[{k}={v}]" for k, v in sorted(p.get("settings", {}).items()))
+    return f"{p['model']} {p.get('method', 'l2unrank')}{settings} (request seed {p['request_seed']}, {budget})"
 
 
 def load_points(out_dir: str) -> dict:
@@ -498,6 +503,7 @@ def write_report(out_dir: str, every: int = 50) -> str:
         p0 = pts[-1]
         seed = "" if p0["request_seed"] == 1001 else f" --request-seed {p0['request_seed']}"
         method = "" if DEFAULT_METHOD.get(p0["model"]) == p0.get("method") else f" --method {p0.get('method')}"
+        method += "".join(f" --set {k}={v}" for k, v in sorted(p0.get("settings", {}).items()))
         cmds.append(f"{name}: `OMP_NUM_THREADS=1 python benchmarks/stream.py --models {p0['model']} --requests "
                     f"{p0['after']}{seed}{method} --guard {p0['guard']:g} --policy {p0['policy']}`")
     codes = sorted({p.get("code", "?") for pts in data.values() for p in pts})
@@ -603,8 +609,17 @@ def main(argv=None) -> None:
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "recbole_unrank_stream"))
     p.add_argument("--out", default=None, help="default: benchmarks/results (with --quick: <work>/quick)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config setting of every run of this call (repeatable; e.g. unrank_twosided_form=bcd_scaled): "
+                        "named in the stream's folder and its records")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
+    args.settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            p.error(f"--set {item!r}: give KEY=VALUE")
+        args.settings[key.strip()] = yaml.safe_load(value)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)

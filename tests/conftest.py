@@ -236,3 +236,25 @@ def assert_same_report(got: str, want: str, rel: float = 1e-9) -> None:
         exponent = int(re.split("[eE]", w)[1]) if re.search("[eE]", w) else 0
         unit = 10.0 ** (exponent - decimals)
         assert abs(gv - wv) <= unit * (1 + 1e-9) or math.isclose(gv, wv, rel_tol=rel), (g, w)
+
+
+# ------------------------------------------------------------------------------ stream models
+#: the tiny file's columns with its timestamps: a stream's requests are each user's most recent rows
+TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}
+
+
+@pytest.fixture(scope="module")
+def wmf(tmp_path_factory):
+    """``(config, data, model)``: WMF trained on tiny with its timestamps (the stream tests; one per
+    module, so a test that changes the config changes no other module's)."""
+    from test_scale_paths import _trained
+
+    return _trained(tmp_path_factory.mktemp("wmf"), "WMF", epochs=3, learning_rate=0.01, load_col=TIME_COLS)
+
+
+@pytest.fixture(scope="module")
+def lightgcn(tmp_path_factory):
+    """``(config, data, model)``: LightGCN trained on tiny with its timestamps (as :func:`wmf`)."""
+    from test_scale_paths import _trained
+
+    return _trained(tmp_path_factory.mktemp("lgcn"), "LightGCN", epochs=2, learning_rate=0.01, load_col=TIME_COLS)

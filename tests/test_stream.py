@@ -14,7 +14,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_scale_paths import _trained
 
 from recbole_unrank import pipeline
 from recbole_unrank.adapters import get_adapter
@@ -29,18 +28,6 @@ from recbole_unrank.stream import (
     score_auc,
     user_ndcg,
 )
-
-TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}  # the tiny file has timestamps
-
-
-@pytest.fixture(scope="module")
-def wmf(tmp_path_factory):
-    return _trained(tmp_path_factory.mktemp("wmf"), "WMF", epochs=3, learning_rate=0.01, load_col=TIME_COLS)
-
-
-@pytest.fixture(scope="module")
-def lightgcn(tmp_path_factory):
-    return _trained(tmp_path_factory.mktemp("lgcn"), "LightGCN", epochs=2, learning_rate=0.01, load_col=TIME_COLS)
 
 
 def _stream(config, data, model, guard=0.0, policy="refuse"):

@@ -14,26 +14,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_scale_paths import _trained
 
 from recbole_unrank import pipeline
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS
 from recbole_unrank.stream import RequestStream, StreamSettings, consolidate_blocks, recent_requests
 
-TIME_COLS = {"inter": ["user_id", "item_id", "timestamp"]}
 # the budget of the stream tests that only need one that holds
 GUARD = 0.95
-
-
-@pytest.fixture(scope="module")
-def wmf(tmp_path_factory):
-    return _trained(tmp_path_factory.mktemp("wmf"), "WMF", epochs=3, learning_rate=0.01, load_col=TIME_COLS)
-
-
-@pytest.fixture(scope="module")
-def lightgcn(tmp_path_factory):
-    return _trained(tmp_path_factory.mktemp("lgcn"), "LightGCN", epochs=2, learning_rate=0.01, load_col=TIME_COLS)
 
 
 def _pairs(ds):

@@ -402,6 +402,42 @@ def test_bcd_diff_equals_tilt_at_an_optimum():
         assert float((out["tilt"] - start).abs().max()) > 1e-4
 
 
+def test_bcd_scaled_is_bcd_diff_times_each_blocks_shrinkage():
+    """``bcd_scaled`` = theta0 + s_b (S_ret - S_full) per block, s_b = <theta0_b, S_full_b> /
+    ||S_full_b||^2 clipped to [0, 1] (S: one exact ALS sweep, as in the bcd_diff test). Off the
+    optimum the shrinkages differ from 1 and from each other; at the optimum (S_full = theta0)
+    every s_b is 1 and the form is bcd_diff."""
+    users, items, neg = _data()
+    target = torch.tensor([0, 1, 5, 9, 10])
+    for sweeps_to, off in ((1, True), (400, False)):
+        model = WMF(7, 9, 3)
+        _als(model, users, items, sweeps=sweeps_to)
+        with torch.no_grad():  # training stopped short: every row at 0.6 of where ALS left it
+            if off:
+                model.user_embedding.weight.mul_(0.6)
+        m = copy.deepcopy(model)
+        _, _, keep, prob = _problem(m, users, items, neg, target, damping=0.0)
+        uids, iids = prob.ids["user"].tolist(), prob.ids["item"].tolist()
+        info = prob.run(1, 0.5, "bcd_scaled")
+        assert info["form"] == "bcd_scaled"
+        ret_m, full_m = copy.deepcopy(model), copy.deepcopy(model)
+        _resolve_sweep(ret_m, users, items, keep, uids, iids)
+        _resolve_sweep(full_m, users, items, torch.ones_like(keep), uids, iids)
+        scales = []
+        for name, ids in (("user_embedding", uids), ("item_embedding", iids)):
+            w0_, wr, wf = (getattr(x, name).weight.detach() for x in (model, ret_m, full_m))
+            s = ((w0_[ids] * wf[ids]).sum(1, keepdim=True) / wf[ids].pow(2).sum(1, keepdim=True)).clamp(0, 1)
+            scales.append(s)
+            want = w0_.clone()
+            want[ids] = w0_[ids] + s * (wr[ids] - wf[ids])
+            torch.testing.assert_close(getattr(m, name).weight.detach(), want, rtol=1e-8, atol=1e-10)
+        s = torch.cat(scales)
+        if off:
+            assert float(s.min()) < 0.9 and float(s.max() - s.min()) > 1e-3
+        else:
+            torch.testing.assert_close(s, torch.ones_like(s), rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- (d) end to end, refusals
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

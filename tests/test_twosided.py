@@ -402,11 +402,12 @@ def test_bcd_diff_equals_tilt_at_an_optimum():
         assert float((out["tilt"] - start).abs().max()) > 1e-4
 
 
-def test_bcd_scaled_is_bcd_diff_times_each_blocks_shrinkage():
-    """``bcd_scaled`` = theta0 + s_b (S_ret - S_full) per block, s_b = <theta0_b, S_full_b> /
-    ||S_full_b||^2 clipped to [0, 1] (S: one exact ALS sweep, as in the bcd_diff test). Off the
-    optimum the shrinkages differ from 1 and from each other; at the optimum (S_full = theta0)
-    every s_b is 1 and the form is bcd_diff."""
+@pytest.mark.parametrize("form", ["bcd_scaled", "bcd_refit"])
+def test_bcd_scaled_and_refit_take_each_blocks_shrinkage(form):
+    """``bcd_scaled`` = theta0 + s_b (S_ret - S_full) per block, ``bcd_refit`` = s_b S_ret, s_b =
+    <theta0_b, S_full_b> / ||S_full_b||^2 clipped to [0, 1] (S: one exact ALS sweep, as in the
+    bcd_diff test). Off the optimum the shrinkages differ from 1 and from each other; at the
+    optimum (S_full = theta0) every s_b is 1 and both forms are bcd_diff."""
     users, items, neg = _data()
     target = torch.tensor([0, 1, 5, 9, 10])
     for sweeps_to, off in ((1, True), (400, False)):
@@ -418,8 +419,8 @@ def test_bcd_scaled_is_bcd_diff_times_each_blocks_shrinkage():
         m = copy.deepcopy(model)
         _, _, keep, prob = _problem(m, users, items, neg, target, damping=0.0)
         uids, iids = prob.ids["user"].tolist(), prob.ids["item"].tolist()
-        info = prob.run(1, 0.5, "bcd_scaled")
-        assert info["form"] == "bcd_scaled"
+        info = prob.run(1, 0.5, form)
+        assert info["form"] == form
         ret_m, full_m = copy.deepcopy(model), copy.deepcopy(model)
         _resolve_sweep(ret_m, users, items, keep, uids, iids)
         _resolve_sweep(full_m, users, items, torch.ones_like(keep), uids, iids)
@@ -429,8 +430,10 @@ def test_bcd_scaled_is_bcd_diff_times_each_blocks_shrinkage():
             s = ((w0_[ids] * wf[ids]).sum(1, keepdim=True) / wf[ids].pow(2).sum(1, keepdim=True)).clamp(0, 1)
             scales.append(s)
             want = w0_.clone()
-            want[ids] = w0_[ids] + s * (wr[ids] - wf[ids])
+            want[ids] = s * wr[ids] if form == "bcd_refit" else w0_[ids] + s * (wr[ids] - wf[ids])
             torch.testing.assert_close(getattr(m, name).weight.detach(), want, rtol=1e-8, atol=1e-10)
+            if form == "bcd_refit" and off:  # the part of theta0 that S_full does not explain is gone
+                assert float((want[ids] - (w0_[ids] + s * (wr[ids] - wf[ids]))).abs().max()) > 1e-4
         s = torch.cat(scales)
         if off:
             assert float(s.min()) < 0.9 and float(s.max() - s.min()) > 1e-3

@@ -100,7 +100,7 @@ TWOSIDED_SETTINGS = {
 AUTO_DAMPING = {"NeuMF": 0.1}
 
 #: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
-FORMS = ("tilt", "bcd_diff", "bcd_scaled")
+FORMS = ("tilt", "bcd_diff", "bcd_scaled", "bcd_refit")
 #: ``unrank_twosided_sides``: which non-whole blocks move
 SIDES = ("both", "users")
 
@@ -403,10 +403,15 @@ class TwoSidedProblem:
 
         ``bcd_scaled``: ``theta0 + s_b (BCD_ret^K - BCD_full^K)`` per block, ``s_b`` the block's
         :meth:`shrinkage` (a variant of ``bcd_diff`` for models trained short of the minimiser).
+
+        ``bcd_refit``: ``s_b BCD_ret^K`` per block: the block refitted on the retained rows and
+        taken at the model's scale; unlike ``bcd_scaled`` it drops the part of ``theta0_b`` that
+        ``BCD_full`` does not explain (``theta0_b - s_b BCD_full_b``), where training may have kept
+        the forgotten rows' pull.
         """
         r0 = self.norm()
         residuals = [r0]
-        if form in ("bcd_diff", "bcd_scaled"):
+        if form in ("bcd_diff", "bcd_scaled", "bcd_refit"):
             start = self._blocks()
             self.tilt = False
             self.loss = "full"
@@ -421,9 +426,12 @@ class TwoSidedProblem:
                 self.half_sweep("user")
                 self.half_sweep("item")
             ret = self._blocks()
-            scale = {side: self.shrinkage(start[side], full[side]) if form == "bcd_scaled"
+            scale = {side: self.shrinkage(start[side], full[side]) if form in ("bcd_scaled", "bcd_refit")
                      else torch.ones_like(start[side][:, :1]) for side in ("user", "item")}
-            self._set({side: start[side] + scale[side] * (ret[side] - full[side]) for side in ("user", "item")})
+            if form == "bcd_refit":
+                self._set({side: scale[side] * ret[side] for side in ("user", "item")})
+            else:
+                self._set({side: start[side] + scale[side] * (ret[side] - full[side]) for side in ("user", "item")})
             self.tilt = True
             residuals.append(self.norm())
             done, best_at, stop, converged = sweeps, sweeps, "sweeps", False

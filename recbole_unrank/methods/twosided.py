@@ -100,7 +100,8 @@ TWOSIDED_SETTINGS = {
 AUTO_DAMPING = {"NeuMF": 0.1}
 
 #: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
-FORMS = ("tilt", "bcd_diff", "bcd_scaled", "bcd_refit")
+FORMS = ("tilt", "bcd_diff", "bcd_scaled", "bcd_refit", "bcd_filtered")
+BCD_FORMS = FORMS[1:]
 #: ``unrank_twosided_sides``: which non-whole blocks move
 SIDES = ("both", "users")
 
@@ -379,6 +380,36 @@ class TwoSidedProblem:
         sq = full.pow(2).sum(1, keepdim=True)
         return torch.where(sq > 0, dot / sq.clamp_min(torch.finfo(full.dtype).tiny), torch.ones_like(sq)).clamp(0.0, 1.0)
 
+    @staticmethod
+    def training_filter(theta0: Tensor, full: Tensor, H: Tensor, grid: int = 241,
+                        chunk: int = 2048) -> tuple[Tensor, Tensor]:
+        """Per block: ``M_b = I - exp(-tau_b H_b)`` [B, d, d] and ``tau_b`` [B] (``form=bcd_filtered``).
+
+        Gradient flow on a block's quadratic model ``1/2 (x - F_b)' H_b (x - F_b)`` from 0 for a
+        time ``tau`` reaches ``M(tau) F_b``: training stopped early shrinks each eigendirection
+        of ``H_b`` by its own factor, the weakly determined ones most (the scalar of
+        :meth:`shrinkage` shrinks all alike). ``tau_b`` is the time whose ``M(tau) F_b`` is
+        nearest ``theta0_b``: a grid of ``grid`` points over six decades around ``1 / mean
+        eig(H_b)``. ``H_b`` is the full loss's block Gauss-Newton matrix at ``theta0``."""
+        B, d = theta0.shape
+        if B == 0:
+            return H.new_zeros(0, d, d), H.new_zeros(0)
+        mats, taus = [], []
+        steps = torch.logspace(-3, 3, grid, dtype=H.dtype, device=H.device)
+        for lo in range(0, B, chunk):
+            hi = min(lo + chunk, B)
+            lam, Q = torch.linalg.eigh(H[lo:hi])
+            lam = lam.clamp_min(0.0)
+            a = (Q.transpose(1, 2) @ theta0[lo:hi, :, None]).squeeze(-1)
+            f = (Q.transpose(1, 2) @ full[lo:hi, :, None]).squeeze(-1)
+            tau = steps[None, :] / lam.mean(1, keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)  # [b, G]
+            m = -torch.expm1(-tau[:, :, None] * lam[:, None, :])  # [b, G, d]
+            best = (a[:, None, :] - m * f[:, None, :]).pow(2).sum(-1).argmin(1)
+            rows = torch.arange(hi - lo, device=H.device)
+            mats.append(Q @ (m[rows, best][:, :, None] * Q.transpose(1, 2)))
+            taus.append(tau[rows, best])
+        return torch.cat(mats), torch.cat(taus)
+
     def run(self, sweeps: int, tol: float, form: str = "tilt") -> dict[str, Any]:
         """Whole blocks reset, then the sweeps of ``form`` (users, then items, per sweep).
 
@@ -408,10 +439,13 @@ class TwoSidedProblem:
         taken at the model's scale; unlike ``bcd_scaled`` it drops the part of ``theta0_b`` that
         ``BCD_full`` does not explain (``theta0_b - s_b BCD_full_b``), where training may have kept
         the forgotten rows' pull.
+
+        ``bcd_filtered``: ``theta0 + M_b (BCD_ret^K - BCD_full^K)`` per block, ``M_b`` the
+        block's :meth:`training_filter` (the matrix counterpart of ``bcd_scaled``'s scalar).
         """
         r0 = self.norm()
         residuals = [r0]
-        if form in ("bcd_diff", "bcd_scaled", "bcd_refit"):
+        if form in BCD_FORMS:
             start = self._blocks()
             self.tilt = False
             self.loss = "full"
@@ -430,6 +464,14 @@ class TwoSidedProblem:
                      else torch.ones_like(start[side][:, :1]) for side in ("user", "item")}
             if form == "bcd_refit":
                 self._set({side: scale[side] * ret[side] for side in ("user", "item")})
+            elif form == "bcd_filtered":
+                self._set(start)  # H_b of the full loss at theta0 (whole blocks keep their reset)
+                self.loss = "full"
+                filt = {side: self.training_filter(start[side], full[side], self.residual(side)[1])[0]
+                        for side in ("user", "item")}
+                self.loss = "ret"
+                self._set({side: start[side] + (filt[side] @ (ret[side] - full[side])[:, :, None]).squeeze(-1)
+                           for side in ("user", "item")})
             else:
                 self._set({side: start[side] + scale[side] * (ret[side] - full[side]) for side in ("user", "item")})
             self.tilt = True

@@ -403,9 +403,18 @@ def test_bcd_diff_equals_tilt_at_an_optimum():
         assert float((out["tilt"] - start).abs().max()) > 1e-4
 
 
-@pytest.mark.parametrize("form", ["bcd_scaled", "bcd_refit"])
-def test_bcd_scaled_and_refit_take_each_blocks_shrinkage(form):
-    """``bcd_scaled`` = theta0 + s_b (S_ret - S_full) per block, ``bcd_refit`` = s_b S_ret, s_b =
+def _span(rows):
+    """The orthogonal projection onto the span of ``rows`` [k, d] (k >= 1)."""
+    Qr, R = torch.linalg.qr(rows.T)
+    Qr = Qr[:, R.diagonal().abs() > 1e-10]
+    return Qr @ Qr.T
+
+
+@pytest.mark.parametrize("form", ["bcd_scaled", "bcd_refit", "bcd_split"])
+def test_bcd_scaled_refit_and_split_take_each_blocks_shrinkage(form):
+    """``bcd_scaled`` = theta0 + s_b (S_ret - S_full) per block, ``bcd_refit`` = s_b S_ret,
+    ``bcd_split`` = bcd_scaled + (1 - s_b) P_b (S_ret - S_full) with P_b onto the forgotten pairs'
+    score gradients (a user's forgotten items' rows, an item's forgotten users' rows), s_b =
     <theta0_b, S_full_b> / ||S_full_b||^2 clipped to [0, 1] (S: one exact ALS sweep, as in the
     bcd_diff test). Off the optimum the shrinkages differ from 1 and from each other; at the
     optimum (S_full = theta0) every s_b is 1 and both forms are bcd_diff."""
@@ -431,7 +440,18 @@ def test_bcd_scaled_and_refit_take_each_blocks_shrinkage(form):
             s = ((w0_[ids] * wf[ids]).sum(1, keepdim=True) / wf[ids].pow(2).sum(1, keepdim=True)).clamp(0, 1)
             scales.append(s)
             want = w0_.clone()
-            want[ids] = s * wr[ids] if form == "bcd_refit" else w0_[ids] + s * (wr[ids] - wf[ids])
+            diff = wr[ids] - wf[ids]
+            want[ids] = s * wr[ids] if form == "bcd_refit" else w0_[ids] + s * diff
+            if form == "bcd_split":  # + (1 - s) P_b diff, P_b onto the forgotten pairs' other rows at theta0
+                user_side = name == "user_embedding"
+                other = (model.item_embedding if user_side else model.user_embedding).weight.detach()
+                own, partner = (users, items) if user_side else (items, users)
+                for k, b in enumerate(ids):
+                    rows = other[partner[target][own[target] == b]]
+                    if rows.shape[0]:
+                        want[b] += (1 - s[k]) * (_span(rows) @ diff[k])
+                        # the forgotten pairs' scores move by what bcd_diff moves them
+                        torch.testing.assert_close(rows @ (want[b] - w0_[b]), rows @ diff[k], rtol=1e-7, atol=1e-9)
             torch.testing.assert_close(getattr(m, name).weight.detach(), want, rtol=1e-8, atol=1e-10)
             if form == "bcd_refit" and off:  # the part of theta0 that S_full does not explain is gone
                 assert float((want[ids] - (w0_[ids] + s * (wr[ids] - wf[ids]))).abs().max()) > 1e-4

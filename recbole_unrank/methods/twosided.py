@@ -100,7 +100,7 @@ TWOSIDED_SETTINGS = {
 AUTO_DAMPING = {"NeuMF": 0.1}
 
 #: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
-FORMS = ("tilt", "bcd_diff", "bcd_scaled", "bcd_refit", "bcd_filtered")
+FORMS = ("tilt", "bcd_diff", "bcd_scaled", "bcd_refit", "bcd_filtered", "bcd_split")
 BCD_FORMS = FORMS[1:]
 #: ``unrank_twosided_sides``: which non-whole blocks move
 SIDES = ("both", "users")
@@ -143,6 +143,7 @@ class TwoSidedProblem:
     def __init__(self, adapter: ModelAdapter, obj: Objective, keep: Tensor, user_mask: Tensor,
                  item_mask: Tensor, damping: float, seed: int = 0, initial: ModelAdapter | None = None):
         self.a, self.obj, self.damping, self.seed = adapter, obj, float(damping), int(seed)
+        self.keep = keep
         self.initial = initial
         users, items = obj.users, obj.items
         device = users.device
@@ -410,6 +411,30 @@ class TwoSidedProblem:
             taus.append(tau[rows, best])
         return torch.cat(mats), torch.cat(taus)
 
+    @torch.no_grad()
+    def forgotten_span(self, side: str) -> Tensor:
+        """Per scope block of ``side`` [B, d, d]: the orthogonal projection onto the span of the
+        forgotten pairs' score gradients with respect to the block at the current point (for a
+        user of a dot-product model, the forgotten items' rows); 0 for a block with no forgotten
+        pair (``form=bcd_split``)."""
+        users, items = self.obj.users, self.obj.items
+        row_of = self.row_of[side]
+        gone = (~self.keep).nonzero().squeeze(1)
+        owner = row_of[users[gone] if side == "user" else items[gone]]
+        gone, owner = gone[owner >= 0], owner[owner >= 0]
+        B, d = self.ids[side].numel(), self.block(side).shape[1]
+        theta = self.block(side)
+        if gone.numel() == 0:
+            return theta.new_zeros(B, d, d)
+        jac = (self.a.user_block_jacobian if side == "user" else self.a.item_block_jacobian)(users[gone], items[gone])
+        order = torch.argsort(owner, stable=True)
+        owner, jac = owner[order], jac[order].to(theta.dtype)
+        counts = torch.bincount(owner, minlength=B)
+        slot = torch.arange(owner.numel(), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
+        J = theta.new_zeros(B, int(counts.max()), d)
+        J[owner, slot] = jac
+        return torch.linalg.pinv(J) @ J
+
     def run(self, sweeps: int, tol: float, form: str = "tilt") -> dict[str, Any]:
         """Whole blocks reset, then the sweeps of ``form`` (users, then items, per sweep).
 
@@ -440,6 +465,10 @@ class TwoSidedProblem:
         ``BCD_full`` does not explain (``theta0_b - s_b BCD_full_b``), where training may have kept
         the forgotten rows' pull.
 
+        ``bcd_split``: ``bcd_scaled``, except that the difference's component in the span of the
+        block's forgotten pairs' score gradients (:meth:`forgotten_span`) is taken whole: the
+        forgotten pairs' scores move as under ``bcd_diff``, the rest at the model's scale.
+
         ``bcd_filtered``: ``theta0 + M_b (BCD_ret^K - BCD_full^K)`` per block, ``M_b`` the
         block's :meth:`training_filter` (the matrix counterpart of ``bcd_scaled``'s scalar).
         """
@@ -447,6 +476,8 @@ class TwoSidedProblem:
         residuals = [r0]
         if form in BCD_FORMS:
             start = self._blocks()
+            # at theta0, before any block moves (whole blocks included)
+            span = {side: self.forgotten_span(side) for side in ("user", "item")} if form == "bcd_split" else {}
             self.tilt = False
             self.loss = "full"
             for _ in range(sweeps):
@@ -460,10 +491,15 @@ class TwoSidedProblem:
                 self.half_sweep("user")
                 self.half_sweep("item")
             ret = self._blocks()
-            scale = {side: self.shrinkage(start[side], full[side]) if form in ("bcd_scaled", "bcd_refit")
+            scale = {side: self.shrinkage(start[side], full[side]) if form in ("bcd_scaled", "bcd_refit", "bcd_split")
                      else torch.ones_like(start[side][:, :1]) for side in ("user", "item")}
             if form == "bcd_refit":
                 self._set({side: scale[side] * ret[side] for side in ("user", "item")})
+            elif form == "bcd_split":
+                diff = {side: ret[side] - full[side] for side in ("user", "item")}
+                inside = {side: (span[side] @ diff[side][:, :, None]).squeeze(-1) for side in diff}
+                self._set({side: start[side] + scale[side] * diff[side] + (1 - scale[side]) * inside[side]
+                           for side in diff})
             elif form == "bcd_filtered":
                 self._set(start)  # H_b of the full loss at theta0 (whole blocks keep their reset)
                 self.loss = "full"

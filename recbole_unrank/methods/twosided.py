@@ -100,8 +100,7 @@ TWOSIDED_SETTINGS = {
 AUTO_DAMPING = {"NeuMF": 0.1}
 
 #: ``unrank_twosided_form``: what the sweeps solve (TwoSidedProblem.run)
-FORMS = ("tilt", "bcd_diff", "bcd_scaled", "bcd_refit", "bcd_filtered", "bcd_split")
-BCD_FORMS = FORMS[1:]
+FORMS = ("tilt", "bcd_diff", "bcd_scaled")
 #: ``unrank_twosided_sides``: which non-whole blocks move
 SIDES = ("both", "users")
 
@@ -143,7 +142,6 @@ class TwoSidedProblem:
     def __init__(self, adapter: ModelAdapter, obj: Objective, keep: Tensor, user_mask: Tensor,
                  item_mask: Tensor, damping: float, seed: int = 0, initial: ModelAdapter | None = None):
         self.a, self.obj, self.damping, self.seed = adapter, obj, float(damping), int(seed)
-        self.keep = keep
         self.initial = initial
         users, items = obj.users, obj.items
         device = users.device
@@ -381,60 +379,6 @@ class TwoSidedProblem:
         sq = full.pow(2).sum(1, keepdim=True)
         return torch.where(sq > 0, dot / sq.clamp_min(torch.finfo(full.dtype).tiny), torch.ones_like(sq)).clamp(0.0, 1.0)
 
-    @staticmethod
-    def training_filter(theta0: Tensor, full: Tensor, H: Tensor, grid: int = 241,
-                        chunk: int = 2048) -> tuple[Tensor, Tensor]:
-        """Per block: ``M_b = I - exp(-tau_b H_b)`` [B, d, d] and ``tau_b`` [B] (``form=bcd_filtered``).
-
-        Gradient flow on a block's quadratic model ``1/2 (x - F_b)' H_b (x - F_b)`` from 0 for a
-        time ``tau`` reaches ``M(tau) F_b``: training stopped early shrinks each eigendirection
-        of ``H_b`` by its own factor, the weakly determined ones most (the scalar of
-        :meth:`shrinkage` shrinks all alike). ``tau_b`` is the time whose ``M(tau) F_b`` is
-        nearest ``theta0_b``: a grid of ``grid`` points over six decades around ``1 / mean
-        eig(H_b)``. ``H_b`` is the full loss's block Gauss-Newton matrix at ``theta0``."""
-        B, d = theta0.shape
-        if B == 0:
-            return H.new_zeros(0, d, d), H.new_zeros(0)
-        mats, taus = [], []
-        steps = torch.logspace(-3, 3, grid, dtype=H.dtype, device=H.device)
-        for lo in range(0, B, chunk):
-            hi = min(lo + chunk, B)
-            lam, Q = torch.linalg.eigh(H[lo:hi])
-            lam = lam.clamp_min(0.0)
-            a = (Q.transpose(1, 2) @ theta0[lo:hi, :, None]).squeeze(-1)
-            f = (Q.transpose(1, 2) @ full[lo:hi, :, None]).squeeze(-1)
-            tau = steps[None, :] / lam.mean(1, keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)  # [b, G]
-            m = -torch.expm1(-tau[:, :, None] * lam[:, None, :])  # [b, G, d]
-            best = (a[:, None, :] - m * f[:, None, :]).pow(2).sum(-1).argmin(1)
-            rows = torch.arange(hi - lo, device=H.device)
-            mats.append(Q @ (m[rows, best][:, :, None] * Q.transpose(1, 2)))
-            taus.append(tau[rows, best])
-        return torch.cat(mats), torch.cat(taus)
-
-    @torch.no_grad()
-    def forgotten_span(self, side: str) -> Tensor:
-        """Per scope block of ``side`` [B, d, d]: the orthogonal projection onto the span of the
-        forgotten pairs' score gradients with respect to the block at the current point (for a
-        user of a dot-product model, the forgotten items' rows); 0 for a block with no forgotten
-        pair (``form=bcd_split``)."""
-        users, items = self.obj.users, self.obj.items
-        row_of = self.row_of[side]
-        gone = (~self.keep).nonzero().squeeze(1)
-        owner = row_of[users[gone] if side == "user" else items[gone]]
-        gone, owner = gone[owner >= 0], owner[owner >= 0]
-        B, d = self.ids[side].numel(), self.block(side).shape[1]
-        theta = self.block(side)
-        if gone.numel() == 0:
-            return theta.new_zeros(B, d, d)
-        jac = (self.a.user_block_jacobian if side == "user" else self.a.item_block_jacobian)(users[gone], items[gone])
-        order = torch.argsort(owner, stable=True)
-        owner, jac = owner[order], jac[order].to(theta.dtype)
-        counts = torch.bincount(owner, minlength=B)
-        slot = torch.arange(owner.numel(), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
-        J = theta.new_zeros(B, int(counts.max()), d)
-        J[owner, slot] = jac
-        return torch.linalg.pinv(J) @ J
-
     def run(self, sweeps: int, tol: float, form: str = "tilt") -> dict[str, Any]:
         """Whole blocks reset, then the sweeps of ``form`` (users, then items, per sweep).
 
@@ -459,25 +403,11 @@ class TwoSidedProblem:
 
         ``bcd_scaled``: ``theta0 + s_b (BCD_ret^K - BCD_full^K)`` per block, ``s_b`` the block's
         :meth:`shrinkage` (a variant of ``bcd_diff`` for models trained short of the minimiser).
-
-        ``bcd_refit``: ``s_b BCD_ret^K`` per block: the block refitted on the retained rows and
-        taken at the model's scale; unlike ``bcd_scaled`` it drops the part of ``theta0_b`` that
-        ``BCD_full`` does not explain (``theta0_b - s_b BCD_full_b``), where training may have kept
-        the forgotten rows' pull.
-
-        ``bcd_split``: ``bcd_scaled``, except that the difference's component in the span of the
-        block's forgotten pairs' score gradients (:meth:`forgotten_span`) is taken whole: the
-        forgotten pairs' scores move as under ``bcd_diff``, the rest at the model's scale.
-
-        ``bcd_filtered``: ``theta0 + M_b (BCD_ret^K - BCD_full^K)`` per block, ``M_b`` the
-        block's :meth:`training_filter` (the matrix counterpart of ``bcd_scaled``'s scalar).
         """
         r0 = self.norm()
         residuals = [r0]
-        if form in BCD_FORMS:
+        if form in ("bcd_diff", "bcd_scaled"):
             start = self._blocks()
-            # at theta0, before any block moves (whole blocks included)
-            span = {side: self.forgotten_span(side) for side in ("user", "item")} if form == "bcd_split" else {}
             self.tilt = False
             self.loss = "full"
             for _ in range(sweeps):
@@ -491,25 +421,9 @@ class TwoSidedProblem:
                 self.half_sweep("user")
                 self.half_sweep("item")
             ret = self._blocks()
-            scale = {side: self.shrinkage(start[side], full[side]) if form in ("bcd_scaled", "bcd_refit", "bcd_split")
+            scale = {side: self.shrinkage(start[side], full[side]) if form == "bcd_scaled"
                      else torch.ones_like(start[side][:, :1]) for side in ("user", "item")}
-            if form == "bcd_refit":
-                self._set({side: scale[side] * ret[side] for side in ("user", "item")})
-            elif form == "bcd_split":
-                diff = {side: ret[side] - full[side] for side in ("user", "item")}
-                inside = {side: (span[side] @ diff[side][:, :, None]).squeeze(-1) for side in diff}
-                self._set({side: start[side] + scale[side] * diff[side] + (1 - scale[side]) * inside[side]
-                           for side in diff})
-            elif form == "bcd_filtered":
-                self._set(start)  # H_b of the full loss at theta0 (whole blocks keep their reset)
-                self.loss = "full"
-                filt = {side: self.training_filter(start[side], full[side], self.residual(side)[1])[0]
-                        for side in ("user", "item")}
-                self.loss = "ret"
-                self._set({side: start[side] + (filt[side] @ (ret[side] - full[side])[:, :, None]).squeeze(-1)
-                           for side in ("user", "item")})
-            else:
-                self._set({side: start[side] + scale[side] * (ret[side] - full[side]) for side in ("user", "item")})
+            self._set({side: start[side] + scale[side] * (ret[side] - full[side]) for side in ("user", "item")})
             self.tilt = True
             residuals.append(self.norm())
             done, best_at, stop, converged = sweeps, sweeps, "sweeps", False

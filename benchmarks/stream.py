@@ -492,8 +492,11 @@ def _budget(pts: list[dict]) -> str:
         return text + "It never broke."
     first = "; ".join(f"request {e['request']} (monitor x{fmt(e['valid_before'])} -> x{fmt(e['valid_after'])}, "
                       f"{e['policy']} {fmt(e['time_s'], 2)} s)" for e in ev[:5])
+    back = sum(1 for e in ev if e.get("rolled_back"))
+    undone = (f" {back} of the {len(ev)} re-solves lowered the monitor and were undone."
+              if any("rolled_back" in e for e in ev) else "")
     return (text + f"It broke {len(ev)} time(s), costing {sum(e['time_s'] for e in ev):.1f} s of {ev[0]['policy']} "
-            f"in all; the first: {first}" + ("; ..." if len(ev) > 5 else "") + ".")
+            f"in all; the first: {first}" + ("; ..." if len(ev) > 5 else "") + "." + undone)
 
 
 def write_report(out_dir: str, every: int = 50) -> str:

@@ -22,7 +22,9 @@ line and an ``event`` in the request's record) and applies its policy:
   is the exact ALS re-solve of those rows (implicit's ``partial_fit_users`` /
   ``partial_fit_items``); for a graph model (LightGCN) ``unrank_finetune_epochs`` epochs of its
   own loss over the retained rows of the touched users and items (``unrank_finetune_lr``). Local:
-  its cost follows the touched rows, not the data.
+  its cost follows the touched rows, not the data. A re-solve after which the monitor's NDCG@10
+  is lower than before it is undone (the event says ``rolled_back``; the request stays applied
+  and its blocks are not tried again).
 
 The budget is measured after each request with :func:`user_ndcg` over every user of the monitor part
 (one score matrix per chunk of users from the model's adapter): no RecBole evaluation loop.
@@ -471,6 +473,7 @@ class RequestStream:
             )
             self.model = self.finetune(task).model
         elif policy == "consolidate":
+            undo = _model_snapshot(self.model)
             keep = np.zeros(len(self.data.train_ds.inter_feat), dtype=bool)
             keep[self.kept] = True
             touched = np.concatenate(self.applied[self.consolidated:])
@@ -483,12 +486,21 @@ class RequestStream:
         else:  # retrain
             self.model, _ = self.train_fresh(self.retained_ds())
             self.consolidated = len(self.applied)
-        elapsed = time.perf_counter() - t0
         after = self.valid_ndcg()
+        rolled_back = policy == "consolidate" and after < valid_now
+        if rolled_back:
+            # a re-solve that lowers the monitor is undone (the request stays applied): re-solving
+            # an early-stopped model's blocks to their retained optimum can lower utility, and on
+            # NeuMF, repeated request after request, it collapsed it (benchmarks/results/
+            # stream-consolidate-unguarded/); its blocks are not tried again
+            undo()
+            after = valid_now
+        elapsed = time.perf_counter() - t0
         event = {"policy": policy, "time_s": elapsed, "valid_before": valid_now / self.valid_reference,
                  "valid_after": after / self.valid_reference, "refused": policy == "refuse"}
         if policy == "consolidate":
             event["consolidation"] = info
+            event["rolled_back"] = rolled_back
         logger.warning("[stream] %s took %.1fs: validation NDCG@10 now %.3f x the original's",
                        policy, elapsed, event["valid_after"])
         return event

@@ -94,6 +94,58 @@ def test_consolidation_refuses_zero_sweeps(wmf):
         consolidate_blocks(copy.deepcopy(original), data.train_ds, keep, np.array([0]), sweeps=0)
 
 
+def _monitor_rises(stream, step=1e-3):
+    """The monitor's NDCG@10 as a counter that rises at every reading."""
+    seen = [0.0]
+
+    def rising():
+        seen[0] += step
+        return seen[0]
+
+    stream.valid_ndcg = rising
+
+
+def _monitor_falls(stream):
+    seen = [1.0]
+
+    def falling():
+        seen[0] -= 1e-3
+        return seen[0]
+
+    stream.valid_ndcg = falling
+
+
+def test_a_consolidation_that_lowers_the_monitor_is_undone_and_the_request_stays(wmf):
+    """Policy consolidate: where the monitor's NDCG@10 is lower after the re-solve than before
+    it, the model is put back bit for bit as the request's update left it, the event says
+    ``rolled_back``, the request stays forgotten and its blocks count as consolidated."""
+    config, data, original = wmf
+    cls = METHODS["l2unrank_twosided"]
+    method = cls(**pipeline.method_settings(config, cls))
+    for falls in (True, False):
+        stream = RequestStream(config, data, copy.deepcopy(original), method, StreamSettings(0.5, "consolidate"),
+                               make_train_loader=lambda ds: pipeline.make_train_loader(config, data, ds), seed=7)
+        stream.valid_reference = 10.0  # every request breaks the budget
+        (_monitor_falls if falls else _monitor_rises)(stream)
+        unlearned = {}
+
+        def spy(task, seen=unlearned):
+            result = method(task)
+            seen.update({k: v.detach().clone() for k, v in result.model.state_dict().items()})
+            return result
+
+        stream.method = spy
+        rows = _request_rows(config, data, 1, 3, seed=1003)[0]
+        ev = stream.apply(rows)["event"]
+        assert ev["policy"] == "consolidate" and ev["rolled_back"] is falls
+        assert ev["consolidation"]["users"] == 1 and stream.consolidated == 1
+        assert not np.isin(rows, stream.kept).any()
+        same = all(torch.equal(v, unlearned[k]) for k, v in stream.model.state_dict().items())
+        assert same is falls  # undone: bit for bit the update's model; kept: the re-solve moved it
+        if falls:
+            assert ev["valid_after"] == ev["valid_before"]
+
+
 def test_consolidate_policy_resolves_only_the_requests_since_the_last_one(wmf):
     config, data, original = wmf
     cls = METHODS["l2unrank_twosided"]
@@ -101,6 +153,7 @@ def test_consolidate_policy_resolves_only_the_requests_since_the_last_one(wmf):
     stream = RequestStream(config, data, copy.deepcopy(original), method, StreamSettings(0.5, "consolidate"),
                            make_train_loader=lambda ds: pipeline.make_train_loader(config, data, ds), seed=7)
     stream.valid_reference = 10.0  # every request breaks the budget
+    _monitor_rises(stream)  # every re-solve is kept (the rollback has its own test)
     u, i = _pairs(data.train_ds)
     unlearned = {}
 

@@ -18,7 +18,7 @@ import torch
 from recbole_unrank import pipeline
 from recbole_unrank.errors import UnrankError
 from recbole_unrank.methods import METHODS
-from recbole_unrank.stream import RequestStream, StreamSettings, consolidate_blocks, recent_requests
+from recbole_unrank.stream import RequestStream, StreamSettings, consolidate_blocks, monitor_gain, recent_requests
 
 # the budget of the stream tests that only need one that holds
 GUARD = 0.95
@@ -94,31 +94,43 @@ def test_consolidation_refuses_zero_sweeps(wmf):
         consolidate_blocks(copy.deepcopy(original), data.train_ds, keep, np.array([0]), sweeps=0)
 
 
-def _monitor_rises(stream, step=1e-3):
-    """The monitor's NDCG@10 as a counter that rises at every reading."""
-    seen = [0.0]
+def _monitor_moves(stream, step):
+    """The monitor's per-user NDCG@10 (40 users) moving by ``step`` for every user at every reading."""
+    seen = [np.linspace(0.2, 0.6, 40)]
 
-    def rising():
-        seen[0] += step
-        return seen[0]
+    def moving(model=None):
+        seen[0] = seen[0] + step
+        return seen[0].copy()
 
-    stream.valid_ndcg = rising
+    stream.monitor_ndcg = moving
+
+
+def _monitor_rises(stream):
+    _monitor_moves(stream, 1e-3)
 
 
 def _monitor_falls(stream):
-    seen = [1.0]
+    _monitor_moves(stream, -1e-3)
 
-    def falling():
-        seen[0] -= 1e-3
-        return seen[0]
 
-    stream.valid_ndcg = falling
+def test_monitor_gain_keeps_a_rise_beyond_its_noise_only():
+    """A one-sided paired test: every user up -> kept; the same mean rise carried by a few
+    users among many moving both ways -> within the noise, undone; no change or a fall -> undone."""
+    before = np.linspace(0.1, 0.9, 200)
+    assert monitor_gain(before, before + 0.01)["kept"]
+    noisy = before + np.where(np.arange(200) % 2 == 0, 0.21, -0.19)  # mean +0.01, sd 0.2
+    g = monitor_gain(before, noisy)
+    assert g["mean"] == pytest.approx(0.01) and g["se"] == pytest.approx(0.2 / np.sqrt(200), rel=1e-2)
+    assert not g["kept"]
+    assert not monitor_gain(before, before)["kept"] and not monitor_gain(before, before - 0.01)["kept"]
+    assert monitor_gain(before, noisy, z=0.5)["kept"]  # the same change against a weaker test
 
 
 def test_a_consolidation_that_lowers_the_monitor_is_undone_and_the_request_stays(wmf):
-    """Policy consolidate: where the monitor's NDCG@10 is lower after the re-solve than before
-    it, the model is put back bit for bit as the request's update left it, the event says
-    ``rolled_back``, the request stays forgotten and its blocks count as consolidated."""
+    """Policy consolidate: where the monitor's NDCG@10 is not higher after the re-solve beyond
+    its noise (:func:`monitor_gain`), the model is put back bit for bit as the request's update
+    left it, the event says ``rolled_back``, the request stays forgotten and its blocks count as
+    consolidated; where every monitor user rises, the re-solve is kept."""
     config, data, original = wmf
     cls = METHODS["l2unrank_twosided"]
     method = cls(**pipeline.method_settings(config, cls))

@@ -518,7 +518,7 @@ def write_report(out_dir: str, every: int = 50) -> str:
          "from the request seed, an evaluation seed), requests applied one after another to one model with the "
          "project defaults. At 1/4, 2/4, 3/4 and 4/4 of the stream a reference is retrained on the data with every "
          "request so far removed (same config, seed and epoch budget), and the stream's model is judged against it. "
-         "CPU, one thread each, on 2 cores shared with other jobs (up to two of these streams ran at once; each "
+         "CPU, one thread each, on 2 cores shared with other jobs (several of these streams ran at once; each "
          "time row names the load average it saw): the time per request follows the load as well as the stream, "
          "so compare times within one run.",
          f"Package code: commit {', '.join(f'`{c}`' for c in codes)}. The results of the previous update "

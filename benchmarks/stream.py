@@ -510,20 +510,28 @@ def write_report(out_dir: str, every: int = 50) -> str:
         cmds.append(f"{name}: `OMP_NUM_THREADS=1 python benchmarks/stream.py --models {p0['model']} --requests "
                     f"{p0['after']}{seed}{method} --guard {p0['guard']:g} --policy {p0['policy']}`")
     codes = sorted({p.get("code", "?") for pts in data.values() for p in pts})
+    # where the report sits under benchmarks/results ("." outside it: a test's copy reads as the original)
+    results = os.path.join(HERE, "results")
+    rel = os.path.relpath(os.path.abspath(out_dir), results)
+    rel = "." if rel.startswith("..") else rel.replace(os.sep, "/")
+    folder = "benchmarks/results" + ("" if rel == "." else f"/{rel}")
+    rebuild = "python benchmarks/stream.py --report-only" + ("" if rel == "." else f" --out {folder}")
+    old_update = "stream-old-update/stream.md" if rel == "." else "../" * (rel.count("/") + 1) + "stream-old-update/stream.md"
     L = ["# A day of requests, measured ERASE's way (issue 23)", "",
-         "Produced by " + "; ".join(cmds) + " (records in `benchmarks/results/stream/`; "
-         "`python benchmarks/stream.py --report-only` rebuilds this file from them). "
+         "Produced by " + "; ".join(cmds) + f" (records in `{folder}/stream/`; "
+         f"`{rebuild}` rebuilds this file from them). "
          + ", ".join(sorted({p.get("dataset", "ml-100k") for pts in data.values() for p in pts})) + ", "
          f"each request one user's {PER_REQUEST} most recent retained train interactions (users in an order drawn "
-         "from the request seed, an evaluation seed), requests applied one after another to one model with the "
-         "project defaults. At 1/4, 2/4, 3/4 and 4/4 of the stream a reference is retrained on the data with every "
+         "from the request seed: 1001 and up held out for reporting, 101-103 for design), requests applied one "
+         "after another to one model with the project defaults (a `[key=value]` in a stream's name is a setting "
+         "changed from them). At 1/4, 2/4, 3/4 and 4/4 of the stream a reference is retrained on the data with every "
          "request so far removed (same config, seed and epoch budget), and the stream's model is judged against it. "
          "CPU, one thread each, on 2 cores shared with other jobs (several of these streams ran at once; each "
          "time row names the load average it saw): the time per request follows the load as well as the stream, "
          "so compare times within one run.",
          f"Package code: commit {', '.join(f'`{c}`' for c in codes)}. The results of the previous update "
          "(`l2unrank` on WMF, the `finetune` policy, the budget on the whole validation split) are kept, labelled, "
-         "in [`stream-old-update/`](stream-old-update/stream.md).", "", "## Targets", ""]
+         f"in [`stream-old-update/`]({old_update}).", "", "## Targets", ""]
     targets, summary = [], {}
     for name, pts in data.items():
         rows, summary[name] = _targets(f"{name}, {pts[-1]['after']} requests", pts, every)

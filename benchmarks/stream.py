@@ -493,8 +493,10 @@ def _budget(pts: list[dict]) -> str:
     first = "; ".join(f"request {e['request']} (monitor x{fmt(e['valid_before'])} -> x{fmt(e['valid_after'])}, "
                       f"{e['policy']} {fmt(e['time_s'], 2)} s)" for e in ev[:5])
     back = sum(1 for e in ev if e.get("rolled_back"))
-    undone = (f" {back} of the {len(ev)} re-solves lowered the monitor and were undone."
-              if any("rolled_back" in e for e in ev) else "")
+    # the rule each record ran under: a paired test (monitor_gain recorded), or any fall of the mean before it
+    rule = ("did not raise the monitor beyond two paired standard errors" if any("monitor_gain" in e for e in ev)
+            else "lowered the monitor")
+    undone = f" {back} of the {len(ev)} re-solves {rule} and were undone." if any("rolled_back" in e for e in ev) else ""
     return (text + f"It broke {len(ev)} time(s), costing {sum(e['time_s'] for e in ev):.1f} s of {ev[0]['policy']} "
             f"in all; the first: {first}" + ("; ..." if len(ev) > 5 else "") + "." + undone)
 
